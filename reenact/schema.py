@@ -1,0 +1,151 @@
+"""Every Parquet schema, status and identifier convention of the suite, defined once.
+
+Dataflow (DESIGN.md): ledger rows (download) -> frame rows (crop / ingest) -> coefficient rows (extract)
+-> pair manifests -> guidance rows. Rows join on ``chunk_id`` + ``frame_index``.
+
+Conventions:
+* chunk id: ``<person_id>#<video_id>#<start:06d>#<end:06d>`` (PIRender / DaGAN pair lists); for CelebV the
+  "video" is the identity folder and start/end span its frame files.
+* images in Parquet are encoded PNG or JPEG bytes (``image_format`` says which); in code, RGB float NCHW in [0, 1].
+* every row carries ``status`` (one of :class:`Status`) and a human-readable ``error`` ("" when ok).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+
+class Status(str, Enum):
+    """The fixed status vocabulary. A bad item is a row with one of these, never an exception."""
+
+    OK = "ok"
+    SKIPPED = "skipped"              # done in an earlier run
+    UNAVAILABLE = "unavailable"      # removed / 404 / geo-blocked
+    PRIVATE = "private"
+    DOWNLOAD_ERROR = "download_error"
+    TIMEOUT = "timeout"
+    DECODE_ERROR = "decode_error"    # missing, truncated or corrupt media
+    TOO_SHORT = "too_short"          # chunk beyond the video's length
+    OUT_OF_FRAME = "out_of_frame"    # bbox outside the frame
+    BAD_METADATA = "bad_metadata"    # malformed metadata row
+    REJECTED = "rejected"            # unsafe id or path (traversal)
+    NO_FACE = "no_face"
+    FIT_ERROR = "fit_error"
+
+
+STATUSES = tuple(s.value for s in Status)
+
+# ---------------------------------------------------------------- identifiers
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+_CHUNK_ID = re.compile(r"^(?P<person_id>[^#/\\]+)#(?P<video_id>[^#/\\]+)#(?P<start>\d{6,})#(?P<end>\d{6,})$")
+
+
+def is_safe_id(value: str) -> bool:
+    """True for ids safe to use as a file name (no separators, dots-only or traversal)."""
+    return bool(_SAFE_ID.match(value))
+
+
+@dataclass(frozen=True)
+class ChunkId:
+    """A clip of one source video: ``<person_id>#<video_id>#<start:06d>#<end:06d>`` (frames at the reference fps)."""
+
+    person_id: str
+    video_id: str
+    start: int
+    end: int
+
+    def __str__(self) -> str:
+        return f"{self.person_id}#{self.video_id}#{self.start:06d}#{self.end:06d}"
+
+    @classmethod
+    def parse(cls, text: str) -> "ChunkId":
+        m = _CHUNK_ID.match(text.removesuffix(".mp4"))
+        if m is None:
+            raise ValueError(f"not a chunk id (<person_id>#<video_id>#<start:06d>#<end:06d>): {text!r}")
+        return cls(m["person_id"], m["video_id"], int(m["start"]), int(m["end"]))
+
+
+def frame_key(chunk_id: str, frame_index: int) -> str:
+    """One frame: ``<chunk_id>/<frame_index:07d>`` (DaGAN's pair lists use ``.../<frame:07d>.png``)."""
+    return f"{chunk_id}/{frame_index:07d}"
+
+
+# ---------------------------------------------------------------- schemas
+_STATUS = [pa.field("status", pa.string(), nullable=False), pa.field("error", pa.string(), nullable=False)]
+
+LEDGER = pa.schema([
+    pa.field("video_id", pa.string(), nullable=False),
+    pa.field("url", pa.string()),
+    pa.field("path", pa.string()),            # downloaded file, relative to the download root
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("fps", pa.float32()),
+    pa.field("num_frames", pa.int32()),
+    pa.field("attempts", pa.int32()),
+    pa.field("bytes", pa.int64()),
+    pa.field("seconds", pa.float32()),
+    *_STATUS,
+])
+
+FRAMES = pa.schema([
+    pa.field("chunk_id", pa.string(), nullable=False),
+    pa.field("video_id", pa.string(), nullable=False),
+    pa.field("person_id", pa.string(), nullable=False),
+    pa.field("partition", pa.string(), nullable=False),
+    pa.field("frame_index", pa.int32(), nullable=False),   # index within the chunk, 0-based
+    pa.field("source_frame", pa.int32()),                  # index within the decoded source video
+    pa.field("image", pa.binary()),                        # encoded image, None when status != ok
+    pa.field("image_format", pa.string()),                 # "png" | "jpeg"
+    pa.field("height", pa.int32()),
+    pa.field("width", pa.int32()),
+    *_STATUS,
+])
+
+COEFFS = pa.schema([
+    pa.field("chunk_id", pa.string(), nullable=False),
+    pa.field("frame_index", pa.int32(), nullable=False),
+    pa.field("coeffs", pa.list_(pa.float32(), 257)),       # reenact.face3d.coeffs layout
+    pa.field("landmarks", pa.list_(pa.float32(), 136)),    # 68 x (x, y) in crop pixels, pixel-centre convention
+    pa.field("extractor", pa.string(), nullable=False),    # deep3d | landmarks | oracle
+    pa.field("fit_error", pa.float32()),                   # extractor's residual (e.g. landmark RMSE, pixels)
+    *_STATUS,
+])
+
+#: Ground truth written by the synthetic world beside its videos.
+SYNTH_TRUTH = pa.schema([
+    pa.field("video_id", pa.string(), nullable=False),
+    pa.field("person_id", pa.string(), nullable=False),
+    pa.field("source_frame", pa.int32(), nullable=False),  # frame index in the source mp4 / image index for CelebV
+    pa.field("coeffs", pa.list_(pa.float32(), 257)),
+    pa.field("landmarks", pa.list_(pa.float32(), 136)),    # in source-video pixels
+    pa.field("face_bbox", pa.list_(pa.float32(), 4)),      # l, t, r, b of the rendered face, source pixels
+])
+
+PAIRS = pa.schema([
+    pa.field("pair_id", pa.int32(), nullable=False),
+    pa.field("protocol", pa.string(), nullable=False),     # vox-self | vox-cross | celebv-cross
+    pa.field("source", pa.string(), nullable=False),       # frame key
+    pa.field("driving", pa.string(), nullable=False),      # frame key
+])
+
+GUIDANCE = pa.schema([
+    pa.field("pair_id", pa.int32(), nullable=False),
+    pa.field("source", pa.string(), nullable=False),
+    pa.field("driving", pa.string(), nullable=False),
+    pa.field("size", pa.int32(), nullable=False),
+    pa.field("flow", pa.binary()),          # F_c float16 (2, H, W), pixels, raw little-endian bytes
+    pa.field("occlusion", pa.binary()),     # O_c uint8 (H, W) in {0, 1}
+    pa.field("face_mask", pa.binary()),     # inner-face mask uint8 (H, W)
+    pa.field("render", pa.binary()),        # I_r PNG bytes
+    *_STATUS,
+])
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "ledger": LEDGER, "frames": FRAMES, "coeffs": COEFFS, "synth_truth": SYNTH_TRUTH,
+    "pairs": PAIRS, "guidance": GUIDANCE,
+}
