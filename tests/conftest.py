@@ -1,0 +1,27 @@
+"""Shared test fixtures. Golden data lives in ../shared/fixtures (relative to the repo root) and is never copied."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO.parent / "shared" / "fixtures"
+
+
+def fixture_path(*parts: str) -> Path:
+    """Path under ../shared/fixtures, or skip the test with the reason when it is absent."""
+    path = FIXTURES.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"fixture {path} is absent (the golden fixtures live in ../shared/fixtures beside the repo)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray session for the whole test run (2 CPUs, as on CI)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
