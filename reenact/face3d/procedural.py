@@ -1,0 +1,195 @@
+"""A procedural morphable model with the structure of Deep3DFaceRecon's BFM (80 id, 64 exp, 80 tex components).
+
+BFM09 is licence-gated, so the suite ships a face model built by code. It is a triangulated grid over an
+egg-shaped face mask (``u, v`` in the unit disc, v up), lifted to a dome with a nose, eye sockets, brows, lips and
+chin, in decimetres like the BFM. Its bases are smooth displacement / colour fields; the first components are
+semantic so the synthetic world can animate them:
+
+* expression 0 ``jaw_open`` (lower lip and chin move down, opening the dark mouth slit), 1 ``smile``,
+  2 ``blink`` (upper eyelids close over the dark eyes), 3 ``brow_raise``, 4 ``pucker``; the rest are random
+  local fields of decreasing magnitude.
+* identity 0-3: face width, face length, depth, nose size; then random low-frequency fields.
+* texture 0-4: skin brightness, redness, tan, brow darkness, lip colour; then random colour fields.
+
+Coefficients are meant to be roughly N(0, 1), like Deep3D's. Landmarks sit at the iBUG-68 semantic places
+(jaw outline, brows, nose, eyes, mouth). The model is deterministic: it depends on nothing but ``size``.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from reenact.face3d.morphable import NUM_EXP, NUM_ID, NUM_TEX, MorphableModel, adjacent_triangles, recenter
+
+#: grid side per size: full ~ 35.7k vertices / 70.7k triangles (like the BFM front face), small for tests.
+GRID_SIDES = {"full": 189, "small": 41, "tiny": 17}
+HALF_WIDTH, HALF_HEIGHT, DEPTH = 0.78, 1.05, 0.62
+EXPRESSION_NAMES = ("jaw_open", "smile", "blink", "brow_raise", "pucker")
+EYE_CENTERS = ((-0.36, 0.22), (0.36, 0.22))
+MOUTH_V = -0.45
+
+
+def _gauss(u, v, cu, cv, su, sv):
+    return np.exp(-(((u - cu) / su) ** 2) - (((v - cv) / sv) ** 2))
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
+
+
+def grid_uv(side: int) -> np.ndarray:
+    """``(side*side, 2)`` (u, v) points in the unit disc, row-major from the top-left (v = +1) of the square."""
+    t, s = np.meshgrid(np.linspace(1, -1, side), np.linspace(-1, 1, side), indexing="ij")
+    u = s * np.sqrt(1 - t**2 / 2)   # square -> disc (elliptical grid mapping)
+    v = t * np.sqrt(1 - s**2 / 2)
+    return np.stack([u.ravel(), v.ravel()], -1) * 0.985
+
+
+def grid_triangles(side: int) -> np.ndarray:
+    """Two counter-clockwise (seen from +z) triangles per grid cell: ``(2 (side-1)^2, 3)``."""
+    r, c = np.meshgrid(np.arange(side - 1), np.arange(side - 1), indexing="ij")
+    a, b = r * side + c, r * side + c + 1
+    cc, d = a + side, b + side
+    return np.concatenate([np.stack([a, cc, b], -1).reshape(-1, 3), np.stack([b, cc, d], -1).reshape(-1, 3)])
+
+
+def _mean_shape(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    width = HALF_WIDTH * (1 - 0.2 * np.clip(-v, 0, 1) ** 2)
+    dome = DEPTH * np.clip(1 - u**2 - v**2, 0, 1) ** 0.45
+    nose_ridge = 0.2 * np.exp(-((u / 0.07) ** 2)) * _sigmoid((0.32 - v) / 0.05) * _sigmoid((v + 0.2) / 0.03)
+    nose_tip = 0.1 * _gauss(u, v, 0, -0.14, 0.11, 0.08)
+    sockets = sum(-0.07 * _gauss(u, v, cu, cv, 0.14, 0.09) for cu, cv in EYE_CENTERS)
+    brows = sum(0.035 * _gauss(u, v, cu, 0.37, 0.2, 0.05) for cu, _ in EYE_CENTERS)
+    lips = 0.04 * _gauss(u, v, 0, MOUTH_V, 0.22, 0.09) + 0.05 * _gauss(u, v, 0, -0.85, 0.25, 0.12)
+    cheeks = sum(0.04 * _gauss(u, v, cu, -0.05, 0.2, 0.15) for cu in (-0.5, 0.5))
+    z = dome + nose_ridge + nose_tip + sockets + brows + lips + cheeks
+    return np.stack([width * u, HALF_HEIGHT * v, z], -1)
+
+
+def _eye_weight(u, v):
+    return sum(_gauss(u, v, cu, cv, 0.15, 0.08) for cu, cv in EYE_CENTERS)
+
+
+def _expression_fields(u: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``(64, V, 3)`` displacements per unit coefficient (decimetres)."""
+    zero = np.zeros_like(u)
+    below_mouth = _sigmoid((MOUTH_V - v) / 0.012) * np.exp(-(u / 0.55) ** 2)
+    jaw = np.stack([zero, -0.05 * below_mouth, -0.015 * below_mouth], -1)
+    corners = [_gauss(u, v, cu, MOUTH_V, 0.12, 0.09) for cu in (-0.28, 0.28)]
+    smile = np.stack([0.02 * (corners[1] - corners[0]), 0.022 * (corners[0] + corners[1]), zero], -1)
+    upper_lid = _eye_weight(u, v) * _sigmoid((v - 0.2) / 0.012)
+    blink = np.stack([zero, -0.045 * upper_lid, zero], -1)
+    brow = sum(_gauss(u, v, cu, 0.4, 0.22, 0.1) for cu, _ in EYE_CENTERS)
+    brow_raise = np.stack([zero, 0.025 * brow, 0.004 * brow], -1)
+    mouth = _gauss(u, v, 0, MOUTH_V, 0.3, 0.12)
+    pucker = np.stack([-0.05 * u * mouth, zero, 0.02 * mouth], -1)
+    fields = [jaw, smile, blink, brow_raise, pucker]
+    for k in range(len(fields), NUM_EXP):
+        cu, cv = rng.uniform(-0.6, 0.6), rng.uniform(-0.7, 0.5)
+        w = _gauss(u, v, cu, cv, rng.uniform(0.1, 0.3), rng.uniform(0.1, 0.3))
+        fields.append(0.012 * (k + 1) ** -0.5 * w[..., None] * rng.normal(size=3))
+    return np.stack(fields)
+
+
+def _smooth_fields(u: np.ndarray, v: np.ndarray, rng: np.random.Generator, count: int, channels: int = 3,
+                   max_freq: int = 3) -> np.ndarray:
+    """``(count, V, channels)`` random low-frequency fields with unit-ish amplitude."""
+    freqs = [(a, b) for a in range(max_freq + 1) for b in range(max_freq + 1)]
+    phis = np.stack([np.cos(np.pi * a * (u + 1) / 2) * np.cos(np.pi * b * (v + 1) / 2) for a, b in freqs], -1)
+    weights = rng.normal(size=(count, len(freqs), channels)) / np.sqrt(len(freqs))
+    return np.einsum("vf,kfc->kvc", phis, weights)
+
+
+def _identity_fields(u, v, xyz, rng) -> np.ndarray:
+    """``(80, V, 3)`` identity displacements per unit coefficient."""
+    zero = np.zeros_like(u)
+    nose = np.exp(-((u / 0.12) ** 2)) * _sigmoid((0.3 - v) / 0.05) * _sigmoid((v + 0.25) / 0.03)
+    semantic = [np.stack([0.06 * xyz[:, 0], zero, zero], -1),        # width
+                np.stack([zero, 0.06 * xyz[:, 1], zero], -1),        # length
+                np.stack([zero, zero, 0.12 * xyz[:, 2]], -1),        # depth
+                np.stack([zero, zero, 0.06 * nose], -1)]             # nose size
+    rest = _smooth_fields(u, v, rng, NUM_ID - len(semantic))
+    scale = 0.03 * (np.arange(len(rest)) + 2.0) ** -0.7
+    return np.concatenate([np.stack(semantic), rest * scale[:, None, None]])
+
+
+def _mean_texture(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``(V, 3)`` albedo in [0, 255]: skin, dark brows, white eyes with dark irises, red lips, dark mouth slit."""
+    skin = np.array([200.0, 150.0, 122.0])
+    tex = np.tile(skin, (len(u), 1))
+
+    def paint(weight, colour):
+        nonlocal tex
+        w = np.clip(weight, 0, 1)[:, None]
+        tex = tex * (1 - w) + np.asarray(colour, float) * w
+
+    paint(0.25 * sum(_gauss(u, v, cu, -0.12, 0.16, 0.12) for cu in (-0.45, 0.45)), (215, 120, 110))   # cheeks
+    for cu, cv in EYE_CENTERS:
+        paint(1.6 * _gauss(u, v, cu, 0.385, 0.17, 0.03) * (np.abs(u - cu) < 0.2), (45, 30, 25))      # brows
+        eye = ((u - cu) / 0.15) ** 2 + ((v - cv) / 0.055) ** 2
+        paint(_sigmoid((1 - eye) / 0.08), (235, 232, 225))                                           # sclera
+        paint(_sigmoid((1 - ((u - cu) ** 2 + (v - cv) ** 2) / 0.045**2) / 0.1), (40, 28, 22))        # iris
+        paint(0.6 * _sigmoid((1.25 - eye) / 0.05) * _sigmoid((eye - 0.95) / 0.05), (95, 60, 50))     # lid line
+    lips = ((u / 0.3) ** 2 + ((v - MOUTH_V) / 0.1) ** 2)
+    paint(_sigmoid((1 - lips) / 0.1), (175, 75, 78))
+    paint(_sigmoid((1 - ((u / 0.26) ** 2 + ((v - MOUTH_V) / 0.014) ** 2)) / 0.1), (45, 12, 14))       # slit
+    paint(sum(0.8 * _gauss(u, v, cu, -0.2, 0.035, 0.025) for cu in (-0.07, 0.07)), (80, 45, 40))      # nostrils
+    return tex
+
+
+def _texture_fields(u, v, rng) -> np.ndarray:
+    """``(80, V, 3)`` albedo offsets per unit coefficient, in [0, 255] units."""
+    one = np.ones_like(u)
+    brows = sum(_gauss(u, v, cu, 0.385, 0.17, 0.03) for cu, _ in EYE_CENTERS)
+    lips = _gauss(u, v, 0, MOUTH_V, 0.25, 0.08)
+    semantic = [np.stack([one, one, one], -1) * 25, np.stack([one, -0.3 * one, -0.3 * one], -1) * 12,
+                np.stack([one, 0.4 * one, -0.6 * one], -1) * 12, -brows[:, None] * np.array([20.0, 14, 10]),
+                lips[:, None] * np.array([25.0, -10, -5])]
+    rest = _smooth_fields(u, v, rng, NUM_TEX - len(semantic)) * (12.0 * (np.arange(NUM_TEX - 5) + 2.0) ** -0.6
+                                                                   )[:, None, None]
+    return np.concatenate([np.stack(semantic), rest])
+
+
+def _flat(fields: np.ndarray) -> torch.Tensor:
+    """``(k, V, 3)`` -> Deep3D's interleaved ``(3V, k)``."""
+    return torch.from_numpy(np.ascontiguousarray(fields.reshape(fields.shape[0], -1).T, dtype=np.float32))
+
+
+LANDMARKS_UV = np.array(
+    [(0.93 * np.cos(a), 0.93 * np.sin(a)) for a in np.linspace(np.deg2rad(192), np.deg2rad(348), 17)]       # jaw
+    + [(-0.62 + 0.125 * i, 0.4 + 0.05 * np.sin(np.pi * i / 4)) for i in range(5)]                          # brow
+    + [(0.12 + 0.125 * i, 0.4 + 0.05 * np.sin(np.pi * i / 4)) for i in range(5)]                           # brow
+    + [(0.0, 0.3 - 0.14 * i) for i in range(4)]                                                           # bridge
+    + [(-0.14 + 0.07 * i, -0.19 + 0.02 * (1 - abs(i - 2) / 2)) for i in range(5)]                         # nostrils
+    + [(cu + du, 0.22 + dv) for cu in (-0.36, 0.36)               # eyes: 36 outer..39 inner, 42 inner..45 outer
+       for du, dv in ((-0.15, 0), (-0.06, 0.045), (0.06, 0.045), (0.15, 0), (0.06, -0.045), (-0.06, -0.045))]
+    + [(-0.28, -0.45), (-0.18, -0.39), (-0.07, -0.36), (0, -0.37), (0.07, -0.36), (0.18, -0.39), (0.28, -0.45),
+       (0.18, -0.52), (0.07, -0.55), (0, -0.56), (-0.07, -0.55), (-0.18, -0.52)]                          # outer lip
+    + [(-0.24, -0.45), (-0.09, -0.435), (0, -0.435), (0.09, -0.435), (0.24, -0.45), (0.09, -0.465),
+       (0, -0.465), (-0.09, -0.465)])                                                                     # inner lip
+
+
+@lru_cache(maxsize=4)
+def procedural_model(size: str = "full") -> MorphableModel:
+    """Build the procedural model: ``full`` (189^2 = 35,721 vertices, 70,688 triangles), ``small`` or ``tiny``."""
+    if size not in GRID_SIDES:
+        raise ValueError(f"unknown procedural model size {size!r}; choose from {sorted(GRID_SIDES)}")
+    side = GRID_SIDES[size]
+    rng = np.random.default_rng(20230207)
+    uv = grid_uv(side)
+    u, v = uv[:, 0], uv[:, 1]
+    xyz = _mean_shape(u, v)
+    triangles = grid_triangles(side)
+    landmark_ids = np.argmin(((uv[None] - LANDMARKS_UV[:, None]) ** 2).sum(-1), axis=1)
+    return MorphableModel(
+        mean_shape=torch.from_numpy(recenter(xyz)),
+        id_base=_flat(_identity_fields(u, v, xyz, rng)),
+        exp_base=_flat(_expression_fields(u, v, rng)),
+        mean_tex=torch.from_numpy(_mean_texture(u, v).astype(np.float32)),
+        tex_base=_flat(_texture_fields(u, v, rng)),
+        triangles=torch.from_numpy(triangles.astype(np.int64)),
+        vertex_triangles=torch.from_numpy(adjacent_triangles(triangles, len(uv))),
+        landmark_indices=torch.from_numpy(landmark_ids.astype(np.int64)),
+        name=f"procedural-{size}")

@@ -1,0 +1,163 @@
+"""Coefficient layout, rotations, camera conventions, SH shading and the procedural morphable model."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from reenact.face3d import coeffs as C
+from reenact.face3d.camera import PerspectiveCamera, pixel_grid, pixel_to_grid
+from reenact.face3d.procedural import EXPRESSION_NAMES, procedural_model
+from reenact.face3d.shading import sh_basis, shade
+from reenact.face3d.transforms import euler_to_matrix, matrix_to_euler, rigid_transform, rotation_angle_between
+
+
+def test_coefficient_layout_is_contiguous_and_totals_257():
+    slices = list(C.LAYOUT.values())
+    assert slices[0].start == 0 and slices[-1].stop == C.NUM_COEFFS == 257
+    assert all(a.stop == b.start for a, b in zip(slices, slices[1:]))
+    sizes = {k: s.stop - s.start for k, s in C.LAYOUT.items()}
+    assert sizes == {"id": 80, "exp": 64, "tex": 80, "angle": 3, "gamma": 27, "trans": 3}
+
+
+def test_coeffs_round_trip_and_target_recombination():
+    src, drv = torch.randn(4, 257), torch.randn(4, 257)
+    assert torch.equal(C.Coeffs.from_vector(src).to_vector(), src)
+    tgt = C.Coeffs.from_vector(C.target_coeffs(src, drv))
+    s, d = C.Coeffs.from_vector(src), C.Coeffs.from_vector(drv)
+    for name in ("id", "tex", "gamma"):
+        assert torch.equal(getattr(tgt, name), getattr(s, name))
+    for name in ("exp", "angle", "trans"):
+        assert torch.equal(getattr(tgt, name), getattr(d, name))
+    assert torch.equal(C.motion_coeffs(drv), torch.cat([d.exp, d.angle, d.trans], -1))
+    with pytest.raises(ValueError, match="257"):
+        C.Coeffs.from_vector(torch.zeros(3, 256))
+
+
+def test_convention_euler_is_extrinsic_xyz_like_deep3d():
+    angles = torch.tensor([[0.3, -0.7, 1.1], [-1.2, 0.4, -2.5]], dtype=torch.float64)
+    expected = Rotation.from_euler("xyz", angles.numpy()).as_matrix()   # extrinsic x, then y, then z = Rz Ry Rx
+    assert np.allclose(euler_to_matrix(angles).numpy(), expected, atol=1e-12)
+    assert torch.allclose(matrix_to_euler(euler_to_matrix(angles)), angles, atol=1e-10)
+
+
+def test_convention_positive_yaw_turns_plus_x_away_from_camera():
+    point = torch.tensor([[1.0, 0.0, 0.0]])
+    posed = rigid_transform(point, euler_to_matrix(torch.tensor([0.0, 0.5, 0.0])), torch.zeros(3))
+    assert posed[0, 2] < 0   # camera looks from +z: smaller z is farther
+
+
+def test_rotation_angle_between_matches_scipy():
+    r1, r2 = Rotation.random(5, random_state=1), Rotation.random(5, random_state=2)
+    expected = (r1.inv() * r2).magnitude()
+    got = rotation_angle_between(torch.from_numpy(r1.as_matrix()), torch.from_numpy(r2.as_matrix()))
+    assert np.allclose(got.numpy(), expected, atol=1e-7)
+
+
+def test_convention_camera_deep3d_intrinsics_and_y_down():
+    cam = PerspectiveCamera.deep3d(224)
+    assert (cam.focal, cam.center, cam.distance) == (1015.0, 112.0, 10.0)
+    cam256 = PerspectiveCamera.deep3d(256)
+    assert math.isclose(cam256.focal, 1015 * 256 / 224) and math.isclose(cam256.center, 128.0)
+    screen = cam.project(torch.tensor([[0.0, 0.0, 0.0], [0.1, 0.2, 1.0]]))
+    assert torch.allclose(screen[0], torch.tensor([112.0, 112.0, 10.0]))
+    # a point above the origin (y up in model space) lands ABOVE the centre in the image (smaller row)
+    assert torch.isclose(screen[1, 0], torch.tensor(112 + 1015 * 0.1 / 9.0))
+    assert torch.isclose(screen[1, 1], torch.tensor(224 - (112 + 1015 * 0.2 / 9.0)))
+    assert torch.isclose(screen[1, 2], torch.tensor(9.0))
+
+
+def test_camera_unproject_inverts_project_at_any_size():
+    cam = PerspectiveCamera.deep3d(224).scaled(512)
+    pts = torch.randn(100, 3, dtype=torch.float64) * 0.5
+    assert torch.allclose(cam.unproject(cam.project(pts)), pts, atol=1e-12)
+
+
+def test_convention_pixel_grid_centres_and_grid_sample_coordinates():
+    g = pixel_grid(2, 3)
+    assert g.shape == (2, 3, 2) and torch.equal(g[1, 2], torch.tensor([2.5, 1.5]))
+    img = torch.arange(6.0).reshape(1, 1, 2, 3)
+    sampled = torch.nn.functional.grid_sample(img, pixel_to_grid(g, 2, 3)[None], align_corners=False)
+    assert torch.allclose(sampled, img, atol=1e-6)   # sampling at pixel centres returns the pixels
+
+
+def _real_sh_reference(n: np.ndarray) -> np.ndarray:
+    """Real SH from scipy's complex ones (Condon-Shortley phase kept, as Deep3D's signs imply)."""
+    from scipy.special import sph_harm_y
+
+    theta, phi = np.arccos(np.clip(n[:, 2], -1, 1)), np.arctan2(n[:, 1], n[:, 0])
+    out = []
+    for l in range(3):
+        for m in range(-l, l + 1):
+            y = sph_harm_y(l, abs(m), theta, phi)
+            out.append(np.sqrt(2) * y.imag if m < 0 else (y.real if m == 0 else np.sqrt(2) * y.real))
+    return np.stack(out, -1)
+
+
+def test_sh_basis_matches_scipy_real_harmonics_times_lambertian_constants():
+    n = torch.nn.functional.normalize(torch.randn(50, 3, dtype=torch.float64), dim=-1)
+    a = np.repeat([math.pi, 2 * math.pi / math.sqrt(3), 2 * math.pi / math.sqrt(8)], [1, 3, 5])
+    assert np.allclose(sh_basis(n).numpy(), _real_sh_reference(n.numpy()) * a, atol=1e-10)
+
+
+def test_shade_with_only_ambient_light_is_albedo_times_constant():
+    albedo, normals = torch.rand(2, 10, 3), torch.nn.functional.normalize(torch.randn(2, 10, 3), dim=-1)
+    gamma = torch.zeros(2, 27)
+    gamma[:, [0, 9, 18]] = 0.2
+    expected = albedo * (0.8 + 0.2) * math.pi / math.sqrt(4 * math.pi)
+    assert torch.allclose(shade(albedo, normals, gamma), expected, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    return procedural_model("small")
+
+
+def test_procedural_full_model_has_bfm_like_size():
+    full = procedural_model("full")
+    assert abs(full.num_vertices - 35709) < 100 and abs(full.num_triangles - 70789) < 200
+    assert full.id_base.shape == (3 * full.num_vertices, 80) and full.exp_base.shape[1] == 64
+    assert full.tex_base.shape[1] == 80 and full.landmark_indices.shape == (68,)
+
+
+def test_procedural_model_is_deterministic(small_model):
+    procedural_model.cache_clear()
+    again = procedural_model("small")
+    for name in ("mean_shape", "id_base", "exp_base", "mean_tex", "tex_base", "landmark_indices"):
+        assert torch.equal(getattr(again, name), getattr(small_model, name)), name
+
+
+def test_procedural_normals_face_the_camera_and_adjacency_is_complete(small_model):
+    m = small_model
+    normals = m.vertex_normals(m.mean_shape)
+    centre = m.landmarks(m.mean_shape)[30]          # nose tip region
+    assert (normals[:, 2] > 0).float().mean() > 0.99
+    # every triangle appears in the adjacency of each of its 3 vertices (nothing dropped on a grid mesh)
+    for k in range(3):
+        rows = m.vertex_triangles[m.triangles[:, k]]
+        assert (rows == torch.arange(m.num_triangles)[:, None]).any(1).all()
+    assert centre[2] == m.landmarks(m.mean_shape)[:, 2].max()
+
+
+def test_procedural_landmarks_sit_at_semantic_places(small_model):
+    lm = small_model.landmarks(small_model.mean_shape)
+    x, y = lm[:, 0], lm[:, 1]
+    brows, eyes, nose_tip, mouth, chin = y[17:27].mean(), y[36:48].mean(), y[30], y[48:68].mean(), y[8]
+    assert brows > eyes > nose_tip > mouth > chin
+    assert x[36] < x[39] < x[42] < x[45]                       # outer-left, inner-left, inner-right, outer-right eye
+    assert x[48] < x[51] < x[54] and y[51] > y[57]              # mouth corners, upper above lower lip
+    assert x[0] < x[8] < x[16] and y[8] == y[:17].min()         # jaw outline runs through the chin
+
+
+def test_procedural_expressions_do_what_their_names_say(small_model):
+    m = small_model
+    lm = lambda exp: m.landmarks(m.shape(torch.zeros(80), exp))  # noqa: E731
+    neutral = lm(torch.zeros(64))
+    unit = lambda k: torch.nn.functional.one_hot(torch.tensor(k), 64).float() * 2  # noqa: E731
+    jaw, blink = lm(unit(EXPRESSION_NAMES.index("jaw_open"))), lm(unit(EXPRESSION_NAMES.index("blink")))
+    assert (jaw[57, 1] - jaw[51, 1]) < (neutral[57, 1] - neutral[51, 1]) - 0.05    # mouth opens
+    upper_lid = [37, 38, 43, 44]
+    assert (blink[upper_lid, 1] < neutral[upper_lid, 1] - 0.03).all()                # upper lids drop
