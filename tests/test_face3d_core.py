@@ -9,7 +9,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from reenact.face3d import coeffs as C
-from reenact.face3d.camera import PerspectiveCamera, pixel_grid, pixel_to_grid
+from reenact.face3d.camera import PerspectiveCamera, pixel_grid, pixel_to_grid, reframe_translation
 from reenact.face3d.procedural import EXPRESSION_NAMES, procedural_model
 from reenact.face3d.shading import sh_basis, shade
 from reenact.face3d.transforms import euler_to_matrix, matrix_to_euler, rigid_transform, rotation_angle_between
@@ -59,9 +59,9 @@ def test_rotation_angle_between_matches_scipy():
 
 def test_convention_camera_deep3d_intrinsics_and_y_down():
     cam = PerspectiveCamera.deep3d(224)
-    assert (cam.focal, cam.center, cam.distance) == (1015.0, 112.0, 10.0)
+    assert (cam.focal, cam.cx, cam.cy, cam.distance) == (1015.0, 112.0, 112.0, 10.0)
     cam256 = PerspectiveCamera.deep3d(256)
-    assert math.isclose(cam256.focal, 1015 * 256 / 224) and math.isclose(cam256.center, 128.0)
+    assert math.isclose(cam256.focal, 1015 * 256 / 224) and math.isclose(cam256.cx, 128.0) and cam256.size == 256
     screen = cam.project(torch.tensor([[0.0, 0.0, 0.0], [0.1, 0.2, 1.0]]))
     assert torch.allclose(screen[0], torch.tensor([112.0, 112.0, 10.0]))
     # a point above the origin (y up in model space) lands ABOVE the centre in the image (smaller row)
@@ -71,9 +71,27 @@ def test_convention_camera_deep3d_intrinsics_and_y_down():
 
 
 def test_camera_unproject_inverts_project_at_any_size():
-    cam = PerspectiveCamera.deep3d(224).scaled(512)
+    cam = PerspectiveCamera(width=640, height=360, focal=900.0, cx=300.0, cy=170.0)
     pts = torch.randn(100, 3, dtype=torch.float64) * 0.5
     assert torch.allclose(cam.unproject(cam.project(pts)), pts, atol=1e-12)
+
+
+def test_crop_camera_and_reframing_agree_with_cropping_pixels():
+    frame = PerspectiveCamera(width=640, height=360, focal=1200.0, cx=330.0, cy=175.0)
+    crop = frame.crop(left=250.0, top=60.0, side=200.0, size=256)
+    head = torch.tensor([[0.3, -0.2, -2.0]])
+    pts = head + procedural_model("tiny").mean_shape                            # a face at the head's place
+    in_frame = frame.project(pts)[:, :2]
+    assert torch.allclose(crop.project(pts)[:, :2], (in_frame - torch.tensor([250.0, 60.0])) * 256 / 200, atol=1e-3)
+    deep3d = PerspectiveCamera.deep3d(256)
+    moved = reframe_translation(head[0], crop, deep3d)
+    assert torch.allclose(deep3d.project(moved)[:2], crop.project(head[0])[:2], atol=1e-3)   # exact at the origin
+    err = (deep3d.project(pts - head + moved)[:, :2] - crop.project(pts)[:, :2]).norm(dim=-1)
+    assert err.max() < 2.5    # weak-perspective error with a 1.3x focal change and an off-axis head: < 2.5 px
+    side = 1200 * 224 / 1015                                  # crop focal == Deep3D focal, principal point centred
+    same_scale = frame.crop(left=330.0 - side / 2, top=175.0 - side / 2, side=side, size=256)
+    exact = reframe_translation(head[0], same_scale, deep3d)
+    assert torch.allclose(deep3d.project(pts - head + exact), same_scale.project(pts), atol=1e-3)
 
 
 def test_convention_pixel_grid_centres_and_grid_sample_coordinates():
