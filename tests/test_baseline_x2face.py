@@ -1,0 +1,187 @@
+"""X2Face: parity with the official UnwrappedFaceWeightedAverage (golden fixture, both grid_sample semantics),
+exact full-size keys, checkpoint loading and the Reenactor wrapper."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from baselines.base import ReenactInputs
+from baselines.registry import get_class
+from baselines.x2face import FULL, SMALL, X2Face, X2FaceNet, checkpoint_filter_fn, identity_grid
+from reenact.assets import MissingAssetError
+from tests.conftest import fixture_path
+
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def golden():
+    return torch.load(fixture_path("baselines", "x2face_golden.pt"), weights_only=True)
+
+
+def _golden_net(golden, align_corners: bool) -> X2FaceNet:
+    c = golden["config"]
+    config = replace(SMALL, align_corners=align_corners)
+    assert (config.num_downs, config.ngf, config.inner_nc, config.image_size) == \
+        (c["num_downs"], c["ngf"], c["inner_nc"], c["image_size"])
+    net = X2FaceNet(config).eval()
+    net.load_state_dict(golden["state_dicts"]["state_dict"], strict=True)
+    return net
+
+
+@pytest.fixture(scope="module")
+def modern_net(golden):
+    return _golden_net(golden, align_corners=False)
+
+
+@pytest.fixture(scope="module")
+def legacy_net(golden):
+    return _golden_net(golden, align_corners=True)
+
+
+def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item()
+
+
+# ----------------------------------------------------------------------------------------------- structure
+def test_full_size_state_dict_equals_official_key_list():
+    official = json.loads(fixture_path("baselines", "x2face_keys.json").read_text())
+    model = X2Face.random(small=False)              # the path perf/ uses through the registry
+    state = model.net.state_dict()
+    ours = [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in state.items()]
+    assert ours == official["modules"]["state_dict"]
+    assert sum(p.numel() for p in model.net.parameters()) == official["num_parameters"]["state_dict"]
+    assert sum(v.numel() for v in state.values()) == official["num_elements_incl_buffers"]["state_dict"]
+    assert model.net.config == FULL and FULL.align_corners is True
+
+
+def test_registry_names_x2face():
+    assert get_class("x2face") is X2Face
+
+
+def test_identity_grid_is_numpy_linspace_meshgrid():
+    grid = identity_grid(1, 4, 5)
+    assert grid[0, 0, :, 0].tolist() == [-1.0, -0.5, 0.0, 0.5, 1.0]          # x along the width
+    assert torch.allclose(grid[0, :, 0, 1], torch.tensor([-1.0, -1 / 3, 1 / 3, 1.0]))  # y along the height
+
+
+# ----------------------------------------------------------------------------------------------- golden parity
+def test_golden_forward_modern_grid_sample(golden, modern_net):
+    i, o = golden["inputs"], golden["outputs"]
+    with torch.no_grad():
+        assert _max_err(modern_net(i["driving"], i["source"]), o["forward"]) <= ATOL
+        assert _max_err(modern_net(i["driving"], i["source"], i["source2"]), o["forward_two_sources"]) <= ATOL
+
+
+def test_golden_forward_legacy_align_corners_true(golden, legacy_net):
+    i, o = golden["inputs"], golden["outputs"]
+    with torch.no_grad():
+        one = legacy_net(i["driving"], i["source"])
+        two = legacy_net(i["driving"], i["source"], i["source2"])
+    assert _max_err(one, o["forward_legacy_align_corners_true"]) <= ATOL
+    assert _max_err(two, o["forward_two_sources_legacy_align_corners_true"]) <= ATOL
+    assert _max_err(one, o["forward"]) > 100 * ATOL          # the two semantics really differ
+
+
+def test_golden_get_unwrapped(golden, modern_net):
+    with torch.no_grad():
+        embedded, confidences = modern_net.get_unwrapped(golden["inputs"]["source"])
+    expected = golden["outputs"]["get_unwrapped"]
+    assert confidences.shape == (2, 1, 64, 64, 1)
+    assert _max_err(embedded, expected["embedded_face"]) <= ATOL
+    assert _max_err(confidences, expected["confidences"]) <= ATOL
+
+
+def test_golden_get_sampler_and_driving_vector(golden, modern_net):
+    with torch.no_grad():
+        sampler = modern_net.get_sampler(golden["inputs"]["driving"])
+        bottleneck = modern_net.driving_vector(golden["inputs"]["driving"])
+    assert _max_err(sampler, golden["outputs"]["get_sampler"]) <= ATOL
+    assert bottleneck.shape == (2, 16, 1, 1)
+    assert _max_err(bottleneck, golden["outputs"]["pix2pixSampler_bottleneck"]) <= ATOL
+    assert bottleneck.min() >= 0                              # ReLU'd by the official in-place up path
+
+
+def test_forward_confidence_offset_differs_from_get_unwrapped(golden, modern_net):
+    """forward weights by exp(c) + 0.1, get_unwrapped by exp(c): with two sources the averages differ."""
+    i = golden["inputs"]
+    with torch.no_grad():
+        unwrapped, _ = modern_net.get_unwrapped(i["source"], i["source2"])
+        from_unwrapped = torch.nn.functional.grid_sample(unwrapped, modern_net.get_sampler(i["driving"]),
+                                                         align_corners=False)
+    assert _max_err(from_unwrapped, golden["outputs"]["forward_two_sources"]) > 10 * ATOL
+
+
+# ----------------------------------------------------------------------------------------------- wrapper
+def test_wrapper_default_is_legacy_semantics_and_reproduces_golden(golden, legacy_net):
+    i = golden["inputs"]
+    out = X2Face(net=legacy_net).reenact(ReenactInputs(source=i["source"], driving=i["driving"]))
+    assert _max_err(out, golden["outputs"]["forward_legacy_align_corners_true"].clamp(0, 1)) <= ATOL
+
+
+def test_wrapper_resizes_to_native_size_and_back():
+    model = X2Face.random(small=True)                          # native 64
+    batch = ReenactInputs(source=torch.rand(1, 3, 128, 128), driving=torch.rand(1, 3, 128, 128))
+    out = model.reenact(batch)
+    assert out.shape == (1, 3, 128, 128) and out.min() >= 0 and out.max() <= 1 and not out.isnan().any()
+
+
+# ----------------------------------------------------------------------------------------------- checkpoint
+def test_from_checkpoint_official_format_without_num_batches_tracked(tmp_path, golden):
+    """A torch-0.4-style file: {'state_dict', 'optimizer'}, BatchNorm num_batches_tracked absent."""
+    state = {k: v for k, v in golden["state_dicts"]["state_dict"].items() if not k.endswith("num_batches_tracked")}
+    optimizer = {"state": {}, "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0,
+                                                "amsgrad": False, "params": list(range(len(state)))}]}
+    path = tmp_path / "x2face_model_forpython3.pth"
+    torch.save({"state_dict": state, "optimizer": optimizer}, path)
+    model = X2Face.from_checkpoint(str(path), config=SMALL)
+    assert not model.training and model.net.config.align_corners is True
+    i = golden["inputs"]
+    out = model.reenact(ReenactInputs(source=i["source"], driving=i["driving"]))
+    assert _max_err(out, golden["outputs"]["forward_legacy_align_corners_true"].clamp(0, 1)) <= ATOL
+    modern = X2Face.from_checkpoint(str(path), config=SMALL, align_corners=False)
+    with torch.no_grad():
+        assert _max_err(modern.net(i["driving"], i["source"]), golden["outputs"]["forward"]) <= ATOL
+
+
+def test_from_checkpoint_random_weights_round_trip_via_asset_folder(tmp_path):
+    source = X2Face.random(small=True, seed=5)
+    (tmp_path / "baselines").mkdir()
+    torch.save({"state_dict": {f"module.{k}": v for k, v in source.net.state_dict().items()}},
+               tmp_path / "baselines" / "x2face_model_forpython3.pth")
+    model = X2Face.from_checkpoint(assets=str(tmp_path), config=SMALL)
+    for key, value in source.net.state_dict().items():
+        assert torch.equal(model.net.state_dict()[key], value), key
+    batch = ReenactInputs(source=torch.rand(1, 3, 64, 64), driving=torch.rand(1, 3, 64, 64))
+    assert torch.equal(model.reenact(batch), source.reenact(batch))
+
+
+def test_checkpoint_filter_fills_only_num_batches_tracked():
+    net = X2FaceNet(SMALL)
+    state = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    filled = checkpoint_filter_fn(state, net)
+    assert set(filled) == set(net.state_dict())
+    assert set(filled) - set(state) == {k for k in net.state_dict() if k.endswith("num_batches_tracked")}
+
+
+def test_from_checkpoint_is_strict(tmp_path):
+    state = X2FaceNet(SMALL).state_dict()
+    state["pix2pixSampler.netG.model.up.2.bias"] = torch.zeros(2)      # the official convs have no bias
+    path = tmp_path / "ckpt.pth"
+    torch.save({"state_dict": state}, path)
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        X2Face.from_checkpoint(str(path), config=SMALL)
+    torch.save(state, path)
+    with pytest.raises(ValueError, match="state_dict"):
+        X2Face.from_checkpoint(str(path), config=SMALL)
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(MissingAssetError, match="x2face_model_forpython3.pth") as info:
+        X2Face.from_checkpoint(assets=str(tmp_path))
+    assert "X2Face" in str(info.value)
+    with pytest.raises(MissingAssetError, match="nowhere.pth"):
+        X2Face.from_checkpoint(str(tmp_path / "nowhere.pth"))
