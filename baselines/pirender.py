@@ -71,7 +71,7 @@ class PIRenderConfig:
 
     @classmethod
     def from_gen_param(cls, p: Mapping[str, Mapping[str, Any]], image_size: int = 256) -> "PIRenderConfig":
-        """Read the official nested ``gen.param`` dict (``mapping_net``, ``warpping_net``, ``editing_net``, ``common``)."""
+        """Read the official nested ``gen.param`` dict (mapping_net, warpping_net, editing_net, common)."""
         m, w, e, c = p["mapping_net"], p["warpping_net"], p["editing_net"], p["common"]
         if c.get("use_spect", False):
             raise ValueError("use_spect=True (spectral norm) is not supported: the released model does not use it")

@@ -249,12 +249,12 @@ class X2Face(Reenactor):
         from reenact.assets import asset_path
 
         found = asset_path(CHECKPOINT_ASSET, assets, path=path)
-        return cls(net=load_official_state_dict(found, replace(config, align_corners=align_corners))).eval()
+        return cls(net=load_official_state_dict(found, replace(config, align_corners=align_corners)), **kwargs).eval()
 
     @classmethod
     def random(cls, *, small: bool = True, seed: int = 0, align_corners: bool = True, **kwargs: Any) -> "X2Face":
         torch.manual_seed(seed)
-        return cls(replace(SMALL if small else FULL, align_corners=align_corners)).eval()
+        return cls(replace(SMALL if small else FULL, align_corners=align_corners), **kwargs).eval()
 
     @torch.no_grad()
     def reenact(self, inputs: ReenactInputs, motion: Motion = "absolute") -> torch.Tensor:
