@@ -30,7 +30,7 @@ from torch import nn
 
 from baselines._fomm_blocks import (SMALL_MODEL_PARAMS, DenseMotionNetwork, DiscriminatorConfig, GeneratorConfig,
                                     GeneratorOutput, KeypointModelConfig, Keypoints, KeypointWarpGenerator,
-                                    KPDetector, checkpoint_entry, feature_decoder, feature_encoder,
+                                    KPDetector, KPDetectorConfig, checkpoint_entry, feature_decoder, feature_encoder,
                                     load_checkpoint_file, load_state_exact, normalize_kp, strip_prefix)
 from baselines.base import Motion, ReenactInputs, Reenactor
 from baselines.fomm import check_size
@@ -48,7 +48,7 @@ class DaGANConfig:
     depth_layers: int = 18
 
     @property
-    def kp_detector(self):
+    def kp_detector(self) -> KPDetectorConfig:
         return self.keypoint_model.kp_detector
 
     @property

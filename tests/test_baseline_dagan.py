@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from baselines._fomm_blocks import (KeypointModelConfig, Keypoints, KPDetector, MultiScaleDiscriminator, load_state_exact,
-                                    normalize_kp)
+from baselines._fomm_blocks import (KeypointModelConfig, Keypoints, KPDetector, MultiScaleDiscriminator,
+                                    load_state_exact, normalize_kp)
 from baselines._recipe import (RecipeChecksumError, check_recipe_source, hash_uniform, recipe_modules,
                                recipe_state_dict)
 from baselines.base import ReenactInputs
