@@ -36,6 +36,8 @@ ASSETS: dict[str, Asset] = {a.key: a for a in [
           "`reenact convert-bfm` from the two files above", fallback="procedural morphable model"),
     Asset("deep3d", "deep3d/epoch_20.pth", "coefficient extraction (key net_recon)",
           "sicxu/Deep3DFaceRecon_pytorch README (checkpoints/<name>/epoch_20.pth)", fallback="landmark fit or oracle"),
+    Asset("deep3d_lm3d", "BFM/similarity_Lm3D_all.mat", "deep3d 5-point alignment (mean 3D landmarks, key lm)",
+          "sicxu/Deep3DFaceRecon_pytorch BFM/ folder", fallback="landmark fit or oracle"),
     Asset("vgg19", "torch/hub/checkpoints/vgg19-dcbb9e9d.pth", "perceptual and style loss",
           "torchvision VGG19_Weights.IMAGENET1K_V1", fallback="random VGG-19 (stated in logs and checkpoints)"),
     Asset("inception_fid", "pt_inception-2015-12-05-6726825d.pth", "FID",

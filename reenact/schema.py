@@ -114,6 +114,7 @@ COEFFS = pa.schema([
     pa.field("extractor", pa.string(), nullable=False),    # deep3d | landmarks | oracle
     pa.field("fit_error", pa.float32()),                   # extractor's residual (e.g. landmark RMSE, pixels)
     *_STATUS,
+    pa.field("align", pa.list_(pa.float64(), 5)),          # deep3d: Deep3D trans_params (w0, h0, s, tx, ty), else null
 ])
 
 #: Ground truth written by the synthetic world beside its videos.
