@@ -3,7 +3,7 @@
 Conventions (stated once):
 
 * **Our landmarks** are image pixels ``(x, y)``: x to the right, y **down**, integer values at pixel centres (the
-  convention of MTCNN, dlib and ``reenact.schema``). The five points are, in order: left eye, right eye, nose tip,
+  convention of MTCNN, dlib and Deep3D; ``reenact.face3d.camera``'s continuous coordinates are these + 0.5). The five points are, in order: left eye, right eye, nose tip,
   left mouth corner, right mouth corner, where "left" is the image left (the subject's right).
 * **Deep3D's landmarks** have y **up**: its ``test.py`` flips them with ``lm[:, -1] = H - 1 - lm[:, -1]`` before
   ``align_img``. We flip internally (:func:`flip_y`), so callers always pass y-down points, and the recorded
@@ -16,8 +16,8 @@ Conventions (stated once):
   ``left = trunc(w / 2 - T / 2 + (tx - w0 / 2) s)`` and ``up = trunc(h / 2 - T / 2 + (h0 / 2 - ty) s)``.
   PIL's resize maps pixel centres ``u + 1/2 = (x + 1/2) w / w0``, so the exact map from image pixels to aligned
   pixels is, per axis, ``u = k x + b`` with ``k = (w / w0, h / h0)`` and ``b = k / 2 - 1/2 - (left, up)``
-  (:class:`AlignTransform`). Deep3D's own ``lm_new`` uses ``s`` and ignores the two truncations (up to about a pixel
-  off); ours is the map the aligned image actually shows. ``trans_params`` alone determine it
+  (:class:`AlignTransform`); in continuous coordinates it is simply ``u = k x - (left, up)``. Deep3D's own
+  ``lm_new`` uses ``s`` and ignores the truncations (up to 2 px off); ours is the map the aligned image shows. ``trans_params`` alone determine it
   (:meth:`AlignTransform.from_trans_params`), so they are what the coefficient shards record.
 """
 from __future__ import annotations
@@ -113,7 +113,9 @@ class AlignTransform:
     def box(self) -> tuple[int, int]:
         """Top-left corner ``(left, up)`` of the crop in the rescaled image (truncated toward zero, as Deep3D)."""
         w, h, half = *self.resized, self.target_size / 2
-        return int(w / 2 - half + (self.tx - self.w0 / 2) * self.s), int(h / 2 - half + (self.h0 / 2 - self.ty) * self.s)
+        left = w / 2 - half + (self.tx - self.w0 / 2) * self.s
+        up = h / 2 - half + (self.h0 / 2 - self.ty) * self.s   # ty is y-up: the face centre is h0 / 2 - ty below centre
+        return int(left), int(up)
 
     @property
     def scale(self) -> np.ndarray:
