@@ -106,7 +106,7 @@ def test_guidance_is_batched_and_matches_single_pairs(model):
     for i in range(3):
         single = compute_guidance(model, src[i:i + 1], drv[i:i + 1], 64)
         for name in ("flow", "occlusion", "render", "face_mask"):
-            assert torch.allclose(getattr(batched, name)[i:i + 1], getattr(single, name), atol=1e-5), name
+            assert torch.allclose(getattr(batched, name)[i:i + 1], getattr(single, name), atol=1e-4), name  # px, GEMM rounding
 
 
 def test_guidance_rejects_bad_shapes(model):

@@ -114,12 +114,12 @@ def occlusion_map(target: Fragments, source: Fragments, num_triangles: int,
     return seen.gather(1, ids).reshape(target.triangle_id.shape).float()
 
 
-def computed_flow(target: Fragments, faces: torch.Tensor, source_screen: torch.Tensor) -> torch.Tensor:
-    """Eq. 3: ``(B, H, W, 2)`` R(V_t, P(V_s), C) - G(h, w), zero where the target raster is empty."""
+def computed_flow(target: Fragments, source_xy: torch.Tensor) -> torch.Tensor:
+    """Eq. 3: ``(B, H, W, 2)`` R(V_t, P(V_s), C) - G(h, w) from the interpolated source positions ``source_xy``
+    ``(B, H, W, 2)``; zero where the target raster is empty."""
     h, w = target.triangle_id.shape[-2:]
-    sampled = interpolate(target, faces, source_screen[..., :2])             # B x H x W x 2
-    grid = pixel_grid(h, w, device=sampled.device, dtype=sampled.dtype)
-    return (sampled - grid) * target.mask.unsqueeze(-1)
+    grid = pixel_grid(h, w, device=source_xy.device, dtype=source_xy.dtype)
+    return (source_xy - grid) * target.mask.unsqueeze(-1)
 
 
 def split_fragments(fragments: Fragments, b: int) -> tuple[Fragments, Fragments]:
@@ -131,6 +131,14 @@ def split_fragments(fragments: Fragments, b: int) -> tuple[Fragments, Fragments]
 
 def _nchw(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 3, 1, 2).contiguous()                 # B x H x W x C -> B x C x H x W
+
+
+def vertex_colors(model: MorphableModel, rest: torch.Tensor, rotation: torch.Tensor, tex: torch.Tensor,
+                  gamma: torch.Tensor) -> torch.Tensor:
+    """Lit colours ``(N, V, 3)`` of N meshes sharing one albedo per pair: ``tex`` is ``(B, 80)`` with N = k B."""
+    normals = model.vertex_normals(rest) @ rotation.transpose(-1, -2)       # camera space, N x V x 3
+    albedo = model.albedo(tex)                                               # B x V x 3
+    return shade(albedo.repeat(rest.shape[0] // tex.shape[0], 1, 1), normals, gamma)
 
 
 def compute_guidance(model: MorphableModel, source_coeffs: torch.Tensor, driving_coeffs: torch.Tensor,
@@ -147,20 +155,19 @@ def compute_guidance(model: MorphableModel, source_coeffs: torch.Tensor, driving
     camera = camera or PerspectiveCamera.deep3d(size)
     b, faces = source_coeffs.shape[0], model.triangles
     rest, rotation, verts, both = _posed_pair(model, source_coeffs, target_coeffs(source_coeffs, driving_coeffs))
-    screen = camera.project(verts)                                           # 2B x V x 3
+    screen = camera.project(verts)                                           # 2B x V x 3: [source; target]
     frags = rasterize(screen, faces, RasterSettings(image_size=(camera.height, camera.width), backend=backend))
     frag_s, frag_t = split_fragments(frags, b)
     visible = depth_tested_triangles(frag_s, faces, screen[:b]) if occlusion_rule == "depth_test" else None
-    normals = model.vertex_normals(rest) @ rotation.transpose(-1, -2)        # camera-space normals, 2B x V x 3
-    colors = shade(model.albedo(both.tex), normals, both.gamma)              # 2B x V x 3
-    renders = interpolate(frags, faces, colors) if with_source_render else None
-    target_render = renders[b:] if renders is not None else interpolate(frag_t, faces, colors[b:])
+    shaded = slice(0, 2 * b) if with_source_render else slice(b, 2 * b)     # meshes that need colours
+    colors = vertex_colors(model, rest[shaded], rotation[shaded], both.tex[b:], both.gamma[shaded])
+    target = interpolate(frag_t, faces, torch.cat([screen[:b, :, :2], colors[-b:]], -1))   # B x H x W x (2 + 3)
     return Guidance(
-        flow=_nchw(computed_flow(frag_t, faces, screen[:b])),
+        flow=_nchw(computed_flow(frag_t, target[..., :2])),
         occlusion=occlusion_map(frag_t, frag_s, model.num_triangles, visible).unsqueeze(1),
-        render=_nchw(target_render),
+        render=_nchw(target[..., 2:]),
         face_mask=frag_t.mask.unsqueeze(1).float(),
-        source_render=_nchw(renders[:b]) if renders is not None else None,
+        source_render=_nchw(interpolate(frag_s, faces, colors[:b])) if with_source_render else None,
         source_mask=frag_s.mask.unsqueeze(1).float() if with_source_render else None)
 
 

@@ -48,6 +48,19 @@ class MorphableModel:
     landmark_indices: torch.Tensor
     name: str = "unnamed"
 
+    def __post_init__(self) -> None:
+        # Keep the bases in one (k, 3V) row-major buffer [id; exp] and (80, 3V) for texture: Eq. 1 is then one
+        # GEMM over contiguous rows, about twice as fast as reading the (3V, k) layout. The public fields stay
+        # (3V, k) views of those buffers, in Deep3D's layout.
+        shape_rows = torch.cat([self.id_base.T, self.exp_base.T]).contiguous()        # 144 x 3V
+        tex_rows = self.tex_base.T.contiguous()                                       # 80 x 3V
+        object.__setattr__(self, "id_base", shape_rows[:NUM_ID].T)
+        object.__setattr__(self, "exp_base", shape_rows[NUM_ID:].T)
+        object.__setattr__(self, "tex_base", tex_rows.T)
+        object.__setattr__(self, "_shape_rows", shape_rows)
+        object.__setattr__(self, "_tex_rows", tex_rows)
+        object.__setattr__(self, "_mean_flat", self.mean_shape.reshape(1, -1).contiguous())
+
     @property
     def num_vertices(self) -> int:
         return self.mean_shape.shape[0]
@@ -61,21 +74,26 @@ class MorphableModel:
         return self.mean_shape.device
 
     def to(self, device: torch.device | str) -> "MorphableModel":
+        if torch.device(device) == self.device:
+            return self
         return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
                                 if isinstance(getattr(self, f.name), torch.Tensor)})
 
     def shape(self, id_coeffs: torch.Tensor, exp_coeffs: torch.Tensor) -> torch.Tensor:
         """Eq. 1 before pose: ``(..., 80)``, ``(..., 64)`` -> vertices ``(..., V, 3)``."""
-        offsets = id_coeffs @ self.id_base.T + exp_coeffs @ self.exp_base.T   # ... x 3V
-        return self.mean_shape + offsets.unflatten(-1, (-1, 3))               # ... x V x 3
+        batch = torch.broadcast_shapes(id_coeffs.shape[:-1], exp_coeffs.shape[:-1])
+        coeffs = torch.cat([id_coeffs.expand(*batch, -1), exp_coeffs.expand(*batch, -1)], -1)   # ... x 144
+        flat = torch.addmm(self._mean_flat, coeffs.reshape(-1, coeffs.shape[-1]), self._shape_rows)  # N x 3V
+        return flat.reshape(*batch, -1, 3)                                                       # ... x V x 3
 
     def albedo(self, tex_coeffs: torch.Tensor) -> torch.Tensor:
         """Per-vertex albedo ``(..., V, 3)`` in [0, 1] (Deep3D divides by 255) from ``(..., 80)``."""
-        return (self.mean_tex + (tex_coeffs @ self.tex_base.T).unflatten(-1, (-1, 3))) / 255.0
+        return (self.mean_tex + (tex_coeffs @ self._tex_rows).unflatten(-1, (-1, 3))) / 255.0
 
     def vertex_normals(self, verts: torch.Tensor) -> torch.Tensor:
         """Unit vertex normals ``(..., V, 3)``: the normalised sum of adjacent unit face normals (as Deep3D)."""
-        v0, v1, v2 = (verts[..., self.triangles[:, k], :] for k in range(3))
+        corners = verts[..., self.triangles.reshape(-1), :].unflatten(-2, (-1, 3))       # ... x F x 3 x 3
+        v0, v1, v2 = corners.unbind(-2)
         face_normals = F.normalize(torch.linalg.cross(v0 - v1, v1 - v2, dim=-1), dim=-1)
         padded = torch.cat([face_normals, torch.zeros_like(face_normals[..., :1, :])], dim=-2)  # index -1 -> zero
         return F.normalize(padded[..., self.vertex_triangles, :].sum(-2), dim=-1)
