@@ -1,0 +1,121 @@
+"""Rasterizer speed: one rasterization and one 2-channel interpolation, median ms, on one CPU thread by default.
+
+    python perf/bench_raster.py [--size 256] [--threads 1] [--repeats 30] [--device cpu] [--profile]
+
+Meshes: ``grid`` is a synthetic face stand-in, a jittered height-field grid of 189 x 189 = 35,721 vertices and
+70,688 triangles (the full BFM's 35,709 / 70,789) whose projection covers about 180 x 200 pixels of 256^2, so most
+triangles are 0.3-1 pixel; ``procedural`` is the procedural morphable model (reenact/face3d/procedural.py) at full
+size in a neutral pose, when it can be built. Issue #2 budget: one rasterization well under 7 ms on one CPU thread
+(two of them, the vertex maths and the interpolation make one pair's guidance, <= 15 ms).
+``--profile`` adds torch's per-operator table for the first mesh.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from perf.timing import median_seconds, print_table  # noqa: E402
+from reenact.face3d.raster import RasterSettings, interpolate, rasterize  # noqa: E402
+
+
+def grid_mesh(rows: int = 189, cols: int = 189, image_size: tuple[int, int] = (256, 256),
+              extent: tuple[float, float] = (180.0, 200.0), jitter: float = 0.25,
+              seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A jittered height-field grid projected to ``extent`` (w, h) pixels around the image centre.
+
+    Returns screen vertices ``(1, rows * cols, 3)`` (x, y down, depth of a sphere cap, nearer in the middle) and
+    faces ``(2 (rows - 1) (cols - 1), 3)``, front-facing (counter-clockwise as displayed).
+    """
+    g = torch.Generator().manual_seed(seed)
+    v, u = torch.meshgrid(torch.linspace(-1, 1, rows, dtype=torch.float64),
+                          torch.linspace(-1, 1, cols, dtype=torch.float64), indexing="ij")
+    u = u + jitter * (2 / (cols - 1)) * (torch.rand(rows, cols, generator=g, dtype=torch.float64) - 0.5)
+    v = v + jitter * (2 / (rows - 1)) * (torch.rand(rows, cols, generator=g, dtype=torch.float64) - 0.5)
+    x = image_size[1] / 2 + u * extent[0] / 2
+    y = image_size[0] / 2 + v * extent[1] / 2
+    depth = 10 - 2 * torch.sqrt((4 - u**2 - v**2).clamp(min=0))
+    verts = torch.stack([x, y, depth], -1).reshape(1, -1, 3).float()
+    idx = torch.arange(rows * cols).reshape(rows, cols)
+    tl, tr, bl, br = idx[:-1, :-1], idx[:-1, 1:], idx[1:, :-1], idx[1:, 1:]
+    # (top-left, bottom-left, top-right) runs counter-clockwise as displayed (y down): front-facing
+    faces = torch.cat([torch.stack([tl, bl, tr], -1).reshape(-1, 3), torch.stack([tr, bl, br], -1).reshape(-1, 3)])
+    return verts, faces
+
+
+def procedural_mesh(size: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The full-size procedural morphable model, neutral, through Deep3D's camera; None if it cannot be built."""
+    try:
+        from reenact.face3d.camera import PerspectiveCamera
+        from reenact.face3d.face import posed_vertices
+        from reenact.face3d.procedural import procedural_model
+    except ImportError as err:
+        print(f"procedural model unavailable: {err}")
+        return None
+    model = procedural_model("full")
+    screen = PerspectiveCamera.deep3d(size).project(posed_vertices(model, torch.zeros(1, 257))[0])
+    return screen, model.triangles
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    scale = args.size / 256
+    meshes = {"grid": grid_mesh(image_size=(args.size, args.size), extent=(180.0 * scale, 200.0 * scale))}
+    procedural = procedural_mesh(args.size)
+    if procedural is not None:
+        meshes["procedural-full"] = procedural
+    settings = RasterSettings(image_size=(args.size, args.size), backend="torch")
+    rows = []
+    for name, (verts, faces) in meshes.items():
+        verts, faces = verts.to(device), faces.to(device)
+        frags = rasterize(verts, faces, settings)
+        attrs = verts[..., :2].contiguous()
+        raster_med, raster_min = median_seconds(lambda: (rasterize(verts, faces, settings), sync()),
+                                                repeats=args.repeats, warmup=5)
+        interp_med, interp_min = median_seconds(lambda: (interpolate(frags, faces, attrs), sync()),
+                                                repeats=args.repeats, warmup=5)
+        rows.append([name, f"{verts.shape[1]} / {faces.shape[0]}", f"{args.size}x{args.size}",
+                     args.threads if device.type == "cpu" else device.type, int(frags.mask.sum()),
+                     1000 * raster_med, 1000 * raster_min, 1000 * interp_med, 1000 * interp_min])
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, device {device}, "
+          f"{args.repeats} repetitions after 5 warm-up calls")
+    print_table(["mesh", "vertices / triangles", "image", "threads", "covered px", "raster median ms",
+                 "raster min ms", "interp (D=2) median ms", "interp min ms"], rows)
+    print("budget (issue #2): one rasterization well under 7 ms; one pair's guidance <= 15 ms")
+    if args.profile:
+        _profile(*next(iter(meshes.values())), settings, device)
+
+
+def _profile(verts: torch.Tensor, faces: torch.Tensor, settings: RasterSettings, device: torch.device) -> None:
+    from torch.profiler import profile
+
+    verts, faces = verts.to(device), faces.to(device)
+    repeats = 20
+    with profile(record_shapes=True) as prof:
+        for _ in range(repeats):
+            rasterize(verts, faces, settings)
+    events = sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in events) / repeats
+    print(f"\nper-operator self CPU time per rasterization (profiled total {total:.0f} us, "
+          f"{sum(e.count for e in events) // repeats} operator calls)")
+    for e in events[:30]:
+        print(f"{e.key:28s} {e.self_cpu_time_total / repeats:8.1f} us x{e.count // repeats:3d}  "
+              f"{str(e.input_shapes)[:80]}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,374 @@
+"""Rasterizer tests: conventions, the tie rule, and agreement with a float64 brute force on random meshes.
+
+Acceptance (issue #2): the same triangle id at every pixel whose centre is not within 1e-6 of a triangle edge, and
+barycentrics within 1e-5 there.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reenact.face3d import raster
+from reenact.face3d.raster import Fragments, RasterSettings, interpolate, rasterize
+
+EDGE_EPS = 1e-6  # pixels this close to any triangle edge are not compared (the issue's acceptance)
+BARY_TOL = 1e-5
+DEPTH_TOL = 1e-5
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# brute-force reference: every pixel x every triangle, float64
+
+
+def brute_force(verts: torch.Tensor, faces: torch.Tensor, size: tuple[int, int], cull_backfaces: bool = False):
+    """Reference raster of ``(B, V, 3)`` verts: (triangle_id, bary, depth, near_edge), each ``(B, H, W, ...)``.
+
+    Same rules as the module docstring, written the obvious way: a centre is covered when all three oriented edge
+    functions are >= 0 and the triangle has non-zero area; the smallest depth wins, then the smallest id.
+    ``near_edge`` marks centres within ``EDGE_EPS`` of any edge segment of any triangle.
+    """
+    H, W = size
+    B, F = verts.shape[0], faces.shape[0]
+    tri = verts.double()[:, faces]  # B x F x 3 corners x 3
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float64) + 0.5, torch.arange(W, dtype=torch.float64) + 0.5,
+                            indexing="ij")
+    p = torch.stack([xs, ys], -1).view(1, H * W, 1, 2)  # 1 x P x 1 x 2
+    a = tri[:, None, :, :, :2]  # B x 1 x F x 3 x 2
+    nxt, nxt2 = a.roll(-1, dims=3), a.roll(-2, dims=3)  # corners k + 1, k + 2
+    edge = nxt2 - nxt
+    rel = p.unsqueeze(3) - nxt  # B x P x F x 3 x 2
+    e = edge[..., 0] * rel[..., 1] - edge[..., 1] * rel[..., 0]  # B x P x F x 3, edge function opposite corner k
+    area2 = e.sum(-1)
+    sign = torch.sign(area2).unsqueeze(-1)
+    covered = ((e * sign) >= 0).all(-1) & (area2 != 0)
+    if cull_backfaces:
+        covered &= area2 < 0
+    bary = e / area2.unsqueeze(-1)
+    depth = (bary * tri[:, None, :, :, 2]).sum(-1)
+    depth = torch.where(covered, depth, torch.inf)
+    best = depth.amin(-1, keepdim=True)
+    ids = torch.where(covered & (depth == best), torch.arange(F), F).amin(-1)
+    ids = torch.where(ids == F, -1, ids)
+    chosen = bary.gather(2, ids.clamp(min=0)[..., None, None].expand(-1, -1, 1, 3)).squeeze(2)
+    chosen = torch.where((ids >= 0).unsqueeze(-1), chosen, 0.0)
+    t = ((rel * edge).sum(-1) / (edge * edge).sum(-1).clamp(min=1e-300)).clamp(0, 1)  # closest point on segment
+    dist = (rel - t.unsqueeze(-1) * edge).norm(dim=-1)
+    near = (dist < EDGE_EPS).flatten(2).any(-1)
+    shape = (B, H, W)
+    return ids.view(shape), chosen.view(*shape, 3), best.squeeze(-1).view(shape), near.view(shape)
+
+
+def random_mesh(seed: int, batch: int = 2, size: tuple[int, int] = (28, 36)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Overlapping triangles of every scale (sub-pixel, a few pixels, larger than the image), both windings,
+    partly outside the image, plus degenerate ones (a repeated corner and three collinear corners)."""
+    g = torch.Generator().manual_seed(seed)
+    H, W = size
+    groups = []
+    for count, scale in ((12, 40.0), (25, 4.0), (25, 1.5), (40, 0.6)):
+        centre = torch.rand(batch, count, 1, 2, generator=g) * torch.tensor([W * 1.3, H * 1.3]) - torch.tensor(
+            [W * 0.15, H * 0.15])
+        xy = centre + (torch.rand(batch, count, 3, 2, generator=g) - 0.5) * scale
+        z = torch.rand(batch, count, 3, 1, generator=g) * 2 - 1
+        groups.append(torch.cat([xy, z], -1))
+    corners = torch.cat(groups, 1)  # B x T x 3 x 3
+    corners[:, 0, 2] = corners[:, 0, 1]  # repeated corner
+    corners[:, 1, 2, :2] = 0.25 * corners[:, 1, 0, :2] + 0.75 * corners[:, 1, 1, :2]  # collinear (up to rounding)
+    verts = corners.reshape(batch, -1, 3)
+    faces = torch.arange(verts.shape[1]).view(-1, 3)
+    faces = faces[torch.randperm(faces.shape[0], generator=g)]
+    return verts.contiguous(), faces
+
+
+def assert_matches_brute_force(verts, faces, size, cull_backfaces=False) -> Fragments:
+    frags = rasterize(verts, faces, RasterSettings(size, cull_backfaces=cull_backfaces, backend="torch"))
+    ids, bary, depth, near = brute_force(verts, faces, size, cull_backfaces)
+    compared = ~near
+    mismatch = (frags.triangle_id != ids) & compared
+    assert not mismatch.any(), f"{int(mismatch.sum())} pixels differ, e.g. at {mismatch.nonzero()[:5].tolist()}"
+    hit = compared & (ids >= 0)
+    assert hit.sum() > 0
+    assert (frags.bary.double() - bary)[hit].abs().max() < BARY_TOL
+    assert (frags.depth.double() - depth)[hit].abs().max() < DEPTH_TOL
+    return frags
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# agreement with the brute force
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("cull", [False, True])
+def test_random_meshes_match_brute_force(seed, cull):
+    verts, faces = random_mesh(seed)
+    frags = assert_matches_brute_force(verts, faces, (28, 36), cull_backfaces=cull)
+    assert frags.mask.float().mean() > (0.1 if cull else 0.3)  # the comparison is not vacuous
+
+
+def test_face_like_mesh_of_subpixel_triangles_matches_brute_force():
+    # a jittered grid like a face at 256^2: most triangles hold zero or one pixel centre, some two to four
+    g = torch.Generator().manual_seed(7)
+    rows, cols = 30, 34
+    v, u = torch.meshgrid(torch.linspace(2.2, 21.7, rows), torch.linspace(1.3, 22.9, cols), indexing="ij")
+    xy = torch.stack([u, v], -1) + (torch.rand(rows, cols, 2, generator=g) - 0.5) * 0.4
+    depth = ((u - 12) ** 2 + (v - 12) ** 2).unsqueeze(-1) / 100
+    verts = torch.cat([xy, depth], -1).view(1, -1, 3)
+    idx = torch.arange(rows * cols).view(rows, cols)
+    tl, tr, bl, br = idx[:-1, :-1], idx[:-1, 1:], idx[1:, :-1], idx[1:, 1:]
+    faces = torch.cat([torch.stack([tl, bl, tr], -1), torch.stack([tr, bl, br], -1)]).view(-1, 3)
+    frags = assert_matches_brute_force(verts, faces, (24, 24))
+    assert frags.mask.sum() > 300
+
+
+def test_windows_and_exact_path_cover_every_box_size():
+    # boxes of 1..9 pixels a side, so the origin test, both windows and the float64 path all run
+    sizes = torch.arange(1, 10, dtype=torch.float32)
+    x0 = torch.cumsum(sizes + 1.3, 0) - 8.0
+    corners = torch.stack([torch.stack([x0, torch.full_like(x0, 1.2)], -1),
+                           torch.stack([x0 + sizes * 0.2, 1.2 + sizes + 0.9], -1),
+                           torch.stack([x0 + sizes + 0.7, torch.full_like(x0, 2.0)], -1)], 1)  # T x 3 x 2
+    corners = torch.cat([corners, torch.rand(corners.shape[:2] + (1,), generator=torch.Generator().manual_seed(1))],
+                        -1)
+    verts, faces = corners.view(1, -1, 3), torch.arange(corners.shape[0] * 3).view(-1, 3)
+    assert_matches_brute_force(verts, faces, (13, 60))
+
+
+def test_exact_path_in_chunks_gives_the_same_raster(monkeypatch):
+    verts, faces = random_mesh(3)
+    settings = RasterSettings((28, 36), backend="torch")
+    whole = rasterize(verts, faces, settings)
+    monkeypatch.setattr(raster, "CHUNK_CANDIDATES", 64)
+    chunked = rasterize(verts, faces, settings)
+    assert torch.equal(whole.triangle_id, chunked.triangle_id)
+    assert torch.equal(whole.bary, chunked.bary)
+    assert torch.equal(whole.depth, chunked.depth)
+
+
+def test_batch_equals_one_mesh_at_a_time():
+    verts, faces = random_mesh(4, batch=3)
+    settings = RasterSettings((28, 36), backend="torch")
+    batched = rasterize(verts, faces, settings)
+    for b in range(3):
+        single = rasterize(verts[b:b + 1], faces, settings)
+        assert torch.equal(batched.triangle_id[b:b + 1], single.triangle_id)
+        assert torch.equal(batched.depth[b:b + 1], single.depth)
+        assert torch.equal(batched.bary[b:b + 1], single.bary)
+
+
+def test_interpolate_matches_brute_force():
+    verts, faces = random_mesh(5)
+    attrs = torch.randn(2, verts.shape[1], 4, generator=torch.Generator().manual_seed(0))
+    frags = rasterize(verts, faces, RasterSettings((28, 36), backend="torch"))
+    ids, bary, _, near = brute_force(verts, faces, (28, 36))
+    expected = (bary.unsqueeze(-1) * attrs.double()[torch.arange(2).view(2, 1, 1, 1),
+                                                    faces[ids.clamp(min=0)]]).sum(-2)
+    out = interpolate(frags, faces, attrs)
+    assert out.shape == (2, 28, 36, 4)
+    hit = ~near & (ids >= 0)
+    assert (out.double() - expected)[hit].abs().max() < 1e-4
+    assert (out[~frags.mask] == 0).all()
+
+
+def test_interpolate_is_differentiable_in_attrs():
+    verts, faces = random_mesh(6, batch=1, size=(6, 7))
+    faces = faces[:6]
+    frags = rasterize(verts, faces, RasterSettings((6, 7), backend="torch"))
+    assert frags.mask.any()
+    attrs = torch.randn(1, verts.shape[1], 2, dtype=torch.float64)
+    used = torch.zeros(verts.shape[1], dtype=torch.bool)
+    used[faces.unique()] = True
+    leaf = attrs[:, used].clone().requires_grad_(True)
+
+    def interpolate_used(a):
+        return interpolate(frags, faces, attrs.index_put((torch.tensor([0]), used.nonzero()[:, 0]), a[0]))
+
+    assert torch.autograd.gradcheck(interpolate_used, (leaf,), fast_mode=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# conventions and the tie rule
+
+
+def one_triangle(corners, depth=(0.5, 0.5, 0.5)) -> tuple[torch.Tensor, torch.Tensor]:
+    xy = torch.tensor(corners, dtype=torch.float32)
+    return torch.cat([xy, torch.tensor(depth).view(3, 1)], -1).view(1, 3, 3), torch.tensor([[0, 1, 2]])
+
+
+def test_convention_pixel_centres_and_y_down():
+    # legs along the top and left image borders: pixel (i, j) has its centre at (j + 0.5, i + 0.5), y down, and a
+    # centre exactly on the hypotenuse x + y = 4 is covered
+    verts, faces = one_triangle([(0, 0), (0, 4), (4, 0)])
+    frags = rasterize(verts, faces, RasterSettings((6, 5)))
+    i, j = torch.meshgrid(torch.arange(6), torch.arange(5), indexing="ij")
+    assert torch.equal(frags.mask[0], (i + j) <= 3)
+    assert frags.triangle_id[0, 0, 0] == 0 and frags.triangle_id[0, 5, 0] == -1
+
+
+def test_convention_image_spans_zero_to_size():
+    # two triangles covering [0, W] x [0, H] exactly cover every pixel; shifted right by just over half a pixel they
+    # leave the first column
+    H, W = 4, 8
+    verts = torch.tensor([[[0.0, 0, 0.5], [0, H, 0.5], [W, 0, 0.5], [W, H, 0.5]]])
+    faces = torch.tensor([[0, 1, 2], [2, 1, 3]])
+    assert rasterize(verts, faces, RasterSettings((H, W))).mask.all()
+    mask = rasterize(verts + torch.tensor([0.501, 0.0, 0.0]), faces, RasterSettings((H, W))).mask[0]
+    assert not mask[:, 0].any() and mask[:, 1:].all()
+
+
+def test_convention_barycentrics_are_screen_space():
+    # interpolating the screen positions themselves gives back the pixel centres (affine in image coordinates)
+    verts, faces = one_triangle([(0.3, 0.2), (2.1, 9.7), (11.6, 1.4)], depth=(1.0, 7.0, 3.0))
+    frags = rasterize(verts, faces, RasterSettings((10, 12)))
+    xy = interpolate(frags, faces, verts[..., :2])[0]
+    i, j = torch.meshgrid(torch.arange(10.0), torch.arange(12.0), indexing="ij")
+    grid = torch.stack([j + 0.5, i + 0.5], -1)
+    m = frags.mask[0]
+    assert m.sum() > 20
+    assert torch.allclose(xy[m], grid[m], atol=1e-5)
+    assert torch.allclose(frags.bary[0][m].sum(-1), torch.ones(int(m.sum())), atol=1e-6)
+    # depth is interpolated affinely too
+    assert torch.allclose(frags.depth[0][m], (frags.bary[0][m] * verts[0, :, 2]).sum(-1), atol=1e-5)
+
+
+def test_convention_empty_pixels():
+    verts, faces = one_triangle([(1, 1), (1, 3), (3, 1)])
+    frags = rasterize(verts, faces, RasterSettings((5, 5)))
+    empty = ~frags.mask
+    assert empty.any()
+    assert (frags.triangle_id[empty] == -1).all()
+    assert (frags.bary[empty] == 0).all()
+    assert torch.isinf(frags.depth[empty]).all() and (frags.depth[empty] > 0).all()
+    assert frags.triangle_id.dtype == torch.int64 and frags.bary.shape == (1, 5, 5, 3)
+
+
+def test_convention_smaller_depth_is_nearer_whatever_the_id_or_sign():
+    square = [(0, 0), (0, 4), (4, 0)]
+    for near, far in ((0.2, 0.7), (-3.0, -1.0), (-1.0, 2.0), (1e-30, 1e-29)):
+        a, _ = one_triangle(square, depth=(far,) * 3)
+        b, _ = one_triangle(square, depth=(near,) * 3)
+        faces = torch.tensor([[0, 1, 2], [3, 4, 5]])
+        frags = rasterize(torch.cat([a, b], 1), faces, RasterSettings((4, 4)))  # the nearer one has id 1
+        assert (frags.triangle_id[frags.mask] == 1).all()
+        assert (frags.depth[frags.mask] == near).all()
+
+
+def test_tie_rule_equal_depth_smallest_id_wins():
+    square = [(0, 0), (0, 4), (4, 0)]
+    a, _ = one_triangle(square, depth=(0.5, 0.25, 0.75))
+    verts = torch.cat([a, a, a], 1)
+    faces = torch.tensor([[6, 7, 8], [3, 4, 5], [0, 1, 2]])  # the same triangle three times
+    frags = rasterize(verts, faces, RasterSettings((4, 4)))
+    assert frags.mask.sum() == 10 and (frags.triangle_id[frags.mask] == 0).all()
+    # -0.0 and +0.0 are equal depths too
+    pos, _ = one_triangle(square, depth=(0.0, 0.0, 0.0))
+    neg, _ = one_triangle(square, depth=(-0.0, -0.0, -0.0))
+    faces = torch.tensor([[3, 4, 5], [0, 1, 2]])
+    for first, second in ((pos, neg), (neg, pos)):
+        frags = rasterize(torch.cat([first, second], 1), faces, RasterSettings((4, 4)))
+        assert (frags.triangle_id[frags.mask] == 0).all()
+
+
+def test_tie_rule_shared_edge_is_inclusive_and_goes_to_the_smaller_id():
+    # the square [0, 4]^2 split along its diagonal x = y, which passes through the 4 pixel centres i == j
+    verts = torch.tensor([[[0, 0, 1.0], [4, 0, 1.0], [4, 4, 1.0], [0, 4, 1.0]]])
+    lower_left, upper_right = [0, 3, 2], [0, 2, 1]  # i >= j and i <= j, both front-facing
+    i, j = torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij")
+    for order in ((lower_left, upper_right), (upper_right, lower_left)):
+        frags = rasterize(verts, torch.tensor(order), RasterSettings((4, 4)))
+        ll_id = 0 if order[0] == lower_left else 1
+        expected = torch.where(i > j, ll_id, 1 - ll_id)
+        expected[i == j] = 0  # the shared edge: equal depth, smallest id
+        assert torch.equal(frags.triangle_id[0], expected)
+    # at different depths the nearer one takes the shared edge, whatever its id
+    verts = torch.tensor([[[0, 0, 1.0], [4, 0, 1.0], [4, 4, 1.0], [0, 4, 1.0],
+                           [0, 0, 0.5], [4, 4, 0.5], [4, 0, 0.5]]])
+    frags = rasterize(verts, torch.tensor([lower_left, [4, 5, 6]]), RasterSettings((4, 4)))
+    assert (frags.triangle_id[0][i == j] == 1).all() and (frags.triangle_id[0][i > j] == 0).all()
+
+
+def test_degenerate_triangles_cover_nothing():
+    # a zero-area triangle along the row of pixel centres y = 1.5, and one with a repeated corner
+    verts = torch.tensor([[[0.0, 1.5, 0.1], [2.0, 1.5, 0.1], [4.0, 1.5, 0.1], [3.5, 3.5, 0.1]]])
+    faces = torch.tensor([[0, 1, 2], [0, 3, 3], [3, 3, 3]])
+    frags = rasterize(verts, faces, RasterSettings((4, 5)))
+    assert not frags.mask.any()
+
+
+def test_convention_front_facing_is_counter_clockwise_as_displayed_and_culling():
+    ccw = [(0, 0), (0, 4), (4, 0)]  # top-left -> bottom-left -> top-right: counter-clockwise on screen
+    cw = [(0, 0), (4, 0), (0, 4)]
+    for corners, front in ((ccw, True), (cw, False)):
+        verts, faces = one_triangle(corners)
+        shown = rasterize(verts, faces, RasterSettings((4, 4), cull_backfaces=True)).mask.any()
+        assert bool(shown) == front
+        assert rasterize(verts, faces, RasterSettings((4, 4), cull_backfaces=False)).mask.sum() == 10
+
+
+def test_culling_matches_the_camera_front_faces():
+    # a model-space triangle counter-clockwise seen from +z (the camera side) is front-facing after projection
+    from reenact.face3d.camera import PerspectiveCamera
+
+    model = torch.tensor([[[-0.5, -0.5, 0.0], [0.5, -0.5, 0.0], [0.0, 0.5, 0.0]]])  # CCW from the front
+    screen = PerspectiveCamera.deep3d(64).project(model)
+    faces = torch.tensor([[0, 1, 2]])
+    assert rasterize(screen, faces, RasterSettings((64, 64), cull_backfaces=True)).mask.sum() > 50
+    assert not rasterize(screen, faces.flip(1), RasterSettings((64, 64), cull_backfaces=True)).mask.any()
+
+
+def test_triangles_outside_the_image_and_empty_meshes():
+    verts, faces = one_triangle([(-9, -9), (-9, -1), (-1, -9)])
+    assert not rasterize(verts, faces, RasterSettings((4, 4))).mask.any()
+    verts, faces = one_triangle([(5, 5), (5, 90), (90, 5)])
+    assert not rasterize(verts, faces, RasterSettings((4, 4))).mask.any()
+    empty = rasterize(torch.zeros(2, 0, 3), torch.zeros(0, 3, dtype=torch.int64), RasterSettings((3, 4)))
+    assert empty.triangle_id.shape == (2, 3, 4) and not empty.mask.any()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# settings, backends, validation, devices
+
+
+def test_auto_backend_falls_back_to_torch_without_pytorch3d():
+    if raster._pytorch3d_available():
+        pytest.skip("pytorch3d is importable here")
+    assert raster.resolve_backend("auto") == "torch"
+    assert raster.resolve_backend("torch") == "torch"
+    with pytest.raises(ImportError, match="pytorch3d"):
+        raster.resolve_backend("pytorch3d")
+    verts, faces = one_triangle([(0, 0), (0, 4), (4, 0)])
+    auto = rasterize(verts, faces, RasterSettings((4, 4), backend="auto"))
+    torch_ = rasterize(verts, faces, RasterSettings((4, 4), backend="torch"))
+    assert torch.equal(auto.triangle_id, torch_.triangle_id)
+
+
+def test_settings_and_inputs_are_validated():
+    with pytest.raises(ValueError, match="image_size"):
+        RasterSettings((0, 4))
+    with pytest.raises(ValueError, match="image_size"):
+        RasterSettings(4)
+    with pytest.raises(ValueError, match="backend"):
+        RasterSettings((4, 4), backend="opengl")
+    assert RasterSettings([4, 5]).image_size == (4, 5)
+    verts, faces = one_triangle([(0, 0), (0, 4), (4, 0)])
+    with pytest.raises(ValueError, match="verts"):
+        rasterize(verts[0], faces, RasterSettings((4, 4)))
+    with pytest.raises(ValueError, match="faces"):
+        rasterize(verts, faces.float(), RasterSettings((4, 4)))
+    with pytest.raises(ValueError, match="finite"):
+        rasterize(verts.index_fill(1, torch.tensor([0]), float("nan")), faces, RasterSettings((4, 4)))
+    frags = rasterize(verts, faces, RasterSettings((4, 4)))
+    with pytest.raises(ValueError, match="attrs"):
+        interpolate(frags, faces, torch.zeros(2, 3, 1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_cuda_matches_cpu():
+    verts, faces = random_mesh(8, batch=2)
+    settings = RasterSettings((28, 36), backend="torch")
+    cpu = rasterize(verts, faces, settings)
+    gpu = rasterize(verts.cuda(), faces.cuda(), settings)
+    assert gpu.triangle_id.device.type == "cuda"
+    assert torch.equal(cpu.triangle_id, gpu.triangle_id.cpu())
+    assert torch.allclose(cpu.bary, gpu.bary.cpu(), atol=1e-6)
+    attrs = torch.randn(2, verts.shape[1], 3)
+    assert torch.allclose(interpolate(cpu, faces, attrs), interpolate(gpu, faces.cuda(), attrs.cuda()).cpu(),
+                          atol=1e-5)
