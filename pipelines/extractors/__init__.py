@@ -11,7 +11,7 @@ import importlib
 
 REGISTRY: dict[str, str] = {
     "deep3d": "pipelines.extractors.deep3d:Deep3DExtractor",
-    "landmarks": "pipelines.extractors.landmarks:LandmarksExtractor",
+    "landmarks": "pipelines.extractors.landmark_fit:LandmarksExtractor",
     "oracle": "pipelines.extractors.oracle:OracleExtractor",
 }
 

