@@ -13,6 +13,8 @@ import sys
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("reenact.demo", "render guidance maps (F_c, O_c, I_r) for a few coefficient pairs and write images"),
+    "synth": ("reenact.synth.cli", "generate the synthetic world: talking-head videos, vox-metadata.csv, CelebV "
+                                   "images and exact ground truth"),
     "convert-bfm": ("reenact.convert_bfm", "convert the licensed BFM09 files into Deep3DFaceRecon's BFM_model_front.mat"),
 }
 

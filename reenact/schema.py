@@ -125,6 +125,20 @@ SYNTH_TRUTH = pa.schema([
     pa.field("coeffs", pa.list_(pa.float32(), 257)),
     pa.field("landmarks", pa.list_(pa.float32(), 136)),    # in source-video pixels
     pa.field("face_bbox", pa.list_(pa.float32(), 4)),      # l, t, r, b of the rendered face, source pixels
+    # added by the synthetic world generator (reenact.synth); coeffs are exact for the source camera below
+    pa.field("dataset", pa.string()),                      # vox | celebv
+    pa.field("partition", pa.string()),                    # train | test
+    pa.field("chunk_id", pa.string()),                     # vox: chunk holding the frame (null between chunks)
+    pa.field("frame_index", pa.int32()),                   # index within chunk_id (celebv: the image index)
+    pa.field("path", pa.string()),                         # media file, relative to the vox/ or CelebV/ root
+    pa.field("width", pa.int32()),                         # source image size
+    pa.field("height", pa.int32()),
+    pa.field("focal", pa.float64()),                       # source camera: fx = fy, principal point (pixels),
+    pa.field("cx", pa.float64()),                          # at Deep3D's camera distance 10
+    pa.field("cy", pa.float64()),
+    pa.field("crop_box", pa.list_(pa.int32(), 4)),         # vox: the video's square chunk bbox l, t, r, b
+    pa.field("crop_coeffs", pa.list_(pa.float32(), 257)),  # vox: coefficients for the 256^2 crop, deep3d(256)
+    pa.field("crop_landmarks", pa.list_(pa.float32(), 136)),  # vox: 68 x (x, y) in 256^2 crop pixels
 ])
 
 PAIRS = pa.schema([

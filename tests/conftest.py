@@ -25,3 +25,16 @@ def ray_session():
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
+
+
+@pytest.fixture(scope="session")
+def synth_tiny(tmp_path_factory):
+    """The tiny synthetic world (``reenact synth --preset tiny --seed 0``), generated once per test session.
+
+    Returns its :class:`reenact.synth.SynthLayout` (paths of the videos, vox-metadata.csv, CelebV tree and truth).
+    """
+    from reenact.synth import generate, layout
+
+    out = tmp_path_factory.mktemp("synth") / "tiny"
+    generate("tiny", out, seed=0, workers=2, progress=False)
+    return layout(out)
