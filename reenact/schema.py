@@ -160,7 +160,25 @@ GUIDANCE = pa.schema([
     *_STATUS,
 ])
 
+#: The parsed ``vox-metadata.csv`` (pipelines.metadata): one row per CSV record, with the clip it maps to.
+METADATA = pa.schema([
+    pa.field("line", pa.int32(), nullable=False),          # 1-based line in the CSV (header = line 1)
+    pa.field("video_id", pa.string(), nullable=False),     # as written (may be unsafe when status = rejected)
+    pa.field("start", pa.int32()),
+    pa.field("end", pa.int32()),
+    pa.field("bbox", pa.list_(pa.int32(), 4)),             # l, t, r, b at the reference width x height
+    pa.field("fps", pa.float32()),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("partition", pa.string()),                    # this row's own partition / person_id
+    pa.field("person_id", pa.string()),
+    pa.field("chunk_id", pa.string()),                     # clip id, person_id from the video's first row
+    pa.field("out_partition", pa.string()),                # partition of the clip (the video's first row)
+    pa.field("duplicate", pa.bool_()),                     # superseded by a later row for the same clip
+    *_STATUS,
+])
+
 SCHEMAS: dict[str, pa.Schema] = {
     "ledger": LEDGER, "frames": FRAMES, "coeffs": COEFFS, "synth_truth": SYNTH_TRUTH,
-    "pairs": PAIRS, "guidance": GUIDANCE,
+    "pairs": PAIRS, "guidance": GUIDANCE, "metadata": METADATA,
 }

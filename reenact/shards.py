@@ -76,3 +76,99 @@ def read_stage(root: str | os.PathLike, stage: str, columns: Iterable[str] | Non
 
 def read_stats(root: str | os.PathLike, stage: str) -> list[dict[str, Any]]:
     return [json.loads(shard_paths(root, stage, s)[1].read_text()) for s in done_shards(root, stage)]
+
+
+# ---------------------------------------------------------------- per-item parts, merged into shards
+# A distributed stage writes one *part* per work item (e.g. a video) under ``<root>/parts/<stage>/<key>.parquet``,
+# with ``<key>.stats.json`` as its done-marker, both written atomically. When every item of a shard is done, the
+# parts are streamed, in the shard's item order, into ``<stage>-<shard:05d>.parquet`` (then its stats), and may be
+# deleted. A rerun skips items whose part is done, so a killed run loses at most the items in flight.
+
+class ParquetStream:
+    """Write record batches to ``path`` through a temporary file in the same folder; ``close()`` renames it."""
+
+    def __init__(self, path: str | os.PathLike, schema: pa.Schema):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self.writer = pq.ParquetWriter(self.tmp, schema)
+        self.rows = 0
+
+    def write(self, data: pa.Table | pa.RecordBatch) -> None:
+        if data.num_rows:
+            self.writer.write(data)
+            self.rows += data.num_rows
+
+    def close(self) -> Path:
+        self.writer.close()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        self.writer.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def part_paths(root: str | os.PathLike, stage: str, key: str) -> tuple[Path, Path]:
+    """(parquet path, stats path) of the part of item ``key`` (a safe id) in ``stage``."""
+    base = Path(root) / "parts" / stage / key
+    return base.with_name(key + ".parquet"), base.with_name(key + ".stats.json")
+
+
+def part_done(root: str | os.PathLike, stage: str, key: str) -> bool:
+    return part_paths(root, stage, key)[1].is_file()
+
+
+def write_part(root: str | os.PathLike, stage: str, key: str, table: pa.Table,
+               extra_stats: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write one item's rows atomically, then its stats (the done-marker)."""
+    path, stats_path = part_paths(root, stage, key)
+    stream = ParquetStream(path, table.schema)
+    stream.write(table)
+    stream.close()
+    return finish_part(root, stage, key, table, extra_stats)
+
+
+def finish_part(root: str | os.PathLike, stage: str, key: str, table: pa.Table | None = None,
+                extra_stats: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the done-marker of a part already in place (status histogram read from it when not given)."""
+    path, stats_path = part_paths(root, stage, key)
+    table = table if table is not None else pq.read_table(path, columns=["status"])
+    statuses = Counter(table.column("status").to_pylist()) if "status" in table.column_names else {}
+    stats = {"stage": stage, "key": key, "rows": table.num_rows, "status": dict(statuses), **(extra_stats or {})}
+    atomic_write_json(stats_path, stats)
+    return stats
+
+
+def merge_parts(root: str | os.PathLike, stage: str, shard: int, keys: list[str], schema: pa.Schema,
+                extra_stats: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Stream the done parts of ``keys`` (in that order) into shard ``shard`` of ``stage``, then its stats.
+
+    Numeric stats of the parts (e.g. seconds) are summed into the shard's stats, status histograms added up.
+    """
+    parquet_path, stats_path = shard_paths(root, stage, shard)
+    stream = ParquetStream(parquet_path, schema)
+    statuses: Counter = Counter()
+    sums: Counter = Counter()
+    try:
+        for key in keys:
+            path, part_stats_path = part_paths(root, stage, key)
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
+                stream.write(pa.Table.from_batches([batch]).cast(schema))
+            part = json.loads(part_stats_path.read_text())
+            statuses.update(part.get("status", {}))
+            sums.update({k: v for k, v in part.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    except BaseException:
+        stream.abort()
+        raise
+    stream.close()
+    stats = {**dict(sums), "stage": stage, "shard": shard, "rows": stream.rows, "status": dict(statuses),
+             "items": len(keys), "finished_at": time.time(), **(extra_stats or {})}
+    atomic_write_json(stats_path, stats)
+    return stats
+
+
+def remove_parts(root: str | os.PathLike, stage: str, keys: Iterable[str]) -> None:
+    for key in keys:
+        for path in part_paths(root, stage, key):
+            path.unlink(missing_ok=True)
