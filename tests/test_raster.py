@@ -291,6 +291,11 @@ def test_degenerate_triangles_cover_nothing():
     faces = torch.tensor([[0, 1, 2], [0, 3, 3], [3, 3, 3]])
     frags = rasterize(verts, faces, RasterSettings((4, 5)))
     assert not frags.mask.any()
+    # the same with corners that are not small dyadic numbers, in boxes of every size (origin, windows, exact path)
+    for far in ((1.7, 2.9), (3.31, 4.77), (11.123457, 9.87654)):
+        verts = torch.tensor([[[0.3141592, 0.2718281, 0.5], [*far, 0.25]]])
+        frags = rasterize(verts, torch.tensor([[0, 1, 1], [1, 0, 0]]), RasterSettings((12, 12)))
+        assert not frags.mask.any()
 
 
 def test_convention_front_facing_is_counter_clockwise_as_displayed_and_culling():

@@ -31,6 +31,8 @@ with the tie rule above, exactly.
 """
 from __future__ import annotations
 
+import functools
+import weakref
 from dataclasses import dataclass
 from typing import Literal
 
@@ -117,25 +119,27 @@ def interpolate(fragments: Fragments, faces: torch.Tensor, attrs: torch.Tensor) 
     Args:
         fragments: output of :func:`rasterize` for these ``faces``.
         faces: ``(F, 3)`` vertex indices used to rasterize.
-        attrs: ``(B, V, D)`` per-vertex attributes.
+        attrs: ``(B, V, D)`` per-vertex attributes (differentiable).
     Returns:
-        ``(B, H, W, D)``: ``sum_k bary_k * attrs[faces[triangle_id, k]]``, zeros where empty.
+        ``(B, H, W, D)``: ``sum_k bary_k * attrs[faces[triangle_id, k]]``; zero where empty (the barycentrics are 0
+        there, so for finite ``attrs``). A channels-last view of a channels-first tensor: ``.permute(0, 3, 1, 2)``
+        gives ``(B, D, H, W)`` without a copy.
     """
     B, H, W = fragments.triangle_id.shape
     if attrs.dim() != 3 or attrs.shape[0] != B:
         raise ValueError(f"attrs must be (B={B}, V, D), got {tuple(attrs.shape)}")
     if faces.dim() != 2 or faces.shape[1] != 3:
         raise ValueError(f"faces must be (F, 3), got {tuple(faces.shape)}")
-    V, D = attrs.shape[1], attrs.shape[2]
-    P = B * H * W
-    corners = _pixel_corners(fragments.triangle_id, faces.long(), V)  # 3 x P, rows of the (B * V) table
-    table = attrs.permute(2, 0, 1).reshape(D, B * V)  # D x BV
-    values = table.index_select(1, corners.view(-1)).view(D, 3, P)  # D x 3 x P
-    weights = fragments.bary.permute(3, 0, 1, 2).reshape(3, P).to(values.dtype)  # 3 x P (a view for our bary)
-    out = values[:, 0] * weights[0]
-    out.addcmul_(values[:, 1], weights[1]).addcmul_(values[:, 2], weights[2])  # D x P
-    out = out.where(fragments.mask.view(1, P), 0.0)
-    # channels-last view of a channels-first tensor: .permute(0, 3, 1, 2) gives contiguous (B, D, H, W) for free
+    V, D, P = attrs.shape[1], attrs.shape[2], B * H * W
+    corners = _pixel_corners(fragments.triangle_id, faces.long(), V).view(-1)  # 3P rows of the (B * V) table
+    table = torch.stack(attrs.unbind(-1)).view(D, B * V)  # D x BV, channels first
+    weights = fragments.bary.permute(3, 0, 1, 2).reshape(3, P).to(attrs.dtype)  # a view for rasterize's bary
+    if D <= 4:  # 1-D gathers are much faster than a 2-D one on CPU
+        values = [channel.index_select(0, corners).view(3, P) for channel in table]
+    else:
+        values = table.index_select(1, corners).view(D, 3, P).unbind(0)
+    out = torch.stack([torch.addcmul(torch.addcmul(v[0] * weights[0], v[1], weights[1]), v[2], weights[2])
+                       for v in values])  # D x P
     return out.view(D, B, H, W).permute(1, 2, 3, 0)
 
 
@@ -194,89 +198,97 @@ def _rasterize_torch(verts: torch.Tensor, faces: torch.Tensor, settings: RasterS
     if frame.B * frame.F == 0:
         return _fragments_from_zbuf(zbuf[:frame.pixels], frame, None)
     table = _triangle_table(verts.float(), faces, frame)  # _ROWS x N
-    span = _rasterize_box_origins(zbuf, frame, table, settings.cull_backfaces)
-    more = _nonzero(table[_ORIENT].abs().mul_(span) > 0)  # kept triangles whose box holds more than one pixel
+    more, span = _rasterize_box_origins(zbuf, frame, table, settings.cull_backfaces)
     if more.numel():
-        _rasterize_rest_of_boxes(zbuf, frame, table.index_select(1, more), more, span.index_select(0, more))
+        _rasterize_rest_of_boxes(zbuf, frame, table, more, span.index_select(0, more), settings.cull_backfaces)
     return _fragments_from_zbuf(zbuf[:frame.pixels], frame, table[_CORNERS_XY])
 
 
-# Rows of the per-triangle table (columns n = b * F + f): corners x0 x1 x2 y0 y1 y2 z0 z1 z2, the pixel box
-# (first col, first row, extent x, extent y; extent = last - first, negative when the box holds no pixel centre)
-# and the orientation (+-1, 0 for degenerate or culled triangles).
-_CORNERS, _CORNERS_XY, _LO, _EXTENT, _ORIENT, _ROWS = slice(0, 9), slice(0, 6), slice(9, 11), slice(11, 13), 13, 14
+# Rows of the per-triangle table, one column per triangle n = b * F + f:
+#   corners x0 x1 x2 y0 y1 y2 z0 z1 z2;
+#   orientation: +-1 that makes the edge functions >= 0 inside, 0 for degenerate or culled triangles (and, until the
+#   exact path recomputes it, for boxes larger than MAX_WINDOW);
+#   the pixel box: first col, first row, extent x, extent y (extent = last - first, < 0 when it holds no centre);
+#   edge planes in coordinates local to the box origin (first pixel centre): edge k, opposite corner k, runs from
+#   corner k + 1 to corner k + 2 and is E_k(dj, di) = c_k - ey_k * dj + ex_k * di at pixel offset (dj, di);
+#   area2 = E_0 + E_1 + E_2, the doubled signed area (< 0: front-facing); depth at the box origin; z1 - z0, z2 - z0.
+# The windows only read rows _ORIENT onwards.
+_CORNERS, _CORNERS_XY, _ORIENT, _LO, _EXTENT = slice(0, 9), slice(0, 6), 9, slice(10, 12), slice(12, 14)
+_EDGE_C, _EDGE_X, _EDGE_Y, _EDGE_XY, _AREA2, _DEPTH, _DZ = (slice(14, 17), slice(17, 20), slice(20, 23),
+                                                             slice(17, 23), 23, 24, slice(25, 27))
+_ROWS = 27
 
 
 def _triangle_table(verts: torch.Tensor, faces: torch.Tensor, frame: _Frame) -> torch.Tensor:
-    """``(B, V, 3)`` verts and ``(F, 3)`` faces -> the ``(_ROWS, B * F)`` table, orientation row left empty.
+    """``(B, V, 3)`` verts and ``(F, 3)`` faces -> the ``(_ROWS, B * F)`` table with corners and boxes filled.
 
-    Transposes go through ``stack(unbind)``: on CPU a plain transposed copy is several times slower. One 1-D gather
-    per coordinate is the fastest gather.
+    One 1-D gather per coordinate is the fastest gather; transposes go through ``stack(unbind)``, several times
+    faster on CPU than a plain transposed copy.
     """
     B, V, N = frame.B, verts.shape[1], frame.B * frame.F
     table = torch.empty(_ROWS, N, device=verts.device)
-    index = torch.stack(faces.unbind(1))  # 3 x F, corner-major
+    index = _corner_index(faces)  # 3F, corner-major
     if B > 1:
-        index = index.unsqueeze(1) + torch.arange(0, B * V, V, device=verts.device).view(1, B, 1)  # 3 x B x F
-    index = index.view(-1)
+        index = (index.view(3, 1, -1) + torch.arange(0, B * V, V, device=verts.device).view(1, B, 1)).view(-1)
     coords = torch.stack(verts.unbind(-1)).view(3, B * V)  # 3 x BV
     for axis in range(3):
         torch.index_select(coords[axis], 0, index, out=table[3 * axis:3 * axis + 3].view(-1))
-    _pixel_boxes(table, frame.H, frame.W)
+    _fill_pixel_boxes(table, frame.H, frame.W)
     return table
 
 
-def _pixel_boxes(table: torch.Tensor, H: int, W: int) -> None:
-    """Fill the box rows: pixel (col, row) indices whose centres can lie in each triangle, clipped to the image."""
+_CORNER_INDEX: dict[int, tuple[weakref.ref, int, torch.Tensor]] = {}
+
+
+def _corner_index(faces: torch.Tensor) -> torch.Tensor:
+    """``faces`` transposed and flattened, corner-major ``(3F,)``; cached per faces tensor (and its version), since
+    a mesh's faces are shared by every call."""
+    entry = _CORNER_INDEX.get(id(faces))
+    if entry is not None and entry[0]() is faces and entry[1] == faces._version:
+        return entry[2]
+    index = torch.stack(faces.unbind(1)).view(-1)
+    if len(_CORNER_INDEX) >= 16:
+        _CORNER_INDEX.clear()
+    _CORNER_INDEX[id(faces)] = (weakref.ref(faces), faces._version, index)
+    return index
+
+
+def _fill_pixel_boxes(table: torch.Tensor, H: int, W: int) -> None:
+    """Box rows: the pixel (col, row) indices whose centres can lie in each triangle, clipped to the image."""
     xy = table[_CORNERS_XY].view(2, 3, -1)
-    lo = torch.amin(xy, 1, out=table[_LO]).sub_(0.5).ceil_()
-    hi = xy.amax(1).sub_(0.5).floor_()
-    for axis, size in enumerate((W, H)):
-        lo[axis].clamp_(0, size - 1)
-        hi[axis].clamp_(max=size - 1)
+    lo = torch.minimum(xy[:, 0], xy[:, 1], out=table[_LO])
+    torch.minimum(lo, xy[:, 2], out=lo).sub_(0.5).ceil_()
+    hi = torch.maximum(torch.maximum(xy[:, 0], xy[:, 1]), xy[:, 2]).sub_(0.5).floor_()
+    for rows, size in ((slice(None), W),) if H == W else ((0, W), (1, H)):
+        lo[rows].clamp_(0, size - 1)
+        hi[rows].clamp_(max=size - 1)
     torch.sub(hi, lo, out=table[_EXTENT])
 
 
-@dataclass(frozen=True)
-class _EdgePlanes:
-    """Edge functions and depth of triangles as affine functions of the pixel offset (dj, di) from their box origin.
+def _fill_edge_planes(table: torch.Tensor) -> None:
+    """Edge-plane, area and depth rows from the corner and box rows (any float dtype, any number of columns).
 
-    Edge k (opposite corner k, from corner k + 1 to corner k + 2) is ``E_k = c[k] - ey[k] * dj + ex[k] * di``; the
-    three are >= 0 inside a triangle whose doubled signed area ``area2`` (their sum) is positive. Depth is
-    ``depth + depth_dx * dj + depth_dy * di``. Slopes are None when not asked for.
+    Local coordinates keep float32 accurate: corners minus the first pixel centre are exact, and each edge function
+    is written corner-relative, ``u1 * ey - v1 * ex`` (not ``u1 * v2 - u2 * v1``), so its rounding error scales with
+    the box, not with the image.
     """
+    n = table.shape[1]
+    local = torch.empty(2, 5, n, dtype=table.dtype, device=table.device)  # (u, v) of corners 0 1 2 0 1
+    torch.sub(table[_CORNERS_XY].view(2, 3, n), (table[_LO] + 0.5).unsqueeze(1), out=local[:, :3])
+    local[:, 3:].copy_(local[:, :2])
+    start, end = local[:, 1:4], local[:, 2:5]  # corners k + 1 and k + 2 of edge k
+    edge = torch.sub(end, start, out=table[_EDGE_XY].view(2, 3, n))
+    c = torch.mul(start[0], edge[1], out=table[_EDGE_C]).addcmul_(start[1], edge[0], value=-1.0)
+    # two roundings, no fused multiply-add: a zero-area triangle gets exactly 0
+    area2 = torch.mul(edge[0, 1], edge[1, 2], out=table[_AREA2]).sub_(edge[0, 2] * edge[1, 1])
+    dz = torch.sub(table[7:9], table[6:7], out=table[_DZ])
+    torch.mul(c[1], dz[0], out=table[_DEPTH]).addcmul_(c[2], dz[1]).div_(area2).add_(table[6])
 
-    c: torch.Tensor  # 3 x n
-    area2: torch.Tensor  # n
-    depth: torch.Tensor  # n, at the box origin
-    ex: torch.Tensor | None = None  # 3 x n
-    ey: torch.Tensor | None = None  # 3 x n
-    depth_dx: torch.Tensor | None = None  # n
-    depth_dy: torch.Tensor | None = None  # n
 
-
-def _edge_planes(corners: torch.Tensor, lo: torch.Tensor, slopes: bool = True) -> _EdgePlanes:
-    """Edge and depth planes of ``(9, n)`` corners in coordinates local to the box origin ``lo + 0.5``.
-
-    Local coordinates keep float32 accurate: each edge function is written corner-relative, ``u1 * ey - v1 * ex``
-    (not ``u1 * v2 - u2 * v1``), so its rounding error scales with the box size, not with the image size.
-    """
-    local = corners[:6].view(2, 3, -1) - (lo + 0.5).unsqueeze(1)  # 2 x 3 x n: (u, v) per corner
-    edges = [local[:, 2] - local[:, 1], local[:, 0] - local[:, 2], local[:, 1] - local[:, 0]]  # (ex, ey) per edge
-    c = torch.empty_like(local[0])  # 3 x n
-    for k, edge in enumerate(edges):
-        start = local[:, (k + 1) % 3]
-        torch.mul(start[0], edge[1], out=c[k]).addcmul_(start[1], edge[0], value=-1.0)
-    area2 = (edges[1][0] * edges[2][1]).addcmul_(edges[2][0], edges[1][1], value=-1.0)
-    dz = corners[7:9] - corners[6:7]  # 2 x n: z1 - z0, z2 - z0
-    depth = (c[1] * dz[0]).addcmul_(c[2], dz[1]).div_(area2).add_(corners[6])
-    if not slopes:
-        return _EdgePlanes(c=c, area2=area2, depth=depth)
-    ex = torch.stack([e[0] for e in edges])
-    ey = torch.stack([e[1] for e in edges])
-    depth_dx = (ey[1] * dz[0]).addcmul_(ey[2], dz[1]).div_(area2).neg_()
-    depth_dy = (ex[1] * dz[0]).addcmul_(ex[2], dz[1]).div_(area2)
-    return _EdgePlanes(c=c, area2=area2, depth=depth, ex=ex, ey=ey, depth_dx=depth_dx, depth_dy=depth_dy)
+def _depth_slopes(ex, ey, dz, area2) -> tuple[torch.Tensor, torch.Tensor]:
+    """d depth / d dj and d depth / d di from the edge vectors ``(3, n)``, ``dz`` ``(2, n)`` and ``area2``."""
+    return ((ey[1] * dz[0]).addcmul_(ey[2], dz[1]).div_(area2).neg_(),
+            (ex[1] * dz[0]).addcmul_(ex[2], dz[1]).div_(area2))
 
 
 def _candidate_keys(depth: torch.Tensor, margin: torch.Tensor, face_id: torch.Tensor) -> torch.Tensor:
@@ -285,37 +297,45 @@ def _candidate_keys(depth: torch.Tensor, margin: torch.Tensor, face_id: torch.Te
     ``order`` maps float32 bits to int32 monotonically (bits read as int32 order positive floats correctly and
     negative ones in reverse, so the low 31 bits of negative ones are flipped), so ``amin`` over keys picks the
     smallest depth, then the smallest id. Adding 0.0 turns -0.0 into +0.0 so that the two tie. A candidate is
-    covered when ``margin >= 0`` (the smallest oriented edge function); others get ``order = INT32_MAX``, which
-    reads as empty. All of it is sign-bit arithmetic: masks and ``where`` are several times slower on CPU.
+    covered when ``margin >= 0`` (the smallest oriented edge function, never -0.0: callers add 0.0); others get
+    ``order = INT32_MAX``, which reads as empty. All of it is sign-bit arithmetic: masks and ``where`` are several
+    times slower on CPU.
     """
     bits = (depth.float() + 0.0).view(torch.int32)
     order = bits ^ ((bits >> 31) & _LOW_31)
-    outside = (margin.float() + 0.0).view(torch.int32) >> 31  # -1 where margin < 0, else 0
+    outside = margin.float().view(torch.int32) >> 31  # -1 where margin < 0, else 0
     order = torch.maximum(order, outside ^ _INT32_MIN)  # outside: INT32_MAX
     return (order.to(torch.int64) << 32) | face_id
 
 
-def _rasterize_box_origins(zbuf, frame, table, cull_backfaces) -> torch.Tensor:
-    """Test every triangle at the first pixel of its box, the only one for most face triangles at 256^2.
+def _rasterize_box_origins(zbuf, frame, table, cull_backfaces) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fill the edge-plane and orientation rows and test every triangle at the first pixel of its box (the only
+    one, for most face triangles at 256^2). Returns the kept triangles whose box holds more pixels, and every box's
+    span (largest side minus one).
 
-    Fills the orientation row and returns each box's span (largest side minus one). Large boxes are left to the
-    exact path, origin included: they and dropped triangles get margin 1 - 1/0 = -inf.
+    Boxes larger than MAX_WINDOW get orientation 0 here: the exact path tests all their pixels, origin included.
     """
-    lo, extent = table[_LO], table[_EXTENT]
-    planes = _edge_planes(table[_CORNERS], lo, slopes=False)
-    orient = torch.sign(planes.area2, out=table[_ORIENT])
+    _fill_edge_planes(table)
+    sign = torch.sign(table[_AREA2])
     if cull_backfaces:
-        orient.clamp_(max=0.0)  # front faces have a negative doubled signed area
-    span = extent.amax(0)
-    keep = orient.abs().mul_((MAX_WINDOW - span).clamp_(0.0, 1.0))  # 1 or 0
-    margin = (planes.c * orient).amin(0).sub_(keep.reciprocal_()).add_(1.0)
-    face_id = torch.arange(frame.F, device=lo.device)
-    keys = _candidate_keys(planes.depth, margin, face_id.repeat(frame.B) if frame.B > 1 else face_id)
+        sign.clamp_(max=0.0)  # front faces have a negative doubled signed area
+    span = torch.maximum(table[_EXTENT][0], table[_EXTENT][1])
+    more = _nonzero_positive(sign.abs().mul_(span))
+    orient = torch.mul(sign, (MAX_WINDOW - span).clamp_(0.0, 1.0), out=table[_ORIENT])
+    margin = (table[_EDGE_C] * orient).amin(0).add_(orient.abs().sub_(1.0))  # - 1 where orient is 0; no -0.0
+    keys = _candidate_keys(table[_DEPTH], margin, _face_ids(frame.F, frame.B, table.device))
+    lo = table[_LO]
     pixel = torch.add(lo[0], lo[1], alpha=frame.W).to(torch.int32).to(torch.int64)  # row * W + col
     if frame.B > 1:
         pixel = pixel.view(frame.B, frame.F).add_(_batch_offsets(frame, lo.device).view(-1, 1)).view(-1)
     zbuf.scatter_reduce_(0, pixel, keys, "amin")
-    return span
+    return more, span
+
+
+@functools.lru_cache(maxsize=8)
+def _face_ids(F: int, B: int, device: torch.device) -> torch.Tensor:
+    """f of every triangle n = b * F + f, ``(B * F,)`` int64. Cached: treat as read-only."""
+    return torch.arange(F, device=device).repeat(B)
 
 
 def _batch_offsets(frame: _Frame, device: torch.device) -> torch.Tensor:
@@ -329,36 +349,48 @@ def _nonzero(mask: torch.Tensor) -> torch.Tensor:
     return mask.nonzero().squeeze(1)
 
 
-def _rasterize_rest_of_boxes(zbuf, frame, table, n, span) -> None:
-    """Triangles ``n`` (their ``table`` columns) whose box has more pixels: 2x2 or 4x4 windows in float32; larger
-    boxes exactly, in float64."""
-    largest = int(span.max())
-    if largest < 2:  # the common case for a face at 256^2: no routing needed
-        return _rasterize_window(zbuf, frame, table, n, 2)
+def _nonzero_positive(values: torch.Tensor) -> torch.Tensor:
+    """Indices of the positive entries of a 1-D tensor (numpy compares several times faster on CPU)."""
+    if values.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(values.numpy() > 0))
+    return (values > 0).nonzero().squeeze(1)
+
+
+def _rasterize_rest_of_boxes(zbuf, frame, table, n, span, cull_backfaces) -> None:
+    """Triangles ``n`` whose box has more pixels: 2x2 or 4x4 windows in float32; larger boxes exactly, in float64."""
+    if int(span.max()) < 2:  # the common case for a face at 256^2: no routing needed
+        return _rasterize_window(zbuf, frame, table[_ORIENT:].index_select(1, n), n, 2)
     for window, pick in ((2, span < 2), (MAX_WINDOW, (span >= 2) & (span < MAX_WINDOW)), (0, span >= MAX_WINDOW)):
-        part = _nonzero(pick)
-        if part.numel():
-            rasterize_part = _rasterize_window if window else _rasterize_exact
-            rasterize_part(zbuf, frame, table.index_select(1, part), n.index_select(0, part), window)
+        part = n.index_select(0, _nonzero(pick))
+        if part.numel() and window:
+            _rasterize_window(zbuf, frame, table[_ORIENT:].index_select(1, part), part, window)
+        elif part.numel():
+            _rasterize_exact(zbuf, frame, table.index_select(1, part), part, cull_backfaces)
 
 
-def _window_offsets(window: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dj, di) of a window x window block without its origin, as ``(window**2 - 1, 1)`` float columns."""
-    steps = torch.arange(window, device=device, dtype=torch.float32)
-    di, dj = torch.meshgrid(steps, steps, indexing="ij")
-    return dj.reshape(-1, 1)[1:], di.reshape(-1, 1)[1:]
+@functools.lru_cache(maxsize=None)
+def _window_offsets(window: int, W: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pixel offsets (dj, di) of a window x window block without its origin as ``(K, 1)`` float columns, K =
+    window**2 - 1, and their flat z-buffer offsets ``di * W + dj`` (int64). Cached: treat as read-only."""
+    steps = torch.arange(window, dtype=torch.float32)
+    di, dj = (t.reshape(-1, 1)[1:] for t in torch.meshgrid(steps, steps, indexing="ij"))
+    return dj.to(device), di.to(device), (di * W + dj).to(torch.int64).to(device)
 
 
-def _rasterize_window(zbuf, frame, table, n, window) -> None:
-    lo, extent, orient = table[_LO], table[_EXTENT], table[_ORIENT]
-    planes = _edge_planes(table[_CORNERS], lo)
-    dj, di = _window_offsets(window, n.device)  # K x 1 each
-    edges = planes.c.unsqueeze(1) - planes.ey.unsqueeze(1) * dj + planes.ex.unsqueeze(1) * di  # 3 x K x n
+def _rasterize_window(zbuf, frame, rows, n, window) -> None:
+    """Triangles ``n`` with boxes of at most window x window pixels, ``rows`` their table rows from _ORIENT on."""
+    at = _ORIENT  # row r of the table is row r - at here
+    orient, lo, extent = rows[_ORIENT - at], rows[_LO.start - at:_LO.stop - at], rows[_EXTENT.start - at:]
+    c, ex, ey = (rows[s.start - at:s.stop - at] for s in (_EDGE_C, _EDGE_X, _EDGE_Y))
+    dj, di, flat = _window_offsets(window, frame.W, n.device)  # K x 1 each
+    edges = (c.unsqueeze(1) - ey.unsqueeze(1) * dj).addcmul_(ex.unsqueeze(1), di)  # 3 x K x n
     in_box = torch.minimum(extent[0] - dj, extent[1] - di)  # K x n, < 0 outside the box (and the image)
-    margin = torch.minimum((edges * orient).amin(0), in_box)
-    depth = planes.depth + planes.depth_dx * dj + planes.depth_dy * di  # K x n
+    margin = torch.minimum((edges * orient).amin(0), in_box).add_(0.0)  # add 0.0: no -0.0
+    dz, area2 = rows[_DZ.start - at:_DZ.stop - at], rows[_AREA2 - at]
+    depth_dx, depth_dy = _depth_slopes(ex, ey, dz, area2)
+    depth = (rows[_DEPTH - at] + depth_dx * dj).addcmul_(depth_dy, di)  # K x n
     keys = _candidate_keys(depth, margin, n % frame.F if frame.B > 1 else n)
-    pixel = _origin_pixels(lo, n, frame) + (di * frame.W + dj).to(torch.int64)
+    pixel = _origin_pixels(lo, n, frame) + flat  # K x n
     zbuf.scatter_reduce_(0, pixel.view(-1), keys.view(-1), "amin")
 
 
@@ -368,10 +400,13 @@ def _origin_pixels(lo: torch.Tensor, n: torch.Tensor, frame: _Frame) -> torch.Te
     return pixel + n // frame.F * (frame.H * frame.W) if frame.B > 1 else pixel
 
 
-def _rasterize_exact(zbuf, frame, table, n, _window=0) -> None:
+def _rasterize_exact(zbuf, frame, table, n, cull_backfaces) -> None:
     """Enumerate every pixel of large boxes in float64 (rare for face meshes), in chunks of bounded size."""
     table = table.double()
-    planes = _edge_planes(table[_CORNERS], table[_LO])
+    _fill_edge_planes(table)
+    sign = torch.sign(table[_AREA2], out=table[_ORIENT])
+    if cull_backfaces:
+        sign.clamp_(max=0.0)
     width, height = (table[_EXTENT].to(torch.int64) + 1).clamp(min=0)  # a negative extent holds no pixel centre
     counts = width * height
     ends = counts.cumsum(0)
@@ -379,21 +414,23 @@ def _rasterize_exact(zbuf, frame, table, n, _window=0) -> None:
     bounds = [0] + torch.searchsorted(ends, marks, right=True).tolist() + [n.numel()]
     for start, stop in zip(bounds[:-1], bounds[1:]):
         if stop > start:
-            _rasterize_exact_chunk(zbuf, frame, slice(start, stop), n, planes, table, width, counts)
+            _rasterize_exact_chunk(zbuf, frame, slice(start, stop), n, table, width, counts)
 
 
-def _rasterize_exact_chunk(zbuf, frame, part, n, planes, table, width, counts) -> None:
+def _rasterize_exact_chunk(zbuf, frame, part, n, table, width, counts) -> None:
     tri = torch.repeat_interleave(torch.arange(part.stop - part.start, device=n.device), counts[part])
     first = (counts[part].cumsum(0) - counts[part]).index_select(0, tri)
     offset = torch.arange(tri.numel(), device=n.device) - first
     tri = tri + part.start
     dj, di = offset % width[tri], offset // width[tri]
     djf, dif = dj.double(), di.double()
-    edges = planes.c[:, tri] - planes.ey[:, tri] * djf + planes.ex[:, tri] * dif  # 3 x C
-    margin = (edges * table[_ORIENT, tri]).amin(0)
-    depth = planes.depth[tri] + planes.depth_dx[tri] * djf + planes.depth_dy[tri] * dif
+    planes = table[:, tri]  # _ROWS x C
+    edges = planes[_EDGE_C] - planes[_EDGE_Y] * djf + planes[_EDGE_X] * dif  # 3 x C
+    margin = (edges * planes[_ORIENT]).amin(0).add_(planes[_ORIENT].abs() - 1.0)  # - 1 where orient is 0
+    depth_dx, depth_dy = _depth_slopes(planes[_EDGE_X], planes[_EDGE_Y], planes[_DZ], planes[_AREA2])
+    depth = planes[_DEPTH] + depth_dx * djf + depth_dy * dif
     keys = _candidate_keys(depth, margin, n[tri] % frame.F if frame.B > 1 else n[tri])
-    pixel = _origin_pixels(table[_LO][:, tri], n[tri], frame) + di * frame.W + dj
+    pixel = _origin_pixels(planes[_LO], n[tri], frame) + di * frame.W + dj
     zbuf.scatter_reduce_(0, pixel, keys, "amin")
 
 
@@ -409,10 +446,12 @@ def _fragments_from_zbuf(keys: torch.Tensor, frame: _Frame, corners: torch.Tenso
     triangle_id = face | ~covered  # -1 where empty
     order = order.to(torch.int32).clamp_(max=_FLOAT32_INF_BITS)  # empty: +inf
     depth = (order ^ ((order >> 31) & _LOW_31)).view(torch.float32)
-    bary = torch.zeros(3, B, H, W, device=keys.device)
-    if corners is not None:
-        n = face.view(B, H * W) + (_batch_offsets(frame, keys.device) // (H * W) * frame.F).view(B, 1)
-        xy = corners[:6].index_select(1, n.view(-1)).view(6, B, H, W)
+    if corners is None:
+        bary = torch.zeros(3, B, H, W, device=keys.device)
+    else:
+        bary = torch.empty(3, B, H, W, device=keys.device)
+        n = face if B == 1 else face.view(B, H * W) + torch.arange(0, B * frame.F, frame.F, device=keys.device).view(B, 1)
+        xy = corners.index_select(1, n.view(-1)).view(6, B, H, W)
         _pixel_barycentrics(xy, covered.to(torch.float32).neg_().view(B, H, W), bary)
     # Barycentrics are returned as a channels-last view of a channels-first tensor: no copy either way.
     return Fragments(triangle_id=triangle_id.view(B, H, W), bary=bary.permute(1, 2, 3, 0),
@@ -436,12 +475,15 @@ def _pixel_barycentrics(xy: torch.Tensor, covered: torch.Tensor, out: torch.Tens
 
 
 def _pixel_corners(triangle_id: torch.Tensor, faces: torch.Tensor, V: int) -> torch.Tensor:
-    """``(B, H, W)`` triangle ids -> ``(3, B*H*W)`` vertex indices into a ``(B * V)`` table (0 where empty)."""
+    """``(B, H, W)`` triangle ids -> ``(3, B*H*W)`` vertex indices into a ``(B * V)`` table (triangle 0 where empty)."""
     B = triangle_id.shape[0]
-    corners = faces.t().contiguous().index_select(1, triangle_id.clamp(min=0).view(-1))  # 3 x BHW
+    tid = triangle_id.clamp(min=0).view(-1)
+    corners = torch.empty(3, tid.numel(), dtype=torch.int64, device=faces.device)
+    for row, out in zip(_corner_index(faces).view(3, -1), corners):  # three 1-D gathers: the fastest on CPU
+        torch.index_select(row, 0, tid, out=out)
     if B > 1:
-        corners = corners.view(3, B, -1) + torch.arange(B, device=faces.device).view(1, B, 1) * V
-    return corners.reshape(3, -1)
+        corners = corners.view(3, B, -1).add_(torch.arange(0, B * V, V, device=faces.device).view(1, B, 1))
+    return corners.view(3, -1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
