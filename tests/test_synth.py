@@ -210,13 +210,20 @@ def test_head_shell_stays_behind_the_face():
     assert (frames.foreground & ~frames.face_mask).float().mean() > 0.05       # hair, neck, shoulders are there
 
 
-def test_superellipsoid_normals_point_outwards():
-    verts, normals, faces, _ = scene.superellipsoid((0.1, -0.2, 0.3), (1.0, 0.5, 0.7), 3.0, 12, 24)
+@pytest.mark.parametrize("lat_range, lon_range", [((-90.0, 90.0), (-180.0, 180.0)), ((-25.0, 90.0), (-145.0, 145.0))])
+def test_superellipsoid_surface_normals_and_spacing(lat_range, lon_range):
+    centre, radii = np.array([0.1, -0.2, 0.3]), np.array([1.0, 0.5, 0.7])
+    verts, normals, faces, _ = scene.superellipsoid(centre, radii, 3.0, 0.05, lat_range, lon_range)
+    assert np.allclose((np.abs((verts - centre) / radii) ** 3).sum(1), 1.0)          # on the surface
     faces = scene.orient_outward(verts, faces, normals)
     v0, v1, v2 = (verts[faces[:, k]] for k in range(3))
-    centroid = (v0 + v1 + v2) / 3 - np.array([0.1, -0.2, 0.3])
-    assert ((np.cross(v1 - v0, v2 - v0) * centroid).sum(1) > 0).all()
-    assert np.allclose((np.abs((verts - [0.1, -0.2, 0.3]) / [1.0, 0.5, 0.7]) ** 3).sum(1), 1.0)
+    assert ((np.cross(v1 - v0, v2 - v0) * ((v0 + v1 + v2) / 3 - centre)).sum(1) > 0).all()   # outwards
+    assert np.unique(faces).size == len(verts)                                         # no stray vertex
+    edges = np.linalg.norm(np.concatenate([v1 - v0, v2 - v1, v0 - v2]), axis=1)
+    assert edges.max() < 0.05 * 1.6                                                    # about the spacing
+    if lat_range == (-90.0, 90.0):                                                     # closed: each edge twice
+        undirected = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+        assert (np.unique(undirected, axis=0, return_counts=True)[1] == 2).all()
 
 
 # ---------------------------------------------------------------------------------------------------- celebv

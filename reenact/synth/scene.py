@@ -56,41 +56,63 @@ def _signed_power(x: np.ndarray, e: float) -> np.ndarray:
     return np.sign(x) * np.abs(x) ** e
 
 
-def superellipsoid(center, radii, exponent: float = 2.0, rows: int = 24, cols: int = 48
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """A latitude-longitude superellipsoid ``|x/a|^p + |y/b|^p + |z/c|^p = 1`` (p = ``exponent``; 2: ellipsoid).
+def _arc_uniform(curve, lo: float, hi: float, spacing: float) -> np.ndarray:
+    """Parameters in [lo, hi] whose points on ``curve(t) -> (n, 2)`` are about ``spacing`` apart (ends included)."""
+    t = np.linspace(lo, hi, 4001)
+    length = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(curve(t), axis=0), axis=1))])
+    count = max(2, int(np.ceil(length[-1] / spacing)) + 1)
+    return np.interp(np.linspace(0, length[-1], count), length, t)
 
-    Returns (verts ``(V, 3)``, outward normals ``(V, 3)``, faces ``(F, 3)``, (latitude, longitude) ``(V, 2)``);
-    longitude 0 faces +z (the camera), latitude +pi/2 is the top. Poles are single vertices.
+
+def superellipsoid(center, radii, exponent: float = 2.0, spacing: float = 0.035,
+                   lat_range: tuple[float, float] = (-90.0, 90.0), lon_range: tuple[float, float] = (-180.0, 180.0)
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A latitude-longitude patch of the superellipsoid ``|x/a|^p + |y/b|^p + |z/c|^p = 1`` (p = ``exponent``).
+
+    Latitude (degrees, +90 = top) and longitude (degrees, 0 faces +z, the camera; +90 is +x) are sampled so that
+    neighbouring vertices are about ``spacing`` dm apart on the widest ring / profile (0.035 dm is ~4 px at the
+    synthetic cameras' largest scale, ~125 px/dm: finer meshes cost more triangles than they save). A full
+    longitude range wraps around; a latitude range reaching +-90 closes with a pole vertex. Returns (verts
+    ``(V, 3)``, outward normals ``(V, 3)``, faces ``(F, 3)``, (latitude, longitude) in radians ``(V, 2)``).
     """
-    e = 2.0 / exponent
-    lat = np.linspace(-np.pi / 2, np.pi / 2, rows + 2)[1:-1]
-    lon = np.linspace(-np.pi, np.pi, cols, endpoint=False)
-    la, lo = np.meshgrid(lat, lon, indexing="ij")                                 # rows x cols
-    angles = np.concatenate([la.reshape(-1, 1), lo.reshape(-1, 1)], 1)
-    angles = np.concatenate([angles, [[-np.pi / 2, 0.0], [np.pi / 2, 0.0]]])       # + bottom, top poles
-    c_la, s_la, c_lo, s_lo = (np.cos(angles[:, 0]), np.sin(angles[:, 0]), np.cos(angles[:, 1]),
-                              np.sin(angles[:, 1]))
+    e, (a, b, c) = 2.0 / exponent, np.asarray(radii, float)
+    width = max(a, c)
+    lat = _arc_uniform(lambda t: np.stack([width * _signed_power(np.cos(t), e), b * _signed_power(np.sin(t), e)],
+                                          -1), *np.deg2rad(lat_range), spacing)
+    lon = _arc_uniform(lambda t: np.stack([a * _signed_power(np.sin(t), e), c * _signed_power(np.cos(t), e)], -1),
+                       *np.deg2rad(lon_range), spacing)
+    wrap = lon_range[1] - lon_range[0] >= 360.0
+    lon = lon[:-1] if wrap else lon
+    poles = (lat[0] <= -np.pi / 2 + 1e-9, lat[-1] >= np.pi / 2 - 1e-9)
+    rings = lat[int(poles[0]):len(lat) - int(poles[1])]
+    la, lo = np.meshgrid(rings, lon, indexing="ij")                                # rows x cols
+    angles = np.stack([la.ravel(), lo.ravel()], -1)
+    angles = np.concatenate([angles] + [[[sign * np.pi / 2, 0.0]] for sign, pole in zip((-1, 1), poles) if pole])
+    c_la, s_la, c_lo, s_lo = np.cos(angles[:, 0]), np.sin(angles[:, 0]), np.cos(angles[:, 1]), np.sin(angles[:, 1])
     unit = np.stack([_signed_power(c_la, e) * _signed_power(s_lo, e), _signed_power(s_la, e),
                      _signed_power(c_la, e) * _signed_power(c_lo, e)], -1)
-    radii = np.asarray(radii, float)
-    verts = np.asarray(center, float) + unit * radii
-    normals = np.sign(unit) * np.abs(unit) ** (exponent - 1) / radii               # gradient of the implicit
+    verts = np.asarray(center, float) + unit * (a, b, c)
+    normals = np.sign(unit) * np.abs(unit) ** (exponent - 1) / (a, b, c)         # gradient of the implicit
     normals /= np.linalg.norm(normals, axis=1, keepdims=True)
-    return verts, normals, _sphere_faces(rows, cols), angles
+    return verts, normals, _grid_faces(len(rings), len(lon), wrap, poles), angles
 
 
-def _sphere_faces(rows: int, cols: int) -> np.ndarray:
-    """Triangles of a rows x cols latitude-longitude grid (wrapping in longitude) plus the two pole fans."""
-    r, c = np.meshgrid(np.arange(rows - 1), np.arange(cols), indexing="ij")
+def _grid_faces(rows: int, cols: int, wrap: bool, poles: tuple[bool, bool]) -> np.ndarray:
+    """Triangles of a rows x cols latitude-longitude grid (wrapping in longitude if ``wrap``), plus fans to the
+    (bottom, top) pole vertices that follow the grid when ``poles`` says so."""
+    span = cols if wrap else cols - 1
+    r, c = np.meshgrid(np.arange(rows - 1), np.arange(span), indexing="ij")
     a, b = r * cols + c, r * cols + (c + 1) % cols
     up_a, up_b = a + cols, b + cols
-    quads = [np.stack([a, b, up_a], -1).reshape(-1, 3), np.stack([b, up_b, up_a], -1).reshape(-1, 3)]
-    bottom, top = rows * cols, rows * cols + 1
-    ring = np.arange(cols)
-    fans = [np.stack([np.full(cols, bottom), (ring + 1) % cols, ring], -1),
-            np.stack([np.full(cols, top), (rows - 1) * cols + ring, (rows - 1) * cols + (ring + 1) % cols], -1)]
-    return np.concatenate(quads + fans).astype(np.int64)
+    faces = [np.stack([a, b, up_a], -1).reshape(-1, 3), np.stack([b, up_b, up_a], -1).reshape(-1, 3)]
+    ring, pole = np.arange(span), rows * cols
+    if poles[0]:
+        faces.append(np.stack([np.full(span, pole), (ring + 1) % cols, ring], -1))
+        pole += 1
+    if poles[1]:
+        top = (rows - 1) * cols
+        faces.append(np.stack([np.full(span, pole), top + ring, top + (ring + 1) % cols], -1))
+    return np.concatenate(faces).astype(np.int64)
 
 
 def orient_outward(verts: np.ndarray, faces: np.ndarray, normals: np.ndarray) -> np.ndarray:
@@ -115,6 +137,8 @@ def _smoothstep(x: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------- the body
+#: Longitudes (degrees) the body meshes keep: with |yaw| <= 45 deg the camera sees at most +-(90 + 45 + 5).
+VISIBLE_LONGITUDES = (-145.0, 145.0)
 @dataclass(frozen=True)
 class FaceFrame:
     """Extents of a neutral face in model space: half width, top, bottom, rim depth (dm)."""
@@ -149,14 +173,14 @@ def push_behind_face(verts: np.ndarray, neutral: np.ndarray, margin: float = 0.0
 
 
 def head_shell(neutral: np.ndarray, hair_rgb, skin_rgb, hairline: float, hair_length: float, volume: float,
-               seed: int, rows: int = 72, cols: int = 128) -> Mesh:
+               seed: int) -> Mesh:
     """The head behind the face mask: an ellipsoid meeting the face rim, hair above the hairline, skin below."""
     ff = face_frame(neutral)
     a, b, c = ff.half_width * 1.18 + volume, 1.24 + volume, ff.half_width * 1.3 + volume
     yc = 0.18 + 0.5 * volume
     side = np.sqrt(max(1 - (ff.half_width / a) ** 2 - (yc / b) ** 2, 0.05))        # ellipsoid depth at the rim
     zc = ff.rim_z - 0.03 - c * side
-    verts, normals, faces, angles = superellipsoid((0.0, yc, zc), (a, b, c), 2.0, rows, cols)
+    verts, normals, faces, angles = superellipsoid((0.0, yc, zc), (a, b, c), 2.0, lon_range=VISIBLE_LONGITUDES)
     verts[:, 0] *= 1 - 0.3 * _smoothstep((yc - verts[:, 1]) / b)                  # narrower towards the jaw
     verts = push_behind_face(verts, neutral)
     around = np.abs(angles[:, 1]) / np.pi                                          # 0 in front, 1 at the back
@@ -170,12 +194,14 @@ def head_shell(neutral: np.ndarray, hair_rgb, skin_rgb, hairline: float, hair_le
     return _mesh(verts, normals, faces, albedo)
 
 
-def neck_and_shoulders(ff: FaceFrame, zc: float, skin_rgb, cloth_rgb, rows: int = 60, cols: int = 144) -> Mesh:
-    """A neck (upright ellipsoid under the chin) and shoulders (a flat superellipsoid) in clothes."""
+def neck_and_shoulders(ff: FaceFrame, zc: float, skin_rgb, cloth_rgb) -> Mesh:
+    """A neck (upright ellipsoid under the chin) and shoulders in clothes (the upper front of a flat
+    superellipsoid: its lower half is always below the frame, its back always hidden)."""
     neck_v, neck_n, neck_f, _ = superellipsoid((0.0, ff.bottom - 0.45, zc + 0.12),
-                                               (0.6 * ff.half_width, 0.85, 0.55 * ff.half_width), 2.0, rows, cols)
+                                               (0.6 * ff.half_width, 0.85, 0.55 * ff.half_width), 2.0,
+                                               lon_range=VISIBLE_LONGITUDES)
     body_v, body_n, body_f, _ = superellipsoid((0.0, ff.bottom - 1.45, zc - 0.05), (2.6 * ff.half_width, 0.8, 1.0),
-                                               3.0, rows, cols * 2)
+                                               3.0, lat_range=(-25.0, 90.0), lon_range=VISIBLE_LONGITUDES)
     neck = _mesh(neck_v, neck_n, neck_f, np.tile(np.asarray(skin_rgb) * 0.95, (len(neck_v), 1)))
     body = _mesh(body_v, body_n, body_f, np.tile(np.asarray(cloth_rgb), (len(body_v), 1)))
     return concat_meshes([neck, body])
