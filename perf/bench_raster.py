@@ -7,7 +7,8 @@ Meshes: ``grid`` is a synthetic face stand-in, a jittered height-field grid of 1
 triangles are 0.3-1 pixel; ``procedural`` is the procedural morphable model (reenact/face3d/procedural.py) at full
 size in a neutral pose, when it can be built. Issue #2 budget: one rasterization well under 7 ms on one CPU thread
 (two of them, the vertex maths and the interpolation make one pair's guidance, <= 15 ms).
-``--profile`` adds torch's per-operator table for the first mesh.
+A "naive yardstick" row times the straightforward vectorised rasterizer (``naive_rasterize``) under the same load,
+since timings on a shared machine drift. ``--profile`` adds torch's per-operator table for the first mesh.
 """
 from __future__ import annotations
 
@@ -48,6 +49,37 @@ def grid_mesh(rows: int = 189, cols: int = 189, image_size: tuple[int, int] = (2
     return verts, faces
 
 
+def naive_rasterize(verts: torch.Tensor, faces: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The straightforward vectorised rasterizer, as a yardstick measured under the same load (one mesh).
+
+    Every (triangle, bounding-box pixel) pair is enumerated with ``repeat_interleave``, edge functions are evaluated
+    in image coordinates, and the z-buffer takes two scatters (depth, then id). Returns the triangle ids ``(H, W)``.
+    """
+    H, W = size
+    x, y, z = verts[0][faces].unbind(-1)  # F x 3 each
+    col0 = x.amin(1).sub(0.5).ceil().clamp(0, W - 1)
+    row0 = y.amin(1).sub(0.5).ceil().clamp(0, H - 1)
+    width = (x.amax(1).sub(0.5).floor().clamp(max=W - 1) - col0 + 1).clamp(min=0).long()
+    height = (y.amax(1).sub(0.5).floor().clamp(max=H - 1) - row0 + 1).clamp(min=0).long()
+    counts = width * height
+    tri = torch.repeat_interleave(torch.arange(faces.shape[0]), counts)
+    offset = torch.arange(tri.numel()) - (counts.cumsum(0) - counts)[tri]
+    px = col0[tri] + offset % width[tri] + 0.5
+    py = row0[tri] + offset // width[tri] + 0.5
+    xa, ya = x[tri], y[tri]  # C x 3
+    x1, y1, x2, y2 = xa.roll(-1, 1), ya.roll(-1, 1), xa.roll(-2, 1), ya.roll(-2, 1)
+    edge = (x2 - x1) * (py[:, None] - y1) - (y2 - y1) * (px[:, None] - x1)  # C x 3
+    area = edge.sum(1)
+    inside = ((edge * area.sign()[:, None]) >= 0).all(1) & (area != 0)
+    tri, edge, area, px, py = tri[inside], edge[inside], area[inside], px[inside], py[inside]
+    depth = (edge / area[:, None] * z[tri]).sum(1)
+    pixel = py.long() * W + px.long()
+    zbuf = torch.full((H * W,), float("inf")).scatter_reduce(0, pixel, depth, "amin")
+    nearest = depth == zbuf[pixel]
+    ids = torch.full((H * W,), faces.shape[0]).scatter_reduce(0, pixel[nearest], tri[nearest], "amin")
+    return torch.where(ids == faces.shape[0], -1, ids).view(H, W)
+
+
 def procedural_mesh(size: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The full-size procedural morphable model, neutral, through Deep3D's camera; None if it cannot be built."""
     try:
@@ -69,6 +101,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--no-naive", action="store_true", help="skip the naive yardstick rows")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -91,6 +124,12 @@ def main() -> None:
         rows.append([name, f"{verts.shape[1]} / {faces.shape[0]}", f"{args.size}x{args.size}",
                      args.threads if device.type == "cpu" else device.type, int(frags.mask.sum()),
                      1000 * raster_med, 1000 * raster_min, 1000 * interp_med, 1000 * interp_min])
+        if device.type == "cpu" and not args.no_naive:
+            size = (args.size, args.size)
+            naive_med, naive_min = median_seconds(lambda: naive_rasterize(verts, faces, size), repeats=args.repeats,
+                                                  warmup=2)
+            rows.append([f"{name}, naive yardstick", "", "", args.threads, "", 1000 * naive_med, 1000 * naive_min,
+                         "", ""])
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, device {device}, "
           f"{args.repeats} repetitions after 5 warm-up calls")
     print_table(["mesh", "vertices / triangles", "image", "threads", "covered px", "raster median ms",

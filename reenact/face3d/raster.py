@@ -273,16 +273,22 @@ def _fill_edge_planes(table: torch.Tensor) -> None:
     the box, not with the image.
     """
     n = table.shape[1]
+    rows = table.unbind(0)
     local = torch.empty(2, 5, n, dtype=table.dtype, device=table.device)  # (u, v) of corners 0 1 2 0 1
     torch.sub(table[_CORNERS_XY].view(2, 3, n), (table[_LO] + 0.5).unsqueeze(1), out=local[:, :3])
     local[:, 3:].copy_(local[:, :2])
-    start, end = local[:, 1:4], local[:, 2:5]  # corners k + 1 and k + 2 of edge k
-    edge = torch.sub(end, start, out=table[_EDGE_XY].view(2, 3, n))
-    c = torch.mul(start[0], edge[1], out=table[_EDGE_C]).addcmul_(start[1], edge[0], value=-1.0)
+    (su, sv), (eu, ev) = local[:, 1:4], local[:, 2:5]  # (u, v) of corners k + 1 and k + 2 of edge k, 3 x n each
+    ex, ey = table[_EDGE_XY].view(2, 3, n)
+    torch.sub(eu, su, out=ex)
+    torch.sub(ev, sv, out=ey)
+    c = torch.mul(su, ey, out=table[_EDGE_C]).addcmul_(sv, ex, value=-1.0)
+    ex0, ex1, ex2 = ex
+    ey0, ey1, ey2 = ey
     # two roundings, no fused multiply-add: a zero-area triangle gets exactly 0
-    area2 = torch.mul(edge[0, 1], edge[1, 2], out=table[_AREA2]).sub_(edge[0, 2] * edge[1, 1])
-    dz = torch.sub(table[7:9], table[6:7], out=table[_DZ])
-    torch.mul(c[1], dz[0], out=table[_DEPTH]).addcmul_(c[2], dz[1]).div_(area2).add_(table[6])
+    area2 = torch.mul(ex1, ey2, out=rows[_AREA2]).sub_(ex2 * ey1)
+    dz1, dz2 = torch.sub(table[7:9], rows[6], out=table[_DZ])
+    _, c1, c2 = c
+    torch.mul(c1, dz1, out=rows[_DEPTH]).addcmul_(c2, dz2).div_(area2).add_(rows[6])
 
 
 def _depth_slopes(ex, ey, dz, area2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -449,29 +455,34 @@ def _fragments_from_zbuf(keys: torch.Tensor, frame: _Frame, corners: torch.Tenso
     if corners is None:
         bary = torch.zeros(3, B, H, W, device=keys.device)
     else:
-        bary = torch.empty(3, B, H, W, device=keys.device)
-        n = face if B == 1 else face.view(B, H * W) + torch.arange(0, B * frame.F, frame.F, device=keys.device).view(B, 1)
+        n = face if B == 1 else face.view(B, -1) + torch.arange(0, B * frame.F, frame.F, device=keys.device).view(B, 1)
         xy = corners.index_select(1, n.view(-1)).view(6, B, H, W)
-        _pixel_barycentrics(xy, covered.to(torch.float32).neg_().view(B, H, W), bary)
+        bary = _pixel_barycentrics(xy, covered.to(torch.float32).neg_().view(B, H, W))
     # Barycentrics are returned as a channels-last view of a channels-first tensor: no copy either way.
     return Fragments(triangle_id=triangle_id.view(B, H, W), bary=bary.permute(1, 2, 3, 0),
                      depth=depth.view(B, H, W))
 
 
-def _pixel_barycentrics(xy: torch.Tensor, covered: torch.Tensor, out: torch.Tensor) -> None:
-    """Rows x0, x1, x2, y0, y1, y2 ``(6, B, H, W)`` of each pixel's triangle -> barycentrics of its centre into
-    ``out`` ``(3, B, H, W)``, times ``covered`` (1 or 0). Corner-0-relative, so errors scale with the triangle."""
+def _pixel_barycentrics(xy: torch.Tensor, covered: torch.Tensor) -> torch.Tensor:
+    """Rows x0, x1, x2, y0, y1, y2 ``(6, B, H, W)`` of each pixel's triangle -> ``(3, B, H, W)`` barycentrics of
+    its centre, times ``covered`` (1 or 0). Corner-0-relative, so errors scale with the triangle, not the image."""
     x0, x1, x2, y0, y1, y2 = xy
-    H, W = x0.shape[-2:]
-    px = torch.arange(W, device=xy.device, dtype=xy.dtype).add_(0.5)
-    py = torch.arange(H, device=xy.device, dtype=xy.dtype).add_(0.5).view(H, 1)
+    px, py = _pixel_centres(*x0.shape[-2:], xy.device)
     qx, qy = px - x0, py - y0  # pixel centre relative to corner 0
     e1x, e1y, e2x, e2y = x1 - x0, y1 - y0, x2 - x0, y2 - y0
     area2 = (e1x * e2y).addcmul_(e2x, e1y, value=-1.0)
-    torch.mul(qx, e2y, out=out[1]).addcmul_(e2x, qy, value=-1.0)
-    torch.mul(e1x, qy, out=out[2]).addcmul_(qx, e1y, value=-1.0)
-    torch.sub(area2, out[1], out=out[0]).sub_(out[2])
-    out.mul_(area2.reciprocal_().mul_(covered))
+    out = torch.empty((3,) + x0.shape, device=xy.device)
+    w0, w1, w2 = out
+    torch.mul(qx, e2y, out=w1).addcmul_(e2x, qy, value=-1.0)
+    torch.mul(e1x, qy, out=w2).addcmul_(qx, e1y, value=-1.0)
+    torch.sub(area2, w1, out=w0).sub_(w2)
+    return out.mul_(area2.reciprocal_().mul_(covered))
+
+
+@functools.lru_cache(maxsize=8)
+def _pixel_centres(H: int, W: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """x ``(W,)`` and y ``(H, 1)`` of the pixel centres. Cached: treat as read-only."""
+    return torch.arange(W, device=device) + 0.5, (torch.arange(H, device=device) + 0.5).view(H, 1)
 
 
 def _pixel_corners(triangle_id: torch.Tensor, faces: torch.Tensor, V: int) -> torch.Tensor:
