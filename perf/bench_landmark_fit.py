@@ -6,7 +6,8 @@ Chunks are synthetic sequences drawn from the procedural model (one identity per
 yaw uniform in +-45 degrees, pitch +-15, roll +-10, depth 2.4-3.6 dm in front of the model origin), whose 68
 landmarks are projected with ``PerspectiveCamera.deep3d(256)`` plus Gaussian noise. Each repeat fits every chunk
 once (:func:`pipelines.extractors.landmark_fit.fit_landmarks`, one optimisation per chunk); the figure is the
-median over repeats of frames / wall seconds, with torch limited to one intra-op thread and with its default.
+median over repeats of frames / wall seconds, with one torch intra-op thread (``FitConfig.threads = 1``, the
+default) and with torch's default thread count (``threads = 0``).
 Landmark detection (dlib) is not included. Accuracy: geodesic rotation error against the truth (median, p90, max)
 and translation error.
 """
@@ -57,20 +58,19 @@ def main() -> None:
     rng = np.random.default_rng(0)
     truths = [sample_chunk(rng, args.frames) for _ in range(args.chunks)]
     camera = PerspectiveCamera.deep3d(256)
-    landmarks = [project_landmarks(model, torch.from_numpy(c), camera).numpy() + rng.normal(0, args.noise, (len(c), 68, 2))
-                 for c in truths]
-    default_threads = torch.get_num_threads()
+    landmarks = [project_landmarks(model, torch.from_numpy(c), camera).numpy().astype(np.float64)
+                 + rng.normal(0, args.noise, (len(c), 68, 2)) for c in truths]
     rows, results = [], None
-    for threads in sorted({1, default_threads}):
-        torch.set_num_threads(threads)
-        fit_landmarks(landmarks[0], 256, bases)                           # warm-up
+    for threads in (1, 0):                                                # FitConfig.threads: 0 = torch's default
+        config = FitConfig(threads=threads)
+        fit_landmarks(landmarks[0], 256, bases, config)                   # warm-up
         rates = []
         for _ in range(args.repeats):
             start = time.perf_counter()
-            results = [fit_landmarks(lm, 256, bases, FitConfig()) for lm in landmarks]
+            results = [fit_landmarks(lm, 256, bases, config) for lm in landmarks]
             rates.append(args.chunks * args.frames / (time.perf_counter() - start))
-        rows.append([threads, args.frames, statistics.median(rates), min(rates), max(rates)])
-    torch.set_num_threads(default_threads)
+        rows.append([threads or f"default ({torch.get_num_threads()})", args.frames, statistics.median(rates),
+                     min(rates), max(rates)])
     print_table(["torch threads", "frames/chunk", "median frames/s", "min", "max"], rows)
 
     truth = np.concatenate(truths).astype(np.float64)

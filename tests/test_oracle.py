@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -129,3 +130,35 @@ def test_non_square_or_missing_crop_is_a_status_row(truth):
                      "crop_box": [[0, 0, 100, 120], None]})
     assert out["status"] == ["fit_error", "fit_error"]
     assert "square" in out["error"][0] and "no crop box" in out["error"][1]
+
+
+def test_oracle_on_the_tiny_synthetic_world():
+    """The synthetic world's own truth rows: vox frames give their crop coefficients; CelebV images, cropped around
+    the face, give coefficients whose landmarks re-project onto the cropped ground-truth landmarks."""
+    synth_world = pytest.importorskip("reenact.synth.world")
+    writer = pytest.importorskip("reenact.synth.writer")
+    world = synth_world.sample_world("tiny", seed=0)
+    model = procedural_model(world.preset.model)
+    seqs = [world.videos[0], world.celebv[0]]
+    truth = pa.Table.from_pylist([r for seq in seqs for r in writer.truth_rows(
+        seq, writer.frame_truth(model, seq.coeffs, seq.camera))], schema=SYNTH_TRUTH)
+    is_vox = pc.equal(truth["dataset"], "vox")
+    vox = truth.filter(pc.and_(is_vox, pc.is_valid(truth["chunk_id"])))         # frames inside a chunk
+    celeb = truth.filter(pc.invert(is_vox))
+    boxes = []
+    for l, t, r, b in celeb["face_bbox"].to_pylist():          # a square box 1.4x the face, centred on it
+        side, cx, cy = 1.4 * max(r - l, b - t), (l + r) / 2, (t + b) / 2
+        boxes.append([round(cx - side / 2), round(cy - side / 2), round(cx - side / 2) + round(side),
+                      round(cy - side / 2) + round(side)])
+    out = oracle.OracleExtractor(truth)({
+        "chunk_id": vox["chunk_id"].to_pylist() + celeb["chunk_id"].to_pylist(),
+        "frame_index": vox["frame_index"].to_pylist() + celeb["frame_index"].to_pylist(),
+        "crop_box": [None] * vox.num_rows + boxes})
+    assert out["status"] == ["ok"] * (vox.num_rows + celeb.num_rows)
+    np.testing.assert_array_equal(np.asarray(out["coeffs"][:vox.num_rows]),
+                                  np.asarray(vox["crop_coeffs"].to_pylist(), np.float32))
+    celeb_coeffs = np.asarray(out["coeffs"][vox.num_rows:], np.float32)
+    reprojected = project_landmarks(model, torch.from_numpy(celeb_coeffs), PerspectiveCamera.deep3d(256)).numpy()
+    cropped = np.asarray(out["landmarks"][vox.num_rows:]).reshape(-1, 68, 2)
+    error = np.linalg.norm(reprojected - cropped, axis=-1)
+    assert np.median(error) < 0.3 and error.max() < 1.5, (np.median(error), error.max())
