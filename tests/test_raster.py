@@ -119,8 +119,8 @@ def test_face_like_mesh_of_subpixel_triangles_matches_brute_force():
     assert frags.mask.sum() > 300
 
 
-def test_windows_and_exact_path_cover_every_box_size():
-    # boxes of 1..9 pixels a side, so the origin test, both windows and the float64 path all run
+def test_every_box_size_path():
+    # boxes of 1..9 pixels a side, so the first-pixel test, the float32 window and float64 windows of 4, 8 and 16 run
     sizes = torch.arange(1, 10, dtype=torch.float32)
     x0 = torch.cumsum(sizes + 1.3, 0) - 8.0
     corners = torch.stack([torch.stack([x0, torch.full_like(x0, 1.2)], -1),
@@ -132,7 +132,7 @@ def test_windows_and_exact_path_cover_every_box_size():
     assert_matches_brute_force(verts, faces, (13, 60))
 
 
-def test_exact_path_in_chunks_gives_the_same_raster(monkeypatch):
+def test_float64_windows_in_chunks_give_the_same_raster(monkeypatch):
     verts, faces = random_mesh(3)
     settings = RasterSettings((28, 36), backend="torch")
     whole = rasterize(verts, faces, settings)

@@ -18,16 +18,24 @@ Conventions (pinned by ``tests/test_raster.py::test_convention_*``):
 * Barycentrics are screen-space (affine in image coordinates), so :func:`interpolate` interpolates attributes
   affinely in screen space, with no perspective correction.
 
-Outputs carry no gradient with respect to the vertices; :func:`interpolate` is differentiable in ``attrs``.
+Computation is in float32 (float64 for boxes larger than 2x2 pixels). Outputs carry no gradient with respect to
+the vertices; :func:`interpolate` is differentiable in ``attrs``.
 
-How it is fast (about 3 ms for a 70k-triangle face at 256^2 on one CPU thread, see ``perf/bench_raster.py``):
-each triangle's bounding box is snapped to the pixel centres it can contain. Every triangle is tested at the first
-pixel of its box (for a face mesh at 256^2 that is nearly all the work: most triangles are smaller than a pixel);
-triangles whose box is at most 4x4 then test the rest of a 2x2 or 4x4 window by broadcasting, all in float32 in
-coordinates local to the box, which keeps the edge functions accurate. Rare larger boxes enumerate their pixels
-exactly in float64. Each covered (triangle, pixel) pair becomes one int64 key, ``order(depth) << 32 | triangle``,
-where ``order`` maps float32 bits to integers monotonically, and one ``scatter_reduce(amin)`` resolves the z-buffer
-with the tie rule above, exactly.
+How it is fast (a 70k-triangle face at 256^2 in a few ms on one CPU thread; ``perf/bench_raster.py``): no Python
+loop over triangles or pixels, few passes over memory, no boolean masks (``where`` and mask ops are several times
+slower than arithmetic on CPU).
+
+1. A table with one column per triangle: its corners (three 1-D gathers), the box of pixel centres it can contain,
+   and its edge functions and depth as affine functions of the pixel offset from the box's first pixel, in
+   coordinates local to that pixel: float32 then stays accurate to a few 1e-7 pixel.
+2. Every triangle is tested at the first pixel of its box. For a face at 256^2 most triangles are smaller than a
+   pixel, so this one vectorised pass does nearly all the work.
+3. Boxes of 2x2 pixels test their other three pixels by broadcasting; rare larger boxes go to float64 power-of-two
+   windows, chunked.
+4. Each (triangle, pixel) candidate becomes one int64 key, ``order(depth) << 32 | triangle``, where ``order`` maps
+   float32 bits to int32 monotonically and uncovered candidates get the largest order; ``scatter_reduce(amin)``
+   then resolves the z-buffer with the tie rule exactly.
+5. Barycentrics are recomputed once per pixel from the winning triangle's corners.
 """
 from __future__ import annotations
 
@@ -42,10 +50,15 @@ import torch
 Backend = Literal["auto", "torch", "pytorch3d"]
 BACKENDS = ("auto", "torch", "pytorch3d")
 
-#: Triangles whose pixel box is at most this many pixels wide and tall take the float32 window path.
-MAX_WINDOW = 4
-#: At most this many (triangle, pixel) candidates per chunk on the exact float64 path.
-CHUNK_CANDIDATES = 1 << 20
+#: Boxes of at most this many pixels a side are rasterized in float32 (the first pixel in one pass, the rest in a
+#: 2x2 window); larger ones in float64, in power-of-two windows. Float32 edge functions in box-local coordinates
+#: are then accurate to a few 1e-7 pixel.
+FLOAT32_BOX = 2
+#: At most this many (triangle, pixel) candidates per float64 window chunk.
+CHUNK_CANDIDATES = 1 << 18
+#: At most this many triangles are rasterized together; larger batches go a few meshes at a time, which keeps the
+#: per-triangle table small (big fresh allocations cost page faults on CPU).
+GROUP_TRIANGLES = 1 << 17
 
 _EMPTY_KEY = torch.iinfo(torch.int64).max
 _INT32_MAX = 0x7FFFFFFF
@@ -78,7 +91,8 @@ class Fragments:
 
     Fields:
         triangle_id: ``(B, H, W)`` int64, the visible triangle per pixel, -1 where empty.
-        bary: ``(B, H, W, 3)`` float32, screen-space barycentrics of the pixel centre (0 where empty).
+        bary: ``(B, H, W, 3)`` float32, screen-space barycentrics of the pixel centre (0 where empty); from the
+            torch backend a channels-last view of a ``(3, B, H, W)`` tensor, so use ``reshape``, not ``view``.
         depth: ``(B, H, W)`` float32, interpolated depth (smaller is nearer), +inf where empty.
     """
 
@@ -187,11 +201,24 @@ class _Frame:
 
     @property
     def buffer_size(self) -> int:
-        """Z-buffer slots: every pixel, plus room for window candidates that run past the last one (never covered)."""
-        return self.pixels + MAX_WINDOW * (self.W + 1)
+        """Z-buffer slots: every pixel, plus room for 2x2-window candidates that run past the last one (never
+        covered; larger windows clamp their indices)."""
+        return self.pixels + FLOAT32_BOX * (self.W + 1)
 
 
 def _rasterize_torch(verts: torch.Tensor, faces: torch.Tensor, settings: RasterSettings) -> Fragments:
+    B, F = verts.shape[0], faces.shape[0]
+    groups = [_rasterize_group(part, faces, settings) for part in verts.split(max(1, GROUP_TRIANGLES // max(F, 1)))]
+    if not groups:
+        groups = [_rasterize_group(verts, faces, settings)]
+    triangle_id, bary, depth = (torch.cat(parts, dim) if len(groups) > 1 else parts[0]
+                                for parts, dim in zip(zip(*groups), (0, 1, 0)))
+    # Barycentrics are returned as a channels-last view of a channels-first tensor: no copy either way.
+    return Fragments(triangle_id=triangle_id, bary=bary.permute(1, 2, 3, 0), depth=depth)
+
+
+def _rasterize_group(verts: torch.Tensor, faces: torch.Tensor, settings: RasterSettings):
+    """Rasterize ``(b, V, 3)`` verts: triangle ids ``(b, H, W)``, barycentrics ``(3, b, H, W)``, depth ``(b, H, W)``."""
     H, W = settings.image_size
     frame = _Frame(B=verts.shape[0], F=faces.shape[0], H=H, W=W)
     zbuf = torch.full((frame.buffer_size,), _EMPTY_KEY, dtype=torch.int64, device=verts.device)
@@ -207,7 +234,7 @@ def _rasterize_torch(verts: torch.Tensor, faces: torch.Tensor, settings: RasterS
 # Rows of the per-triangle table, one column per triangle n = b * F + f:
 #   corners x0 x1 x2 y0 y1 y2 z0 z1 z2;
 #   orientation: +-1 that makes the edge functions >= 0 inside, 0 for degenerate or culled triangles (and, until the
-#   exact path recomputes it, for boxes larger than MAX_WINDOW);
+#   float64 path recomputes it, for boxes larger than FLOAT32_BOX);
 #   the pixel box: first col, first row, extent x, extent y (extent = last - first, < 0 when it holds no centre);
 #   edge planes in coordinates local to the box origin (first pixel centre): edge k, opposite corner k, runs from
 #   corner k + 1 to corner k + 2 and is E_k(dj, di) = c_k - ey_k * dj + ex_k * di at pixel offset (dj, di);
@@ -319,7 +346,7 @@ def _rasterize_box_origins(zbuf, frame, table, cull_backfaces) -> tuple[torch.Te
     one, for most face triangles at 256^2). Returns the kept triangles whose box holds more pixels, and every box's
     span (largest side minus one).
 
-    Boxes larger than MAX_WINDOW get orientation 0 here: the exact path tests all their pixels, origin included.
+    Boxes larger than FLOAT32_BOX get orientation 0 here: the float64 path tests all their pixels, origin included.
     """
     _fill_edge_planes(table)
     sign = torch.sign(table[_AREA2])
@@ -327,7 +354,7 @@ def _rasterize_box_origins(zbuf, frame, table, cull_backfaces) -> tuple[torch.Te
         sign.clamp_(max=0.0)  # front faces have a negative doubled signed area
     span = torch.maximum(table[_EXTENT][0], table[_EXTENT][1])
     more = _nonzero_positive(sign.abs().mul_(span))
-    orient = torch.mul(sign, (MAX_WINDOW - span).clamp_(0.0, 1.0), out=table[_ORIENT])
+    orient = torch.mul(sign, (FLOAT32_BOX - span).clamp_(0.0, 1.0), out=table[_ORIENT])
     margin = (table[_EDGE_C] * orient).amin(0).add_(orient.abs().sub_(1.0))  # - 1 where orient is 0; no -0.0
     keys = _candidate_keys(table[_DEPTH], margin, _face_ids(frame.F, frame.B, table.device))
     lo = table[_LO]
@@ -363,40 +390,58 @@ def _nonzero_positive(values: torch.Tensor) -> torch.Tensor:
 
 
 def _rasterize_rest_of_boxes(zbuf, frame, table, n, span, cull_backfaces) -> None:
-    """Triangles ``n`` whose box has more pixels: 2x2 or 4x4 windows in float32; larger boxes exactly, in float64."""
-    if int(span.max()) < 2:  # the common case for a face at 256^2: no routing needed
-        return _rasterize_window(zbuf, frame, table[_ORIENT:].index_select(1, n), n, 2)
-    for window, pick in ((2, span < 2), (MAX_WINDOW, (span >= 2) & (span < MAX_WINDOW)), (0, span >= MAX_WINDOW)):
-        part = n.index_select(0, _nonzero(pick))
-        if part.numel() and window:
-            _rasterize_window(zbuf, frame, table[_ORIENT:].index_select(1, part), part, window)
-        elif part.numel():
-            _rasterize_exact(zbuf, frame, table.index_select(1, part), part, cull_backfaces)
+    """Triangles ``n`` whose box has more than one pixel: the rest of a 2x2 window in float32 for boxes of at most
+    2x2 pixels (nearly all of a face at 256^2), larger boxes in float64 power-of-two windows, origin included."""
+    level = torch.frexp(span).exponent  # the window 2**level is the smallest power of two > span
+    levels = [1] if int(span.max()) < FLOAT32_BOX else level.unique().tolist()
+    for lv in levels:
+        part = n if len(levels) == 1 else n.index_select(0, _nonzero(level == lv))
+        if (1 << lv) <= FLOAT32_BOX:
+            _rasterize_window(zbuf, frame, table[_ORIENT:].index_select(1, part), part, 1 << lv, False)
+        else:
+            _rasterize_float64(zbuf, frame, table.index_select(1, part), part, 1 << lv, cull_backfaces)
+
+
+def _rasterize_float64(zbuf, frame, table, n, window, cull_backfaces) -> None:
+    """Boxes of up to window x window pixels, every pixel, in float64 and in chunks of bounded size."""
+    table = table.double()
+    _fill_edge_planes(table)
+    sign = torch.sign(table[_AREA2], out=table[_ORIENT])
+    if cull_backfaces:
+        sign.clamp_(max=0.0)
+    step = max(1, CHUNK_CANDIDATES // window**2)
+    for start in range(0, n.numel(), step):
+        _rasterize_window(zbuf, frame, table[_ORIENT:, start:start + step], n[start:start + step], window, True)
 
 
 @functools.lru_cache(maxsize=None)
-def _window_offsets(window: int, W: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pixel offsets (dj, di) of a window x window block without its origin as ``(K, 1)`` float columns, K =
-    window**2 - 1, and their flat z-buffer offsets ``di * W + dj`` (int64). Cached: treat as read-only."""
+def _window_offsets(window: int, with_origin: bool, W: int,
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pixel offsets (dj, di) of a window x window block (with or without its origin) as ``(K, 1)`` float
+    columns, and their flat z-buffer offsets ``di * W + dj`` (int64). Cached: treat as read-only."""
     steps = torch.arange(window, dtype=torch.float32)
-    di, dj = (t.reshape(-1, 1)[1:] for t in torch.meshgrid(steps, steps, indexing="ij"))
+    di, dj = (t.reshape(-1, 1)[0 if with_origin else 1:] for t in torch.meshgrid(steps, steps, indexing="ij"))
     return dj.to(device), di.to(device), (di * W + dj).to(torch.int64).to(device)
 
 
-def _rasterize_window(zbuf, frame, rows, n, window) -> None:
-    """Triangles ``n`` with boxes of at most window x window pixels, ``rows`` their table rows from _ORIENT on."""
+def _rasterize_window(zbuf, frame, rows, n, window, with_origin) -> None:
+    """Triangles ``n`` with boxes of at most window x window pixels; ``rows`` are their table rows from _ORIENT on,
+    float32 or float64."""
     at = _ORIENT  # row r of the table is row r - at here
     orient, lo, extent = rows[_ORIENT - at], rows[_LO.start - at:_LO.stop - at], rows[_EXTENT.start - at:]
     c, ex, ey = (rows[s.start - at:s.stop - at] for s in (_EDGE_C, _EDGE_X, _EDGE_Y))
-    dj, di, flat = _window_offsets(window, frame.W, n.device)  # K x 1 each
+    dj, di, flat = _window_offsets(window, with_origin, frame.W, n.device)  # K x 1 each
     edges = (c.unsqueeze(1) - ey.unsqueeze(1) * dj).addcmul_(ex.unsqueeze(1), di)  # 3 x K x n
     in_box = torch.minimum(extent[0] - dj, extent[1] - di)  # K x n, < 0 outside the box (and the image)
-    margin = torch.minimum((edges * orient).amin(0), in_box).add_(0.0)  # add 0.0: no -0.0
+    valid = orient.abs() - 1.0  # 0, or -1 for a dropped triangle; adding it also turns -0.0 into +0.0
+    margin = torch.minimum((edges * orient).amin(0), in_box).add_(valid)
     dz, area2 = rows[_DZ.start - at:_DZ.stop - at], rows[_AREA2 - at]
     depth_dx, depth_dy = _depth_slopes(ex, ey, dz, area2)
     depth = (rows[_DEPTH - at] + depth_dx * dj).addcmul_(depth_dy, di)  # K x n
     keys = _candidate_keys(depth, margin, n % frame.F if frame.B > 1 else n)
     pixel = _origin_pixels(lo, n, frame) + flat  # K x n
+    if window > FLOAT32_BOX:  # candidates past the image are never covered, but their index must stay in range
+        pixel.clamp_(max=zbuf.numel() - 1)
     zbuf.scatter_reduce_(0, pixel.view(-1), keys.view(-1), "amin")
 
 
@@ -406,42 +451,9 @@ def _origin_pixels(lo: torch.Tensor, n: torch.Tensor, frame: _Frame) -> torch.Te
     return pixel + n // frame.F * (frame.H * frame.W) if frame.B > 1 else pixel
 
 
-def _rasterize_exact(zbuf, frame, table, n, cull_backfaces) -> None:
-    """Enumerate every pixel of large boxes in float64 (rare for face meshes), in chunks of bounded size."""
-    table = table.double()
-    _fill_edge_planes(table)
-    sign = torch.sign(table[_AREA2], out=table[_ORIENT])
-    if cull_backfaces:
-        sign.clamp_(max=0.0)
-    width, height = (table[_EXTENT].to(torch.int64) + 1).clamp(min=0)  # a negative extent holds no pixel centre
-    counts = width * height
-    ends = counts.cumsum(0)
-    marks = torch.arange(CHUNK_CANDIDATES, max(int(ends[-1]), CHUNK_CANDIDATES), CHUNK_CANDIDATES, device=n.device)
-    bounds = [0] + torch.searchsorted(ends, marks, right=True).tolist() + [n.numel()]
-    for start, stop in zip(bounds[:-1], bounds[1:]):
-        if stop > start:
-            _rasterize_exact_chunk(zbuf, frame, slice(start, stop), n, table, width, counts)
-
-
-def _rasterize_exact_chunk(zbuf, frame, part, n, table, width, counts) -> None:
-    tri = torch.repeat_interleave(torch.arange(part.stop - part.start, device=n.device), counts[part])
-    first = (counts[part].cumsum(0) - counts[part]).index_select(0, tri)
-    offset = torch.arange(tri.numel(), device=n.device) - first
-    tri = tri + part.start
-    dj, di = offset % width[tri], offset // width[tri]
-    djf, dif = dj.double(), di.double()
-    planes = table[:, tri]  # _ROWS x C
-    edges = planes[_EDGE_C] - planes[_EDGE_Y] * djf + planes[_EDGE_X] * dif  # 3 x C
-    margin = (edges * planes[_ORIENT]).amin(0).add_(planes[_ORIENT].abs() - 1.0)  # - 1 where orient is 0
-    depth_dx, depth_dy = _depth_slopes(planes[_EDGE_X], planes[_EDGE_Y], planes[_DZ], planes[_AREA2])
-    depth = planes[_DEPTH] + depth_dx * djf + depth_dy * dif
-    keys = _candidate_keys(depth, margin, n[tri] % frame.F if frame.B > 1 else n[tri])
-    pixel = _origin_pixels(planes[_LO], n[tri], frame) + di * frame.W + dj
-    zbuf.scatter_reduce_(0, pixel, keys, "amin")
-
-
-def _fragments_from_zbuf(keys: torch.Tensor, frame: _Frame, corners: torch.Tensor | None) -> Fragments:
-    """Decode the winning keys; barycentrics are recomputed at the pixel centres from the winners' corners.
+def _fragments_from_zbuf(keys: torch.Tensor, frame: _Frame, corners: torch.Tensor | None):
+    """Decode the winning keys into triangle ids ``(B, H, W)``, barycentrics ``(3, B, H, W)`` and depth
+    ``(B, H, W)``; barycentrics are recomputed at the pixel centres from the winners' corners.
 
     A key whose order is INT32_MAX is empty. Like the keys, the decoding is sign-bit arithmetic, not masks.
     """
@@ -458,9 +470,7 @@ def _fragments_from_zbuf(keys: torch.Tensor, frame: _Frame, corners: torch.Tenso
         n = face if B == 1 else face.view(B, -1) + torch.arange(0, B * frame.F, frame.F, device=keys.device).view(B, 1)
         xy = corners.index_select(1, n.view(-1)).view(6, B, H, W)
         bary = _pixel_barycentrics(xy, covered.to(torch.float32).neg_().view(B, H, W))
-    # Barycentrics are returned as a channels-last view of a channels-first tensor: no copy either way.
-    return Fragments(triangle_id=triangle_id.view(B, H, W), bary=bary.permute(1, 2, 3, 0),
-                     depth=depth.view(B, H, W))
+    return triangle_id.view(B, H, W), bary, depth.view(B, H, W)
 
 
 def _pixel_barycentrics(xy: torch.Tensor, covered: torch.Tensor) -> torch.Tensor:
