@@ -9,10 +9,10 @@ For every clip of a source video (:class:`pipelines.metadata.VideoJob`):
 3. the frame is cropped to ``[t':b', l':r']`` (no enlarging or squaring: the metadata box is final) and resized
    to 256 x 256 with anti-aliasing.
 
-Each source video is decoded **once** for all its clips: one ffmpeg process converts the frames to planar RGB
-(``gbrp``: the same values as the rgb24 conversion imageio applies for load_videos.py, which the exact-copy test
-checks, and cheaper to crop and scale), splits the stream into one branch per clip (trim -> crop -> scale) and
-concatenates the branches into a single raw rgb24 pipe. Branches are ordered by clip end, so when
+Each source video is decoded **once** for all its clips: one ffmpeg process splits the decoded stream into one
+branch per clip (trim -> crop -> scale) and concatenates the branches into a single raw rgb24 pipe. A branch crops
+a 4-pixel-aligned box around the clip's box in the decoded format, converts only that to planar RGB (the same
+values imageio's whole-frame rgb24 conversion gives, which the exact-copy tests check), then crops exactly. Branches are ordered by clip end, so when
 the video is shorter than expected the complete clips are exactly a prefix of the stream. Resizing uses
 swscale's ``area`` filter: for upscales it is bilinear interpolation, identical to
 ``skimage.transform.resize(anti_aliasing=True)`` up to rounding; for downscales it averages where skimage
@@ -145,21 +145,40 @@ def decode_order(plans: list[ChunkPlan]) -> list[ChunkPlan]:
     return sorted((p for p in plans if p.status == OK), key=lambda p: (p.frames.stop, p.frames.start))
 
 
+def aligned_box(box: tuple[int, int, int, int], frame_size: tuple[int, int],
+                align: int = 4) -> tuple[int, int, int, int]:
+    """The smallest box holding ``box`` whose left/top are multiples of ``align`` and whose width/height are too,
+    unless that would pass the frame's right/bottom edge (then it stops there). Boxes are (l, t, r, b).
+
+    Cropping this box in the decoded (chroma-subsampled) format keeps every chroma sample the pixels of ``box``
+    use, so converting it to RGB gives the same values as converting the whole frame (swscale's conversion is
+    per pixel, chroma per block; the exact-copy tests check it).
+    """
+    (left, top, right, bottom), (width, height) = box, frame_size
+    x0, y0 = left - left % align, top - top % align
+    x1 = min(x0 + -(-(right - x0) // align) * align, width)
+    y1 = min(y0 + -(-(bottom - y0) // align) * align, height)
+    return x0, y0, x1, y1
+
+
 def crop_command(path: str | os.PathLike, plans: list[ChunkPlan], settings: CropSettings,
-                 exe: str | None = None) -> list[str]:
-    """The ffmpeg argument list: decode once, one trim/crop/scale branch per plan, concatenated to rgb24 on stdout."""
+                 frame_size: tuple[int, int], exe: str | None = None) -> list[str]:
+    """The ffmpeg argument list: decode once; per plan a branch trim -> crop (aligned, in the decoded format) ->
+    planar RGB -> exact crop -> scale; the branches concatenated to rgb24 on stdout. ``frame_size`` is (w, h)."""
     import ffmpeg
 
     if not plans:
         raise ValueError("crop_command needs at least one clip to decode, got none")
-    src = ffmpeg.input(os.fspath(path), threads=settings.threads).video.filter("format", "gbrp")
+    src = ffmpeg.input(os.fspath(path), threads=settings.threads).video
     split = src.split() if len(plans) > 1 else None
     segments = []
     for k, plan in enumerate(plans):
         left, top, right, bottom = plan.box
+        x0, y0, x1, y1 = aligned_box(plan.box, frame_size)
         stream = split[k] if split is not None else src
         segments.append(stream.trim(start_frame=plan.frames.start, end_frame=plan.frames.stop)
-                        .setpts("PTS-STARTPTS").crop(left, top, right - left, bottom - top)
+                        .setpts("PTS-STARTPTS").crop(x0, y0, x1 - x0, y1 - y0).filter("format", "gbrp")
+                        .crop(left - x0, top - y0, right - left, bottom - top)
                         .filter("scale", settings.size, settings.size, flags=settings.scale_flags)
                         .filter("setsar", 1))
     out = ffmpeg.concat(*segments, v=1, a=0) if len(segments) > 1 else segments[0]
@@ -398,7 +417,8 @@ def _decode_into(job: VideoJob, path, todo: list[ChunkPlan], info: VideoInfo, se
     batch, mp4 = _FrameBatch(job, settings), _Mp4Clips(job, clips_dir if settings.write_mp4 else None,
                                                          settings, info.fps)
     expected = [len(p.frames) for p in todo]
-    reader = FrameReader(crop_command(path, todo, settings), settings.size, settings.timeout)
+    reader = FrameReader(crop_command(path, todo, settings, (info.width, info.height)), settings.size,
+                         settings.timeout)
     k = count = received = 0
     for rgb in reader:
         while k < len(todo) and count == expected[k]:

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.crop import (CropSettings, crop_command, crop_video, frame_range, plan_chunks, rescale_bbox,
+from pipelines.crop import (CropSettings, aligned_box, crop_command, crop_video, frame_range, plan_chunks, rescale_bbox,
                             segment_lengths, visible_box)
 from pipelines.media import (MediaError, VideoInfo, decode_image, encode_png, ffmpeg_exe, parse_ffmpeg_header,
                              png_up_filter)
@@ -128,13 +128,26 @@ def test_crop_command_is_one_decode_with_a_branch_per_clip(tmp_path):
     job = VideoJob("vid", "id1", "train", 25.0, 1280, 720,
                    (Clip(0, 10, (0, 0, 640, 360), 2), Clip(5, 20, (100, 100, 740, 460), 3)))
     plans = plan_chunks(job, VideoInfo(640, 360, 25.0, 2.0, "h264"))
-    cmd = crop_command(tmp_path / "v.mp4", plans, CropSettings(), exe="ffmpeg")
+    cmd = crop_command(tmp_path / "v.mp4", plans, CropSettings(), (640, 360), exe="ffmpeg")
     assert cmd[0] == "ffmpeg" and cmd.count("-i") == 1 and cmd[-1] == "pipe:"
     graph = cmd[cmd.index("-filter_complex") + 1]
     assert graph.count("trim=") == 2 and "split=2" in graph and "concat=" in graph
-    assert "crop=320:180:0:0" in graph and "crop=320:180:50:50" in graph
-    assert "scale=256:256:flags=area" in graph and "format=gbrp" in graph
+    assert "crop=320:180:0:0" in graph                            # aligned already: the exact crop is a no-op
+    assert "crop=324:184:48:48" in graph and "crop=320:180:2:2" in graph   # aligned box, then the exact one
+    assert "scale=256:256:flags=area" in graph and graph.count("format=gbrp") == 2
     assert cmd[cmd.index("-pix_fmt") + 1] == "rgb24"
+
+
+def test_aligned_box_holds_the_box_and_stays_in_the_frame():
+    rng = random.Random(2)
+    for _ in range(500):
+        w, h = rng.randrange(8, 900), rng.randrange(8, 600)
+        l, t = rng.randrange(0, w - 1), rng.randrange(0, h - 1)
+        box = (l, t, rng.randrange(l + 1, w + 1), rng.randrange(t + 1, h + 1))
+        x0, y0, x1, y1 = aligned_box(box, (w, h))
+        assert x0 % 4 == 0 and y0 % 4 == 0 and x0 <= box[0] and y0 <= box[1] and box[2] <= x1 <= w and box[3] <= y1 <= h
+        assert (x1 - x0) % 4 == 0 or x1 == w
+        assert (y1 - y0) % 4 == 0 or y1 == h
 
 
 # ---------------------------------------------------------------- equivalence with the reference loop
@@ -143,13 +156,15 @@ def test_equivalence_with_reference_loop(clip30, tmp_path):
     """30 fps video, 25 fps reference: same frame indices; pixels within the stated tolerances."""
     job = VideoJob("clip30", "id10001", "train", 25.0, 1280, 720, (
         Clip(0, 20, (512, 180, 1024, 692), 2),      # 256x256 at 640x360: exact copy
-        Clip(7, 31, (300, 100, 620, 500), 3),       # 160x200 -> 256: upscale
-        Clip(15, 45, (40, 20, 1240, 700), 4),       # 600x340 -> 256: downscale (overlaps the others)
+        Clip(3, 12, (258, 90, 770, 602), 3),        # 256x256 at odd offsets (129, 45): exact copy
+        Clip(7, 31, (300, 100, 620, 500), 4),       # 160x200 -> 256: upscale
+        Clip(15, 45, (40, 20, 1240, 700), 5),       # 600x340 -> 256: downscale (overlaps the others)
     ))
     crop_video(job, clip30, tmp_path)
     ours, ref = frames_by_chunk(read_part(tmp_path, "clip30")), reference_loop(clip30, job)
     assert set(ours) == set(ref)
-    for clip, (mae_max, psnr_min) in zip(job.clips, [(0.0, float("inf")), (0.05, 55.0), (1.0, 34.0)]):
+    tolerances = [(0.0, float("inf")), (0.0, float("inf")), (0.05, 55.0), (1.0, 34.0)]
+    for clip, (mae_max, psnr_min) in zip(job.clips, tolerances):
         key = str(job.chunk_id(clip))
         assert ours[key][0] == ref[key][0], f"{key}: frame indices differ"
         diff = np.abs(ours[key][1].astype(int) - ref[key][1].astype(int))
