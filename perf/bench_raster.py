@@ -13,15 +13,18 @@ since timings on a shared machine drift. ``--profile`` adds torch's per-operator
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from perf.timing import median_seconds, print_table  # noqa: E402
+from perf.timing import print_table  # noqa: E402
 from reenact.face3d.raster import RasterSettings, interpolate, rasterize  # noqa: E402
 
 
@@ -94,6 +97,21 @@ def procedural_mesh(size: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     return screen, model.triangles
 
 
+def timings(fn, repeats: int, warmup: int = 5) -> tuple[float, float, float]:
+    """(median wall ms, min wall ms, median thread-CPU ms) of ``fn()`` over ``repeats`` calls after ``warmup``.
+
+    CPU time leaves out the time the thread waited for a core, which on a shared machine is most of the noise."""
+    for _ in range(warmup):
+        fn()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        start_wall, start_cpu = time.perf_counter(), time.thread_time()
+        fn()
+        wall.append(time.perf_counter() - start_wall)
+        cpu.append(time.thread_time() - start_cpu)
+    return 1000 * statistics.median(wall), 1000 * min(wall), 1000 * statistics.median(cpu)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=256)
@@ -112,28 +130,26 @@ def main() -> None:
     if procedural is not None:
         meshes["procedural-full"] = procedural
     settings = RasterSettings(image_size=(args.size, args.size), backend="torch")
+    size = (args.size, args.size)
+    load_before = os.getloadavg()[0]
     rows = []
     for name, (verts, faces) in meshes.items():
         verts, faces = verts.to(device), faces.to(device)
         frags = rasterize(verts, faces, settings)
         attrs = verts[..., :2].contiguous()
-        raster_med, raster_min = median_seconds(lambda: (rasterize(verts, faces, settings), sync()),
-                                                repeats=args.repeats, warmup=5)
-        interp_med, interp_min = median_seconds(lambda: (interpolate(frags, faces, attrs), sync()),
-                                                repeats=args.repeats, warmup=5)
-        rows.append([name, f"{verts.shape[1]} / {faces.shape[0]}", f"{args.size}x{args.size}",
-                     args.threads if device.type == "cpu" else device.type, int(frags.mask.sum()),
-                     1000 * raster_med, 1000 * raster_min, 1000 * interp_med, 1000 * interp_min])
+        raster = timings(lambda: (rasterize(verts, faces, settings), sync()), args.repeats)
+        interp = timings(lambda: (interpolate(frags, faces, attrs), sync()), args.repeats)
+        threads = args.threads if device.type == "cpu" else device.type
+        rows.append([name, f"{verts.shape[1]} / {faces.shape[0]}", f"{args.size}x{args.size}", threads,
+                     int(frags.mask.sum()), *raster, interp[0], interp[1]])
         if device.type == "cpu" and not args.no_naive:
-            size = (args.size, args.size)
-            naive_med, naive_min = median_seconds(lambda: naive_rasterize(verts, faces, size), repeats=args.repeats,
-                                                  warmup=2)
-            rows.append([f"{name}, naive yardstick", "", "", args.threads, "", 1000 * naive_med, 1000 * naive_min,
-                         "", ""])
+            naive = timings(lambda: naive_rasterize(verts, faces, size), args.repeats, warmup=2)
+            rows.append([f"{name}, naive yardstick", "", "", threads, "", *naive, "", ""])
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, device {device}, "
-          f"{args.repeats} repetitions after 5 warm-up calls")
+          f"{args.repeats} repetitions after warm-up; 1-min load average {load_before:.1f} before, "
+          f"{os.getloadavg()[0]:.1f} after, on {os.cpu_count()} cores")
     print_table(["mesh", "vertices / triangles", "image", "threads", "covered px", "raster median ms",
-                 "raster min ms", "interp (D=2) median ms", "interp min ms"], rows)
+                 "raster min ms", "raster CPU median ms", "interp (D=2) median ms", "interp min ms"], rows)
     print("budget (issue #2): one rasterization well under 7 ms; one pair's guidance <= 15 ms")
     if args.profile:
         _profile(*next(iter(meshes.values())), settings, device)

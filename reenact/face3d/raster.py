@@ -40,6 +40,7 @@ slower than arithmetic on CPU).
 from __future__ import annotations
 
 import functools
+import math
 import weakref
 from dataclasses import dataclass
 from typing import Literal
@@ -392,10 +393,13 @@ def _nonzero_positive(values: torch.Tensor) -> torch.Tensor:
 def _rasterize_rest_of_boxes(zbuf, frame, table, n, span, cull_backfaces) -> None:
     """Triangles ``n`` whose box has more than one pixel: the rest of a 2x2 window in float32 for boxes of at most
     2x2 pixels (nearly all of a face at 256^2), larger boxes in float64 power-of-two windows, origin included."""
+    largest = int(span.max())
     level = torch.frexp(span).exponent  # the window 2**level is the smallest power of two > span
-    levels = [1] if int(span.max()) < FLOAT32_BOX else level.unique().tolist()
+    levels = range(1, math.frexp(largest)[1] + 1)
     for lv in levels:
         part = n if len(levels) == 1 else n.index_select(0, _nonzero(level == lv))
+        if part.numel() == 0:
+            continue
         if (1 << lv) <= FLOAT32_BOX:
             _rasterize_window(zbuf, frame, table[_ORIENT:].index_select(1, part), part, 1 << lv, False)
         else:
