@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -49,7 +50,7 @@ from pipelines.crop import CropSettings, crop_video
 from pipelines.download import DEFAULT_URL_TEMPLATE, DownloadSettings, check_url_template, download_stage
 from pipelines.metadata import VideoJob, metadata_table, read_metadata, video_jobs
 from reenact.config import add_dataclass_arguments, from_namespace, save_run_config
-from reenact.schema import FRAMES, LEDGER, Status
+from reenact.schema import COEFFS, FRAMES, LEDGER, Status
 from reenact.shards import (ParquetStream, finish_part, is_done, merge_parts, part_paths, read_stats, remove_parts,
                             write_shard)
 
@@ -60,8 +61,18 @@ from reenact.shards import (ParquetStream, finish_part, is_done, merge_parts, pa
 class PrepareConfig:
     """Options of ``reenact prepare vox``."""
 
-    metadata: str | None = field(default=None, metadata={"help": "vox-metadata.csv", "required": True})
     out: str | None = field(default=None, metadata={"help": "output folder (rerun to resume)", "required": True})
+    metadata: str | None = field(default=None, metadata={"help": "vox-metadata.csv (vox; synth takes it from --world)"})
+    world: str | None = field(default=None, metadata={
+        "help": "synthetic world folder (synth): metadata, file:// video URLs and ground truth come from it"})
+    extractor: Literal["auto", "none", "oracle", "landmarks", "deep3d"] = field(default="auto", metadata={
+        "help": "3DMM coefficient extractor: oracle (synthetic ground truth), landmarks (dlib 68 + model fit, "
+                "offline), deep3d (needs epoch_20.pth), none; auto = oracle for synth, landmarks otherwise"})
+    morphable_model: str = field(default="procedural-full", metadata={
+        "help": "morphable model of the landmarks extractor: procedural-full, bfm or a BFM_model_front.mat"})
+    extractor_cpus: float = field(default=1.0, metadata={"help": "Ray CPUs per extractor actor"})
+    extractor_gpus: float = field(default=0.0, metadata={"help": "Ray GPUs per extractor actor (deep3d)"})
+    extractor_actors: int = field(default=1, metadata={"help": "extractor actors running at once"})
     url_template: str = field(default=DEFAULT_URL_TEMPLATE,
                               metadata={"help": "video URL with {video_id}; mirrors and file:// work"})
     download_dir: str | None = field(default=None, metadata={"help": "where videos go (default <out>/videos)"})
@@ -86,6 +97,17 @@ class PrepareConfig:
     dry_run: bool = field(default=False, metadata={"help": "print the config and plan, run nothing"})
 
     def __post_init__(self):
+        if self.world is not None:
+            world = Path(self.world).resolve()
+            self.metadata = self.metadata or str(world / "vox" / "vox-metadata.csv")
+            if self.url_template == DEFAULT_URL_TEMPLATE:
+                self.url_template = (world / "vox" / "videos").as_uri() + "/{video_id}.mp4"
+        if self.metadata is None:
+            raise ValueError("--metadata is required (or --world for a synthetic world)")
+        if self.extractor == "auto":
+            self.extractor = "oracle" if self.world is not None else "landmarks"
+        if self.extractor == "oracle" and self.world is None:
+            raise ValueError("--extractor oracle needs --world (the synthetic world's ground truth)")
         if self.videos_per_shard < 1:
             raise ValueError(f"videos_per_shard must be >= 1, got {self.videos_per_shard}")
         check_url_template(self.url_template)
@@ -167,9 +189,21 @@ class FramewiseStage:
     """
 
     def __init__(self, out: str, name: str, schema: pa.Schema, make_fn: Callable[[], Callable],
-                 source: str = "frames", batch_size: int = 64):
+                 source: str = "frames", batch_size: int = 64, by_chunk: bool = False):
         self.out, self.name, self.schema, self.source, self.batch_size = out, name, schema, source, batch_size
+        self.by_chunk = by_chunk
         self.fn = make_fn()
+
+    def _batches(self, path: Path):
+        """Batches of the source part: ``batch_size`` rows, or whole chunks when ``by_chunk``."""
+        if not self.by_chunk:
+            yield from pq.ParquetFile(path).iter_batches(self.batch_size)
+            return
+        table = pq.read_table(path)
+        chunk_ids = table.column("chunk_id").to_pylist()
+        starts = [i for i in range(len(chunk_ids)) if i == 0 or chunk_ids[i] != chunk_ids[i - 1]]
+        for start, end in zip(starts, starts[1:] + [len(chunk_ids)]):
+            yield table.slice(start, end - start).combine_chunks().to_batches()[0]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for video_id in batch["video_id"]:
@@ -178,7 +212,7 @@ class FramewiseStage:
                 continue
             t0 = time.perf_counter()
             stream = ParquetStream(part_paths(self.out, self.name, video_id)[0], self.schema)
-            for rows in pq.ParquetFile(part_paths(self.out, self.source, video_id)[0]).iter_batches(self.batch_size):
+            for rows in self._batches(part_paths(self.out, self.source, video_id)[0]):
                 result = self.fn({k: v.to_numpy(zero_copy_only=False) for k, v in zip(rows.schema.names,
                                                                                        rows.columns)})
                 stream.write(pa.Table.from_pydict(dict(result), schema=self.schema))
@@ -188,16 +222,42 @@ class FramewiseStage:
         return batch
 
 
+def build_extractor(name: str, kwargs: dict[str, Any]) -> Callable:
+    """Construct a registered coefficient extractor (inside a Ray actor)."""
+    from pipelines.extractors import get_class
+
+    return get_class(name)(**kwargs)
+
+
+def extractor_kwargs(cfg: PrepareConfig) -> dict[str, Any]:
+    if cfg.extractor == "oracle":
+        return {"truth": str(Path(cfg.world).resolve() / "vox" / "truth.parquet")}
+    if cfg.extractor == "landmarks":
+        return {"model": cfg.morphable_model}
+    return {}
+
+
+def coefficient_stage(cfg: PrepareConfig, out: str) -> Stage:
+    """frames -> coeffs shards with the configured extractor; whole chunks per call (shared identity)."""
+    make_fn = functools.partial(build_extractor, cfg.extractor, extractor_kwargs(cfg))
+    return Stage("coeffs", FramewiseStage, COEFFS, num_cpus=cfg.extractor_cpus, num_gpus=cfg.extractor_gpus,
+                 concurrency=cfg.extractor_actors,
+                 kwargs={"out": out, "name": "coeffs", "schema": COEFFS, "make_fn": make_fn, "by_chunk": True})
+
+
 def vox_stages(cfg: PrepareConfig) -> list[Stage]:
-    """download -> ledger shards, crop -> frames shards."""
+    """download -> ledger shards, crop -> frames shards (-> coeffs shards)."""
     out = str(Path(cfg.out).resolve())
-    return [
+    stages = [
         Stage("ledger", download_stage, LEDGER, num_cpus=cfg.download_cpus, concurrency=cfg.download_concurrency,
               kwargs={"out": out, "root": str(cfg.download_root().resolve()),
                       "settings": cfg.download_settings()}),
         Stage("frames", crop_stage, FRAMES, num_cpus=cfg.crop_cpus,
               kwargs={"out": out, "settings": cfg.crop_settings()}),
     ]
+    if cfg.extractor != "none":
+        stages.append(coefficient_stage(cfg, out))
+    return stages
 
 
 # ---------------------------------------------------------------- the plan
@@ -351,7 +411,7 @@ def _summary(out: Path, shards, pending, jobs, seconds: float) -> PrepareResult:
 
 # ---------------------------------------------------------------- command line
 
-DATASETS: dict[str, Callable[[PrepareConfig], PrepareResult]] = {"vox": prepare_vox}
+DATASETS: dict[str, Callable[[PrepareConfig], PrepareResult]] = {"vox": prepare_vox, "synth": prepare_vox}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -361,5 +421,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = from_namespace(PrepareConfig, args)
+    if args.dataset == "synth" and cfg.world is None:
+        raise SystemExit("prepare synth needs --world DIR (a folder written by `reenact synth`)")
     DATASETS[args.dataset](cfg)
     return 0

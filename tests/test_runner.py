@@ -19,10 +19,10 @@ import pytest
 
 from pipelines.inspect import collect, render
 from pipelines.media import ffmpeg_exe
-from pipelines.metadata import Clip, VideoJob
+from pipelines.metadata import VideoJob
 from pipelines.runner import (FramewiseStage, PrepareConfig, Stage, check_plan, prepare_vox, remove_stale_temps,
                               shard_plan)
-from reenact.schema import FRAMES, LEDGER
+from reenact.schema import FRAMES
 from reenact.shards import part_paths, read_stage, write_part
 from tests.conftest import REPO
 from tests.http_server import LocalServer
@@ -63,7 +63,8 @@ def world(tmp_path_factory):
 def config(world, out: Path, **kw) -> PrepareConfig:
     return PrepareConfig(metadata=str(world["metadata"]), out=str(out),
                          url_template=world["server"].template("good"), videos_per_shard=2, num_cpus=2,
-                         retries=0, backoff=0.0, socket_timeout=10.0, download_concurrency=2, progress=False, **kw)
+                         retries=0, backoff=0.0, socket_timeout=10.0, download_concurrency=2, progress=False,
+                         **{"extractor": "none", **kw})
 
 
 class MeanBrightness:
@@ -229,7 +230,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(reference, world, ray_sessi
     cmd = [sys.executable, "-m", "reenact.cli", "prepare", "vox", "--metadata", str(world["metadata"]),
            "--out", str(out), "--url-template", server.template("good"), "--videos-per-shard", "2",
            "--address", ray_session.get_runtime_context().gcs_address, "--retries", "0", "--backoff", "0",
-           "--socket-timeout", "60", "--download-concurrency", "1", "--no-progress"]
+           "--socket-timeout", "60", "--download-concurrency", "1", "--no-progress", "--extractor", "none"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     started = _start_time(proc.pid)
     try:
