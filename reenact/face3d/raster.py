@@ -515,7 +515,9 @@ def _pixel_corners(triangle_id: torch.Tensor, faces: torch.Tensor, V: int) -> to
 # the optional pytorch3d backend
 
 
+@functools.lru_cache(maxsize=None)
 def _pytorch3d_available() -> bool:
+    """Whether pytorch3d's rasterizer imports (asked once: a failed import costs file-system lookups every time)."""
     try:
         from pytorch3d.renderer.mesh.rasterize_meshes import rasterize_meshes  # noqa: F401
         from pytorch3d.structures import Meshes  # noqa: F401
