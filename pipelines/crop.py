@@ -368,6 +368,8 @@ def _plans_for(job: VideoJob, path, settings: CropSettings,
 
     if failure is not None:
         return all_failed(*failure), None
+    if path is None:
+        return all_failed(Status.DECODE_ERROR.value, "no video file"), None
     try:
         info = probe(path)
     except MediaError as e:
