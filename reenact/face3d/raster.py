@@ -149,7 +149,7 @@ def interpolate(fragments: Fragments, faces: torch.Tensor, attrs: torch.Tensor) 
     corners = _pixel_corners(fragments.triangle_id, faces.long(), V).view(-1)  # 3P rows of the (B * V) table
     table = torch.stack(attrs.unbind(-1)).view(D, B * V)  # D x BV, channels first
     weights = fragments.bary.permute(3, 0, 1, 2).reshape(3, P).to(attrs.dtype)  # a view for rasterize's bary
-    if D <= 4:  # 1-D gathers are much faster than a 2-D one on CPU
+    if D <= 8:  # per-channel 1-D gathers are faster than one 2-D gather on CPU
         values = [channel.index_select(0, corners).view(3, P) for channel in table]
     else:
         values = table.index_select(1, corners).view(D, 3, P).unbind(0)
@@ -310,8 +310,8 @@ def _fill_edge_planes(table: torch.Tensor) -> None:
     torch.sub(eu, su, out=ex)
     torch.sub(ev, sv, out=ey)
     c = torch.mul(su, ey, out=table[_EDGE_C]).addcmul_(sv, ex, value=-1.0)
-    ex0, ex1, ex2 = ex
-    ey0, ey1, ey2 = ey
+    _, ex1, ex2 = ex
+    _, ey1, ey2 = ey
     # two roundings, no fused multiply-add: a zero-area triangle gets exactly 0
     area2 = torch.mul(ex1, ey2, out=rows[_AREA2]).sub_(ex2 * ey1)
     dz1, dz2 = torch.sub(table[7:9], rows[6], out=table[_DZ])
