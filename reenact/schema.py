@@ -106,6 +106,14 @@ FRAMES = pa.schema([
     *_STATUS,
 ])
 
+#: FRAMES plus the crop the ingest chose (CelebV: pipelines.celebv). A separate schema because FRAMES writers build
+#: their rows with every FRAMES field named; the oracle extractor reads ``crop_box`` to re-frame ground truth.
+CELEBV_FRAMES = pa.schema([
+    *FRAMES,
+    pa.field("crop_box", pa.list_(pa.float32(), 4)),      # l, t, r, b of the square crop, source pixels (may leave
+])                                                        # the image: padded), resized to height x width
+
+
 COEFFS = pa.schema([
     pa.field("chunk_id", pa.string(), nullable=False),
     pa.field("frame_index", pa.int32(), nullable=False),
@@ -179,6 +187,6 @@ METADATA = pa.schema([
 ])
 
 SCHEMAS: dict[str, pa.Schema] = {
-    "ledger": LEDGER, "frames": FRAMES, "coeffs": COEFFS, "synth_truth": SYNTH_TRUTH,
+    "ledger": LEDGER, "frames": FRAMES, "celebv_frames": CELEBV_FRAMES, "coeffs": COEFFS, "synth_truth": SYNTH_TRUTH,
     "pairs": PAIRS, "guidance": GUIDANCE, "metadata": METADATA,
 }
