@@ -157,18 +157,32 @@ def _flat(fields: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(fields.reshape(fields.shape[0], -1).T, dtype=np.float32))
 
 
-LANDMARKS_UV = np.array(
-    [(0.93 * np.cos(a), 0.93 * np.sin(a)) for a in np.linspace(np.deg2rad(192), np.deg2rad(348), 17)]       # jaw
-    + [(-0.62 + 0.125 * i, 0.4 + 0.05 * np.sin(np.pi * i / 4)) for i in range(5)]                          # brow
-    + [(0.12 + 0.125 * i, 0.4 + 0.05 * np.sin(np.pi * i / 4)) for i in range(5)]                           # brow
-    + [(0.0, 0.3 - 0.14 * i) for i in range(4)]                                                           # bridge
-    + [(-0.14 + 0.07 * i, -0.19 + 0.02 * (1 - abs(i - 2) / 2)) for i in range(5)]                         # nostrils
-    + [(cu + du, 0.22 + dv) for cu in (-0.36, 0.36)               # eyes: 36 outer..39 inner, 42 inner..45 outer
-       for du, dv in ((-0.15, 0), (-0.06, 0.045), (0.06, 0.045), (0.15, 0), (0.06, -0.045), (-0.06, -0.045))]
-    + [(-0.28, -0.45), (-0.18, -0.39), (-0.07, -0.36), (0, -0.37), (0.07, -0.36), (0.18, -0.39), (0.28, -0.45),
-       (0.18, -0.52), (0.07, -0.55), (0, -0.56), (-0.07, -0.55), (-0.18, -0.52)]                          # outer lip
-    + [(-0.24, -0.45), (-0.09, -0.435), (0, -0.435), (0.09, -0.435), (0.24, -0.45), (0.09, -0.465),
-       (0, -0.465), (-0.09, -0.465)])                                                                     # inner lip
+#: ``(68, 2)`` (u, v) of the iBUG-68 landmarks on the face mask (each maps to the nearest grid vertex), in dlib's
+#: order (pipelines/landmarks68.py: "left" = image left). Calibrated against dlib's
+#: ``shape_predictor_68_face_landmarks`` by perf/calibrate_landmarks.py (defaults: 8 identities x 4 renders of the
+#: synthetic world in the vox crop camera, |yaw| <= 15 deg, neutral-ish expressions; the mean (u, v) under dlib's
+#: points, mirror-symmetrised, rounded): dlib's jaw line runs up the mask border to about eye level and its eye
+#: points sit a little above the painted eyes.
+LANDMARKS_UV = np.array([
+    # jaw 0-16
+    (-0.924, 0.250), (-0.940, 0.070), (-0.925, -0.125), (-0.887, -0.314), (-0.811, -0.493), (-0.689, -0.653),
+    (-0.511, -0.790), (-0.288, -0.898), (0.000, -0.925), (0.288, -0.898), (0.511, -0.790), (0.689, -0.653),
+    (0.811, -0.493), (0.887, -0.314), (0.925, -0.125), (0.940, 0.070), (0.924, 0.250),
+    # brows 17-26
+    (-0.642, 0.386), (-0.514, 0.426), (-0.384, 0.439), (-0.253, 0.425), (-0.131, 0.392), (0.131, 0.392),
+    (0.253, 0.425), (0.384, 0.439), (0.514, 0.426), (0.642, 0.386),
+    # nose 27-35
+    (0.000, 0.245), (0.000, 0.132), (0.000, 0.019), (0.000, -0.102), (-0.132, -0.193), (-0.069, -0.214),
+    (0.000, -0.229), (0.069, -0.214), (0.132, -0.193),
+    # eyes 36-47
+    (-0.489, 0.255), (-0.404, 0.316), (-0.278, 0.309), (-0.204, 0.226), (-0.298, 0.198), (-0.416, 0.205),
+    (0.204, 0.226), (0.278, 0.309), (0.404, 0.316), (0.489, 0.255), (0.416, 0.205), (0.298, 0.198),
+    # mouth 48-67
+    (-0.285, -0.468), (-0.191, -0.392), (-0.077, -0.353), (0.000, -0.365), (0.077, -0.353), (0.191, -0.392),
+    (0.285, -0.468), (0.203, -0.548), (0.092, -0.584), (0.000, -0.590), (-0.092, -0.584), (-0.203, -0.548),
+    (-0.231, -0.466), (-0.079, -0.428), (0.000, -0.430), (0.079, -0.428), (0.231, -0.466), (0.082, -0.496),
+    (0.000, -0.501), (-0.082, -0.496),
+])
 
 
 @lru_cache(maxsize=4)

@@ -1,0 +1,253 @@
+"""Calibrate the procedural model's 68 landmark vertices (``LANDMARKS_UV``) against dlib's 68-point predictor.
+
+    python perf/calibrate_landmarks.py [--identities 8] [--poses 4] [--seed 0] [--eval-seed 1] [--eval-stride 2]
+
+Why: the ``landmarks`` extractor fits the model's landmark vertices to dlib's points, so those vertices must sit
+where dlib's ``shape_predictor_68_face_landmarks`` puts its points on renders of the model, not where a human
+would click on a real face (dlib's jaw line runs up to the ears, about eye level).
+
+Calibration. ``identities`` x ``poses`` faces are rendered with the synthetic world's scene renderer
+(:func:`reenact.synth.scene.render_frames`: face, head shell, neck, shoulders, background) directly in the vox crop
+camera ``PerspectiveCamera.deep3d(256)``. Identities come from :func:`reenact.synth.world.sample_identity`; poses
+are mild (|yaw| <= 15, |pitch| <= 8, |roll| <= 5 degrees), at the world's crop depths; expressions are neutral-ish
+(jaw_open in [0, 0.4], smile in [0, 0.6], no blink, small random other components). dlib (HOG detector + 68
+points, :class:`pipelines.landmarks68.Landmarks68`) runs on each uint8 render. Under each point the face mesh alone
+is rasterized (:func:`reenact.face3d.raster.rasterize`) and the grid's ``(u, v)``
+(:func:`reenact.face3d.procedural.grid_uv`) interpolated with the barycentrics: bilinearly between the four
+nearest pixel centres when all four are face, else the ``(u, v)`` of the nearest face pixel (jaw points off the
+face mask land on its border). ``(u, v)`` are material coordinates, so the points move with identity and expression
+as the surface does. The table is the mean over renders, symmetrised with the iBUG left/right permutation (the
+mean shape is symmetric) and rounded to 3 decimals; it is printed as Python to paste into ``LANDMARKS_UV``.
+
+Evaluation, before (the table in :mod:`reenact.face3d.procedural`) and after (the new table): the VoxCeleb-style
+videos of ``sample_world("tiny", eval_seed)`` (yaw up to +-45 degrees, speech-like mouth motion, blinks) are
+rendered in the crop camera (every ``eval_stride``-th frame), dlib's 68 points are detected, each video is fitted
+as one chunk (:func:`pipelines.extractors.landmark_fit.fit_landmarks`, default :class:`FitConfig`) and the fitted
+rotation is compared with the truth (:func:`reenact.face3d.transforms.rotation_angle_between`): median / p90 /
+max degrees, overall and by |yaw| bin. Also the pixel distance between dlib's points and the model landmarks
+projected with the true coefficients (median per iBUG group). The renders are the same for both tables: only the
+landmark vertex ids differ.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from reenact.face3d.camera import PerspectiveCamera  # noqa: E402
+from reenact.face3d.coeffs import ANGLE  # noqa: E402
+from reenact.face3d.face import posed_vertices, project_landmarks  # noqa: E402
+from reenact.face3d.morphable import MorphableModel  # noqa: E402
+from reenact.face3d.procedural import GRID_SIDES, LANDMARKS_UV, grid_uv, procedural_model  # noqa: E402
+from reenact.face3d.raster import RasterSettings, interpolate, rasterize  # noqa: E402
+from reenact.face3d.transforms import euler_to_matrix, rotation_angle_between  # noqa: E402
+
+SIZE = 256
+#: iBUG-68 left/right mirror: point k of a face is point MIRROR_68[k] of its mirror image.
+MIRROR_68 = np.array(list(range(16, -1, -1)) + list(range(26, 16, -1)) + [27, 28, 29, 30]
+                     + list(range(35, 30, -1)) + [45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40]
+                     + [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55] + [64, 63, 62, 61, 60, 67, 66, 65])
+GROUPS = {"jaw": slice(0, 17), "brows": slice(17, 27), "nose": slice(27, 36), "eyes": slice(36, 48),
+          "mouth": slice(48, 68)}
+YAW_BINS = ((0, 15), (15, 30), (30, 46))
+
+
+# ---------------------------------------------------------------------------------------------------- tables
+def landmark_vertex_ids(table: np.ndarray, side: int) -> np.ndarray:
+    """``(68,)`` nearest grid vertex of each ``(u, v)`` row of ``table (68, 2)`` (as :func:`procedural_model`)."""
+    uv = grid_uv(side)
+    return np.argmin(((uv[None] - table[:, None]) ** 2).sum(-1), axis=1)
+
+
+def with_landmarks(model: MorphableModel, table: np.ndarray, size: str) -> MorphableModel:
+    """``model`` with its landmark vertices taken from ``table (68, 2)``."""
+    ids = torch.from_numpy(landmark_vertex_ids(table, GRID_SIDES[size]).astype(np.int64))
+    return replace(model, landmark_indices=ids)
+
+
+def symmetrise(table: np.ndarray) -> np.ndarray:
+    """Average ``table (68, 2)`` with its mirror image (u -> -u, points permuted by :data:`MIRROR_68`)."""
+    return (table + table[MIRROR_68] * np.array([-1.0, 1.0])) / 2
+
+
+def format_table(table: np.ndarray) -> str:
+    """The table as a Python literal, one iBUG group per line."""
+    lines = []
+    for name, group in GROUPS.items():
+        pairs = [f"({u:.3f}, {v:.3f})," for u, v in table[group]]
+        lines.append(f"    # {name} {group.start}-{group.stop - 1}")
+        lines += ["    " + " ".join(pairs[i:i + 6]) for i in range(0, len(pairs), 6)]
+    return "np.array([\n" + "\n".join(lines) + "\n])"
+
+
+# ---------------------------------------------------------------------------------------------------- rendering
+def identity_scene(model: MorphableModel, identity, seed: int):
+    """Body mesh and 256^2 backdrop of one :class:`reenact.synth.world.Identity`."""
+    from reenact.synth.scene import background, body_mesh
+
+    body = body_mesh(model, torch.from_numpy(identity.id_coeffs).float(),
+                     torch.from_numpy(identity.tex_coeffs).float(), identity.hair_rgb, identity.cloth_rgb,
+                     identity.hairline, identity.hair_length, identity.hair_volume, seed)
+    return body, background(np.random.default_rng(seed), SIZE, SIZE)
+
+
+def render_crops(model: MorphableModel, coeffs: np.ndarray, body, backdrop) -> np.ndarray:
+    """uint8 ``(B, 256, 256, 3)`` renders of ``coeffs (B, 257)`` in the vox crop camera."""
+    from reenact.synth.scene import render_frames, to_uint8
+
+    with torch.no_grad():
+        frames = render_frames(model, torch.from_numpy(coeffs).float(), PerspectiveCamera.deep3d(SIZE), body,
+                               backdrop)
+    return to_uint8(frames.images)
+
+
+def face_uv_images(model: MorphableModel, coeffs: np.ndarray, size: str) -> tuple[np.ndarray, np.ndarray]:
+    """Grid ``(u, v)`` of the visible face surface at every pixel ``(B, H, W, 2)`` and the face mask ``(B, H, W)``."""
+    with torch.no_grad():
+        verts, _ = posed_vertices(model, torch.from_numpy(coeffs).float())              # B x V x 3
+        screen = PerspectiveCamera.deep3d(SIZE).project(verts)
+        frags = rasterize(screen, model.triangles, RasterSettings((SIZE, SIZE), cull_backfaces=True))
+        uv = torch.from_numpy(grid_uv(GRID_SIDES[size]).astype(np.float32)).expand(len(coeffs), -1, -1)
+        return interpolate(frags, model.triangles, uv).numpy(), frags.mask.numpy()
+
+
+def uv_at_points(uv: np.ndarray, mask: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """``(u, v)`` under each pixel point ``points (N, 2)`` of one image (``uv (H, W, 2)``, ``mask (H, W)``):
+    bilinear between the four nearest pixel centres when all are face, else the nearest face pixel's."""
+    rows, cols = np.nonzero(mask)
+    out = np.empty((len(points), 2))
+    for k, (x, y) in enumerate(points):
+        j0, i0 = int(np.floor(x - 0.5)), int(np.floor(y - 0.5))
+        fx, fy = x - 0.5 - j0, y - 0.5 - i0
+        inside = 0 <= i0 and i0 + 1 < mask.shape[0] and 0 <= j0 and j0 + 1 < mask.shape[1]
+        if inside and mask[i0:i0 + 2, j0:j0 + 2].all():
+            q = uv[i0:i0 + 2, j0:j0 + 2]                                                    # 2 x 2 x 2
+            out[k] = ((1 - fy) * ((1 - fx) * q[0, 0] + fx * q[0, 1]) + fy * ((1 - fx) * q[1, 0] + fx * q[1, 1]))
+        else:
+            nearest = np.argmin((cols + 0.5 - x) ** 2 + (rows + 0.5 - y) ** 2)
+            out[k] = uv[rows[nearest], cols[nearest]]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- calibration
+def calibration_coeffs(rng: np.random.Generator, identity, count: int) -> np.ndarray:
+    """``(count, 257)`` float32: neutral-ish expressions, mild poses, the world's crop depths."""
+    from reenact.synth.world import frame_coeffs
+
+    exp = 0.15 * rng.normal(size=(count, 64))
+    exp[:, 0] = rng.uniform(0.0, 0.4, count)                 # jaw_open
+    exp[:, 1] = rng.uniform(0.0, 0.6, count)                 # smile
+    exp[:, 2] = 0.0                                          # blink
+    exp[:, 3] = rng.uniform(-0.3, 0.3, count)                # brow_raise
+    exp[:, 4] = rng.uniform(-0.2, 0.2, count)                # pucker
+    angles = np.deg2rad(np.stack([rng.uniform(-8, 8, count), rng.uniform(-15, 15, count),
+                                  rng.uniform(-5, 5, count)], -1))
+    trans = np.stack([rng.uniform(-0.05, 0.05, count), rng.uniform(-0.19, -0.09, count),
+                      rng.uniform(-4.6, -3.2, count)], -1)
+    return frame_coeffs(identity, exp, angles, trans)
+
+
+def calibrate(model: MorphableModel, size: str, detector, identities: int, poses: int, seed: int
+              ) -> tuple[np.ndarray, int]:
+    """Mean ``(u, v)`` under dlib's points ``(68, 2)`` over the detected renders, and how many there were."""
+    from reenact.synth.world import sample_identity
+
+    rng = np.random.default_rng(seed)
+    samples = []
+    for i in range(identities):
+        identity = sample_identity(rng, f"id{i}", "train")
+        coeffs = calibration_coeffs(rng, identity, poses)
+        images = render_crops(model, coeffs, *identity_scene(model, identity, seed * 1000 + i))
+        uv, mask = face_uv_images(model, coeffs, size)
+        for b, image in enumerate(images):
+            points = detector(image)
+            if points is not None:
+                samples.append(uv_at_points(uv[b], mask[b], points))
+    if not samples:
+        raise RuntimeError("dlib found no face in any calibration render")
+    return np.mean(samples, axis=0), len(samples)
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+def detect_world_videos(model: MorphableModel, detector, seed: int, stride: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``[(truth coeffs (T, 257), dlib points (T, 68, 2))]`` per video of the tiny world, frames dlib found."""
+    from reenact.synth.world import sample_world
+
+    out = []
+    for seq in sample_world("tiny", seed).videos:
+        coeffs = seq.coeffs[::stride]
+        images = render_crops(model, coeffs, *identity_scene(model, seq.identity, seq.seed))
+        found = [(c, p) for c, p in zip(coeffs, map(detector, images)) if p is not None]
+        if found:
+            out.append((np.stack([c for c, _ in found]), np.stack([p for _, p in found])))
+    return out
+
+
+def rotation_errors_deg(truth: np.ndarray, fitted: np.ndarray) -> np.ndarray:
+    rot = lambda c: euler_to_matrix(torch.as_tensor(c[:, ANGLE], dtype=torch.float64))  # noqa: E731
+    return np.rad2deg(rotation_angle_between(rot(truth), rot(fitted)).numpy())
+
+
+def evaluate(model: MorphableModel, videos: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """Rotation errors of the landmark fit to dlib's points, and dlib-to-model pixel distances."""
+    from pipelines.extractors.landmark_fit import fit_landmarks
+
+    errors, yaws, distances = [], [], []
+    for coeffs, points in videos:
+        fitted = fit_landmarks(points, SIZE, model).coeffs
+        errors.append(rotation_errors_deg(coeffs.astype(np.float64), fitted.astype(np.float64)))
+        yaws.append(np.abs(np.rad2deg(coeffs[:, ANGLE.start + 1])))
+        projected = project_landmarks(model, torch.from_numpy(coeffs).float(), PerspectiveCamera.deep3d(SIZE))
+        distances.append(np.linalg.norm(projected.numpy() - points, axis=-1))           # T x 68
+    return {"errors": np.concatenate(errors), "yaw": np.concatenate(yaws), "distances": np.concatenate(distances)}
+
+
+def summary(name: str, result: dict) -> str:
+    e, yaw, d = result["errors"], result["yaw"], result["distances"]
+    bins = ", ".join(f"|yaw| {lo}-{hi}: {np.median(e[(yaw >= lo) & (yaw < hi)]):.2f} (n={((yaw >= lo) & (yaw < hi)).sum()})"
+                     for lo, hi in YAW_BINS if ((yaw >= lo) & (yaw < hi)).any())
+    groups = ", ".join(f"{g} {np.median(d[:, s]):.1f}" for g, s in GROUPS.items())
+    return (f"{name}: rotation error median {np.median(e):.2f} deg, p90 {np.percentile(e, 90):.2f}, max {e.max():.2f} "
+            f"({len(e)} frames; medians by {bins}); dlib-to-model landmark distance median px: {groups}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--identities", type=int, default=8, help="calibration identities")
+    parser.add_argument("--poses", type=int, default=4, help="calibration renders per identity")
+    parser.add_argument("--seed", type=int, default=0, help="calibration seed")
+    parser.add_argument("--eval-seed", type=int, default=1, help="seed of the tiny world used for evaluation")
+    parser.add_argument("--eval-stride", type=int, default=2, help="evaluate every n-th frame of each video")
+    parser.add_argument("--model", default="full", choices=sorted(GRID_SIDES))
+    parser.add_argument("--no-eval", action="store_true", help="only calibrate")
+    args = parser.parse_args()
+
+    from pipelines.landmarks68 import Landmarks68
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    model, detector = procedural_model(args.model), Landmarks68()
+    mean_uv, count = calibrate(model, args.model, detector, args.identities, args.poses, args.seed)
+    table = np.round(symmetrise(mean_uv), 3)
+    print(f"# {count} of {args.identities * args.poses} calibration renders detected "
+          f"({time.perf_counter() - start:.0f} s); asymmetry before symmetrising: median "
+          f"{np.median(np.linalg.norm(mean_uv - symmetrise(mean_uv), axis=1)):.3f} (u, v) units")
+    print("LANDMARKS_UV = " + format_table(table))
+    if args.no_eval:
+        return
+    videos = detect_world_videos(model, detector, args.eval_seed, args.eval_stride)
+    before, after = with_landmarks(model, LANDMARKS_UV, args.model), with_landmarks(model, table, args.model)
+    print(summary("before (procedural.LANDMARKS_UV)", evaluate(before, videos)))
+    print(summary("after (calibrated table)", evaluate(after, videos)))
+    print(f"# total {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
