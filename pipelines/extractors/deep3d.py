@@ -32,6 +32,7 @@ from torchvision.models.resnet import Bottleneck, ResNet
 from pipelines.align import AlignTransform, align_image, image_to_tensor_input, load_lm3d
 from reenact.face3d.camera import PerspectiveCamera, reframe_translation
 from reenact.face3d.coeffs import LAYOUT, NUM_COEFFS, TRANS
+from pipelines.extractors.rows import empty_rows, fail, to_batch
 from reenact.schema import Status
 
 NAME = "deep3d"
@@ -196,9 +197,7 @@ class Deep3DExtractor:
 
     def __call__(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, list]:
         n = len(batch["chunk_id"])
-        statuses = list(batch.get("status", [Status.OK.value] * n))
-        errors = list(batch.get("error", [""] * n))
-        rows = [_empty_row(batch["chunk_id"][i], batch["frame_index"][i], statuses[i], errors[i]) for i in range(n)]
+        rows = empty_rows(batch, NAME)
         images = {i: self._decode(batch["image"][i], rows[i]) for i in range(n) if rows[i]["status"] == Status.OK}
         images = {i: im for i, im in images.items() if im is not None}
         faces = self._align(images, rows)
@@ -206,27 +205,27 @@ class Deep3DExtractor:
             transform = faces[i].transform
             rows[i]["coeffs"] = coeffs_to_frame(torch.from_numpy(coeffs), transform).numpy().tolist()
             rows[i]["align"] = transform.trans_params.tolist()
-        return {key: [row[key] for row in rows] for key in _COLUMNS}
+        return to_batch(rows)
 
     def _decode(self, data, row: dict) -> Image.Image | None:
         if data is None:
-            return _fail(row, Status.DECODE_ERROR, "no image bytes in the frame row")
+            return fail(row, Status.DECODE_ERROR, "no image bytes in the frame row")
         try:
             return decode_image(bytes(data))
         except Exception as exc:  # a corrupt frame is a row, not a crash
-            return _fail(row, Status.DECODE_ERROR, f"cannot decode frame image: {exc}")
+            return fail(row, Status.DECODE_ERROR, f"cannot decode frame image: {exc}")
 
     def _align(self, images: dict[int, Image.Image], rows: list[dict]) -> dict:
         detections = self.detector(list(images.values())) if images else []
         faces = {}
         for (i, image), detection in zip(images.items(), detections):
             if detection is None:
-                _fail(rows[i], Status.NO_FACE, f"MTCNN found no face in the {image.width}x{image.height} frame")
+                fail(rows[i], Status.NO_FACE, f"MTCNN found no face in the {image.width}x{image.height} frame")
                 continue
             try:
                 faces[i] = align_image(image, detection.landmarks, self.lm3d, target_size=INPUT_SIZE)
             except ValueError as exc:
-                _fail(rows[i], Status.FIT_ERROR, f"5-point alignment failed: {exc}")
+                fail(rows[i], Status.FIT_ERROR, f"5-point alignment failed: {exc}")
         return faces
 
     @torch.no_grad()
@@ -236,18 +235,3 @@ class Deep3DExtractor:
             x = image_to_tensor_input(np.stack(aligned[start:start + self.batch_size])).to(self.device)  # B x 3 x T x T
             out[start:start + len(x)] = self.net(x).float().cpu().numpy()
         return out
-
-
-_COLUMNS = ("chunk_id", "frame_index", "coeffs", "landmarks", "extractor", "fit_error", "status", "error", "align")
-
-
-def _empty_row(chunk_id, frame_index, status, error) -> dict:
-    status = str(status)
-    return {"chunk_id": str(chunk_id), "frame_index": int(frame_index), "coeffs": None, "landmarks": None,
-            "extractor": NAME, "fit_error": None, "status": status, "error": str(error or "") if status != "ok" else "",
-            "align": None}
-
-
-def _fail(row: dict, status: Status, error: str) -> None:
-    row["status"], row["error"] = status.value, error
-    return None

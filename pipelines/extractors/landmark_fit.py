@@ -49,6 +49,7 @@ from reenact.face3d.camera import PerspectiveCamera
 from reenact.face3d.coeffs import ANGLE, EXP, ID, NUM_COEFFS, TRANS
 from reenact.face3d.morphable import NUM_EXP, NUM_ID, NUM_LANDMARKS, MorphableModel
 from reenact.face3d.transforms import matrix_to_euler
+from pipelines.extractors.rows import empty_rows, fail, to_batch
 from reenact.schema import Status
 
 NAME = "landmarks"
@@ -496,9 +497,7 @@ class LandmarksExtractor:
 
     def __call__(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, list]:
         n = len(batch["chunk_id"])
-        statuses = list(batch["status"]) if "status" in batch else [Status.OK.value] * n
-        errors = list(batch["error"]) if "error" in batch else [""] * n
-        rows = [_empty_row(batch["chunk_id"][i], batch["frame_index"][i], statuses[i], errors[i]) for i in range(n)]
+        rows = empty_rows(batch, NAME)
         found = {i: self._landmarks(batch, i, rows[i]) for i in range(n) if rows[i]["status"] == Status.OK.value}
         groups: dict[tuple, list[int]] = {}
         for i, item in found.items():
@@ -506,7 +505,7 @@ class LandmarksExtractor:
                 groups.setdefault((rows[i]["chunk_id"], item[1]), []).append(i)
         for (_, size), members in groups.items():
             self._fit_group([found[i][0] for i in members], size, [rows[i] for i in members])
-        return {key: [row[key] for row in rows] for key in COLUMNS}
+        return to_batch(rows)
 
     # -------------------------------------------------------- per row
     def _landmarks(self, batch, i: int, row: dict) -> tuple[np.ndarray, tuple[int, int]] | None:
@@ -515,16 +514,16 @@ class LandmarksExtractor:
         if given is not None:
             points = np.asarray(given, dtype=np.float64)
             if points.size != 2 * NUM_LANDMARKS or not np.isfinite(points).all():
-                return _fail(row, Status.FIT_ERROR, f"landmarks column must hold 136 finite values, got {points.size}")
+                return fail(row, Status.FIT_ERROR, f"landmarks column must hold 136 finite values, got {points.size}")
             return points.reshape(NUM_LANDMARKS, 2), self._size(batch, i, None)
         if self.landmark_source == "column":
-            return _fail(row, Status.NO_FACE, "no landmarks in the frame row (landmark_source=column)")
+            return fail(row, Status.NO_FACE, "no landmarks in the frame row (landmark_source=column)")
         image = self._decode(batch, i, row)
         if image is None:
             return None
         points = self._detect(image)
         if points is None:
-            return _fail(row, Status.NO_FACE, f"dlib found no face in the {image.width}x{image.height} frame")
+            return fail(row, Status.NO_FACE, f"dlib found no face in the {image.width}x{image.height} frame")
         return points, image.size
 
     def _size(self, batch, i: int, image) -> tuple[int, int]:
@@ -544,13 +543,13 @@ class LandmarksExtractor:
 
         data = batch["image"][i] if "image" in batch else None
         if data is None:
-            return _fail(row, Status.DECODE_ERROR, "no image bytes in the frame row")
+            return fail(row, Status.DECODE_ERROR, "no image bytes in the frame row")
         try:
             image = Image.open(io.BytesIO(bytes(data)))
             image.load()
             return image.convert("RGB")
         except Exception as exc:  # a corrupt frame is a row, not a crash
-            return _fail(row, Status.DECODE_ERROR, f"cannot decode frame image: {exc}")
+            return fail(row, Status.DECODE_ERROR, f"cannot decode frame image: {exc}")
 
     def _detect(self, image) -> np.ndarray | None:
         if self._dlib is None:
@@ -575,25 +574,10 @@ class LandmarksExtractor:
             result = fit_landmarks(np.stack(landmarks), side, self.bases, self.config, frame_camera(width, height))
         except (ValueError, RuntimeError) as exc:   # e.g. a singular system: the chunk's rows fail, the run goes on
             for row in rows:
-                _fail(row, Status.FIT_ERROR, f"landmark fit failed: {exc}")
+                fail(row, Status.FIT_ERROR, f"landmark fit failed: {exc}")
             return
         limit = self.config.max_rmse * side / REFERENCE_SIZE
         for row, points, coeffs, rmse in zip(rows, landmarks, result.coeffs, result.rmse):
             row.update(coeffs=coeffs.tolist(), landmarks=points.reshape(-1).tolist(), fit_error=float(rmse))
             if not np.isfinite(rmse) or rmse > limit:
-                _fail(row, Status.FIT_ERROR, f"landmark RMSE {rmse:.2f} px exceeds {limit:.2f} px")
-
-
-COLUMNS = ("chunk_id", "frame_index", "coeffs", "landmarks", "extractor", "fit_error", "status", "error", "align")
-
-
-def _empty_row(chunk_id, frame_index, status, error) -> dict:
-    status = str(status)
-    return {"chunk_id": str(chunk_id), "frame_index": int(frame_index), "coeffs": None, "landmarks": None,
-            "extractor": NAME, "fit_error": None, "status": status, "error": str(error or "") if status != "ok" else "",
-            "align": None}
-
-
-def _fail(row: dict, status: Status, error: str) -> None:
-    row["status"], row["error"] = status.value, error
-    return None
+                fail(row, Status.FIT_ERROR, f"landmark RMSE {rmse:.2f} px exceeds {limit:.2f} px")

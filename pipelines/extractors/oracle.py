@@ -34,6 +34,7 @@ import torch
 
 from reenact.face3d.camera import PerspectiveCamera, reframe_translation
 from reenact.face3d.coeffs import TRANS
+from pipelines.extractors.rows import empty_rows, fail, to_batch
 from reenact.schema import ChunkId, Status
 
 NAME = "oracle"
@@ -41,7 +42,6 @@ CROP_SIZE = 256
 #: truth columns the oracle reads (those absent from a file are treated as null)
 TRUTH_COLUMNS = ("video_id", "source_frame", "chunk_id", "frame_index", "coeffs", "landmarks", "width", "height",
                  "focal", "cx", "cy", "crop_box", "crop_coeffs", "crop_landmarks")
-COLUMNS = ("chunk_id", "frame_index", "coeffs", "landmarks", "extractor", "fit_error", "status", "error", "align")
 
 
 # ---------------------------------------------------------------- pure geometry
@@ -137,26 +137,21 @@ class OracleExtractor:
         self.size = int(size)
 
     def __call__(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, list]:
-        n = len(batch["chunk_id"])
-        statuses = list(batch["status"]) if "status" in batch else [Status.OK.value] * n
-        errors = list(batch["error"]) if "error" in batch else [""] * n
-        boxes = list(batch["crop_box"]) if "crop_box" in batch else [None] * n
-        rows = []
-        for i in range(n):
-            row = _empty_row(batch["chunk_id"][i], batch["frame_index"][i], statuses[i], errors[i])
+        rows = empty_rows(batch, NAME)
+        boxes = list(batch["crop_box"]) if "crop_box" in batch else [None] * len(rows)
+        for row, box in zip(rows, boxes):
             if row["status"] == Status.OK.value:
-                self._fill(row, boxes[i])
-            rows.append(row)
-        return {key: [row[key] for row in rows] for key in COLUMNS}
+                self._fill(row, box)
+        return to_batch(rows)
 
     def _fill(self, row: dict, box) -> None:
         truth = self.index.lookup(row["chunk_id"], row["frame_index"])
         if truth is None:
-            return _fail(row, f"oracle: no ground-truth row for {row['chunk_id']} frame {row['frame_index']}")
+            return fail(row, Status.FIT_ERROR, f"oracle: no ground-truth row for {row['chunk_id']} frame {row['frame_index']}")
         try:
             coeffs, points = self._crop_truth(truth, box)
         except (KeyError, TypeError, ValueError) as exc:
-            return _fail(row, f"oracle: cannot express the truth in the crop: {exc}")
+            return fail(row, Status.FIT_ERROR, f"oracle: cannot express the truth in the crop: {exc}")
         row["coeffs"] = np.asarray(coeffs, dtype=np.float32).tolist()
         row["landmarks"] = None if points is None else np.asarray(points, dtype=np.float32).reshape(-1).tolist()
 
@@ -171,15 +166,3 @@ class OracleExtractor:
         if points is not None:
             points = crop_points(np.asarray(points).reshape(-1, 2), box, self.size)
         return coeffs, points
-
-
-def _empty_row(chunk_id, frame_index, status, error) -> dict:
-    status = str(status)
-    return {"chunk_id": str(chunk_id), "frame_index": int(frame_index), "coeffs": None, "landmarks": None,
-            "extractor": NAME, "fit_error": None, "status": status, "error": str(error or "") if status != "ok" else "",
-            "align": None}
-
-
-def _fail(row: dict, error: str) -> None:
-    row["status"], row["error"] = Status.FIT_ERROR.value, error
-    return None
