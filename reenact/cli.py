@@ -12,6 +12,8 @@ import sys
 
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "quickstart": ("benchmark.quickstart", "the main job on the embedded default: synthetic world -> prepare on Ray -> "
+                                           "guidance pictures, in one command"),
     "demo": ("reenact.demo", "render guidance maps (F_c, O_c, I_r) for a few coefficient pairs and write images"),
     "synth": ("reenact.synth.cli", "generate the synthetic world: talking-head videos, vox-metadata.csv, CelebV "
                                    "images and exact ground truth"),
