@@ -50,7 +50,7 @@ from pipelines.crop import CropSettings, crop_video
 from pipelines.download import DEFAULT_URL_TEMPLATE, DownloadSettings, check_url_template, download_stage
 from pipelines.metadata import VideoJob, metadata_table, read_metadata, video_jobs
 from reenact.config import add_dataclass_arguments, from_namespace, save_run_config
-from reenact.schema import COEFFS, FRAMES, LEDGER, Status
+from reenact.schema import CELEBV_FRAMES, COEFFS, FRAMES, LEDGER, Status
 from reenact.shards import (ParquetStream, finish_part, is_done, merge_parts, part_paths, read_stats, remove_parts,
                             write_shard)
 
@@ -62,6 +62,9 @@ class PrepareConfig:
     """Options of ``reenact prepare vox``."""
 
     out: str | None = field(default=None, metadata={"help": "output folder (rerun to resume)", "required": True})
+    dataset: Literal["vox", "synth", "celebv"] = field(default="vox", metadata={"cli": False})
+    celebv: str | None = field(default=None, metadata={
+        "help": "CelebV folder or zip (celebv; default <world>/CelebV)"})
     metadata: str | None = field(default=None, metadata={"help": "vox-metadata.csv (vox; synth takes it from --world)"})
     world: str | None = field(default=None, metadata={
         "help": "synthetic world folder (synth): metadata, file:// video URLs and ground truth come from it"})
@@ -100,9 +103,14 @@ class PrepareConfig:
         if self.world is not None:
             world = Path(self.world).resolve()
             self.metadata = self.metadata or str(world / "vox" / "vox-metadata.csv")
+            self.celebv = self.celebv or str(world / "CelebV")
             if self.url_template == DEFAULT_URL_TEMPLATE:
                 self.url_template = (world / "vox" / "videos").as_uri() + "/{video_id}.mp4"
-        if self.metadata is None:
+        if self.dataset == "synth" and self.world is None:
+            raise ValueError("prepare synth needs --world DIR (a folder written by `reenact synth`)")
+        if self.dataset == "celebv" and self.celebv is None:
+            raise ValueError("prepare celebv needs --celebv DIR (or --world of a synthetic world)")
+        if self.dataset != "celebv" and self.metadata is None:
             raise ValueError("--metadata is required (or --world for a synthetic world)")
         if self.extractor == "auto":
             self.extractor = "oracle" if self.world is not None else "landmarks"
@@ -231,7 +239,8 @@ def build_extractor(name: str, kwargs: dict[str, Any]) -> Callable:
 
 def extractor_kwargs(cfg: PrepareConfig) -> dict[str, Any]:
     if cfg.extractor == "oracle":
-        return {"truth": str(Path(cfg.world).resolve() / "vox" / "truth.parquet")}
+        subset = "CelebV" if cfg.dataset == "celebv" else "vox"
+        return {"truth": str(Path(cfg.world).resolve() / subset / "truth.parquet")}
     if cfg.extractor == "landmarks":
         return {"model": cfg.morphable_model}
     return {}
@@ -337,27 +346,55 @@ def _log(message: str) -> None:
 
 
 def prepare_vox(cfg: PrepareConfig, extra_stages: list[Stage] | None = None) -> PrepareResult:
-    """Run (or resume) download -> crop (-> ``extra_stages``) over ``cfg.metadata`` into ``cfg.out``."""
+    """Run (or resume) download -> crop (-> coefficients, ``extra_stages``) over ``cfg.metadata`` into ``cfg.out``."""
     t0 = time.time()
-    out = Path(cfg.out)
     rows = read_metadata(cfg.metadata)
     jobs = video_jobs(rows)[:cfg.limit] if cfg.limit is not None else video_jobs(rows)
-    stages = vox_stages(cfg) + list(extra_stages or [])
-    shards = shard_plan(jobs, cfg.videos_per_shard)
+    shards = [[(job.video_id, job.to_json()) for job in shard] for shard in shard_plan(jobs, cfg.videos_per_shard)]
     plan = {"metadata_sha256": _sha256(cfg.metadata), "videos": len(jobs), "videos_per_shard": cfg.videos_per_shard}
+    _log(f"prepare {cfg.dataset}: {len(rows)} metadata rows, {len(jobs)} videos, "
+         f"{sum(len(j.clips) for j in jobs)} clips, {len(shards)} shards")
+
+    def write_metadata(out: Path) -> None:
+        if not is_done(out, "metadata", 0):
+            write_shard(out, "metadata", 0, metadata_table(rows, jobs))
+
+    return execute(cfg, shards, vox_stages(cfg) + list(extra_stages or []), plan, t0, before=write_metadata)
+
+
+def prepare_celebv(cfg: PrepareConfig) -> PrepareResult:
+    """Run (or resume) the CelebV ingest (MTCNN crops, one identity per task) -> coefficients into ``cfg.out``."""
+    from pipelines.celebv import CelebVSettings, celebv_stage, list_identities
+    from pipelines.celebv import shard_plan as identity_shards
+
+    t0 = time.time()
+    jobs = list_identities(cfg.celebv)
+    shards = [[(job.key, job.to_json()) for job in shard] for shard in identity_shards(jobs)]
+    plan = {"celebv": str(Path(cfg.celebv).resolve()), "shards": [[key for key, _ in s] for s in shards]}
+    _log(f"prepare celebv: {len(jobs)} identities, {len(shards)} shards")
+    out = str(Path(cfg.out).resolve())
+    stages = [Stage("frames", celebv_stage, CELEBV_FRAMES, num_cpus=cfg.crop_cpus,
+                    kwargs={"out": out, "settings": CelebVSettings(image_format=cfg.image_format)})]
+    if cfg.extractor != "none":
+        stages.append(coefficient_stage(cfg, out))
+    return execute(cfg, shards, stages, plan, t0)
+
+
+def execute(cfg: PrepareConfig, shards: list[list[tuple[str, str]]], stages: list[Stage], plan: dict[str, Any],
+            t0: float, before: Callable[[Path], None] | None = None) -> PrepareResult:
+    """Run the pending shards of a plan through ``stages`` on Ray: items are ``(key, job json)`` per shard."""
+    out = Path(cfg.out)
     pending = [s for s in range(len(shards)) if not shard_done(out, stages, s)]
-    _log(f"prepare vox: {len(rows)} metadata rows, {len(jobs)} videos, "
-         f"{sum(len(j.clips) for j in jobs)} clips, {len(shards)} shards ({len(shards) - len(pending)} done)")
     if cfg.dry_run:
         print(json.dumps({"config": dataclasses.asdict(cfg), "plan": plan, "shards": len(shards),
                           "pending_shards": len(pending), "stages": [s.name for s in stages]}, indent=2))
-        return PrepareResult(len(shards), len(shards) - len(pending), len(jobs), 0, {}, 0.0)
+        return PrepareResult(len(shards), len(shards) - len(pending), sum(map(len, shards)), 0, {}, 0.0)
     check_plan(out, plan)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out)
-    save_run_config(cfg, out, plan=plan, stages=[s.name for s in stages], dataset="vox")
-    if not is_done(out, "metadata", 0):
-        write_shard(out, "metadata", 0, metadata_table(rows, jobs))
+    save_run_config(cfg, out, plan=plan, stages=[s.name for s in stages], dataset=cfg.dataset)
+    if before is not None:
+        before(out)
     if pending:
         started = init_ray(cfg.address, cfg.num_cpus)
         try:
@@ -367,19 +404,19 @@ def prepare_vox(cfg: PrepareConfig, extra_stages: list[Stage] | None = None) -> 
                 import ray
 
                 ray.shutdown()
-    return _summary(out, shards, pending, jobs, time.time() - t0)
+    return _summary(out, shards, pending, cfg.dataset, time.time() - t0)
 
 
-def _run_pending(out: Path, shards: list[list[VideoJob]], pending: list[int], stages: list[Stage],
+def _run_pending(out: Path, shards: list[list[tuple[str, str]]], pending: list[int], stages: list[Stage],
                  cfg: PrepareConfig, t0: float) -> None:
-    items = [{"video_id": job.video_id, "shard": s, "job": job.to_json()} for s in pending for job in shards[s]]
-    remaining = {s: {job.video_id for job in shards[s]} for s in pending}
+    items = [{"video_id": key, "shard": s, "job": job} for s in pending for key, job in shards[s]]
+    remaining = {s: {key for key, _ in shards[s]} for s in pending}
 
     def on_video(row: dict[str, Any]) -> None:
         shard = int(row["shard"])
         remaining[shard].discard(row["video_id"])
         if not remaining[shard]:
-            finalize_shard(out, stages, shard, [job.video_id for job in shards[shard]], cfg.keep_parts, t0)
+            finalize_shard(out, stages, shard, [key for key, _ in shards[shard]], cfg.keep_parts, t0)
 
     run_stages(items, stages, on_video, cfg.progress)
 
@@ -397,21 +434,22 @@ def finalize_shard(out: Path, stages: list[Stage], shard: int, video_ids: list[s
             remove_parts(out, stage.name, video_ids)
 
 
-def _summary(out: Path, shards, pending, jobs, seconds: float) -> PrepareResult:
+def _summary(out: Path, shards, pending, dataset: str, seconds: float) -> PrepareResult:
     stats = read_stats(out, "frames")
     status: dict[str, int] = {}
     for s in stats:
         for k, v in s["status"].items():
             status[k] = status.get(k, 0) + v
     frames = sum(s.get("frames", 0) for s in stats)
-    _log(f"prepare vox: {len(shards)} shards ({len(shards) - len(pending)} skipped), {frames} frames, "
+    _log(f"prepare {dataset}: {len(shards)} shards ({len(shards) - len(pending)} skipped), {frames} frames, "
          f"frames status {status}, {seconds:.1f} s")
-    return PrepareResult(len(shards), len(shards) - len(pending), len(jobs), frames, status, seconds)
+    return PrepareResult(len(shards), len(shards) - len(pending), sum(map(len, shards)), frames, status, seconds)
 
 
 # ---------------------------------------------------------------- command line
 
-DATASETS: dict[str, Callable[[PrepareConfig], PrepareResult]] = {"vox": prepare_vox, "synth": prepare_vox}
+DATASETS: dict[str, Callable[[PrepareConfig], PrepareResult]] = {
+    "vox": prepare_vox, "synth": prepare_vox, "celebv": prepare_celebv}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -420,8 +458,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = from_namespace(PrepareConfig, args)
-    if args.dataset == "synth" and cfg.world is None:
-        raise SystemExit("prepare synth needs --world DIR (a folder written by `reenact synth`)")
+    try:
+        cfg = from_namespace(PrepareConfig, args)
+    except ValueError as err:
+        raise SystemExit(f"prepare: {err}") from None
     DATASETS[args.dataset](cfg)
     return 0

@@ -5,6 +5,7 @@ import collections
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -65,3 +66,16 @@ def test_rerun_skips_everything_and_changes_nothing(prepared):
     again = prepare_vox(cfg)
     assert again.shards_skipped == again.shards and again.frames == first.frames
     assert {p.name: p.read_bytes() for p in out.glob("*.parquet")} == before
+
+
+def test_prepare_celebv_ingests_every_image_with_oracle_coefficients(synth_tiny, ray_session, tmp_path):
+    from pipelines.runner import prepare_celebv
+
+    cfg = PrepareConfig(out=str(tmp_path), world=str(synth_tiny.root), dataset="celebv", progress=False)
+    result = prepare_celebv(cfg)
+    images = sorted(synth_tiny.root.glob("CelebV/*/Image/*.jpg"))
+    assert result.frames == len(images) and result.status == {"ok": len(images)}
+    coeffs = read_stage(tmp_path, "coeffs").to_pylist()
+    assert len(coeffs) == len(images) and {r["status"] for r in coeffs} == {"ok"}
+    points = np.array([r["landmarks"] for r in coeffs]).reshape(len(coeffs), 68, 2)
+    assert ((points > 0) & (points < 256)).all()          # re-framed ground truth lands inside every crop
