@@ -27,6 +27,13 @@ rotation is compared with the truth (:func:`reenact.face3d.transforms.rotation_a
 max degrees, overall and by |yaw| bin. Also the pixel distance between dlib's points and the model landmarks
 projected with the true coefficients (median per iBUG group). The renders are the same for both tables: only the
 landmark vertex ids differ.
+
+Measured here with the defaults (32 of 32 calibration renders detected; 90 evaluation frames, |yaw| up to 43 deg):
+rotation error median 9.96 deg / p90 18.7 before, 7.50 / 13.0 after; dlib-to-model distance medians (px) jaw
+30.7 -> 5.3, eyes 6.2 -> 3.9, nose 5.3 -> 4.4, mouth 3.3 -> 2.3, brows 2.5 -> 2.2. What is left is not a
+placement error a fixed vertex can absorb: dlib's nose points move ~25 % less sideways with yaw than the
+procedural nose (the fitted yaw is ~0.76 x the true yaw), its eye points rise when the model blinks, and its jaw
+line follows the silhouette, not one material curve.
 """
 from __future__ import annotations
 
