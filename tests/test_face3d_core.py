@@ -171,11 +171,16 @@ def test_procedural_landmarks_sit_at_semantic_places(small_model):
 
 
 def test_procedural_expressions_do_what_their_names_say(small_model):
+    from reenact.face3d.procedural import grid_uv
+
     m = small_model
-    lm = lambda exp: m.landmarks(m.shape(torch.zeros(80), exp))  # noqa: E731
-    neutral = lm(torch.zeros(64))
+    shape = lambda exp: m.shape(torch.zeros(80), exp)  # noqa: E731
     unit = lambda k: torch.nn.functional.one_hot(torch.tensor(k), 64).float() * 2  # noqa: E731
-    jaw, blink = lm(unit(EXPRESSION_NAMES.index("jaw_open"))), lm(unit(EXPRESSION_NAMES.index("blink")))
-    assert (jaw[57, 1] - jaw[51, 1]) < (neutral[57, 1] - neutral[51, 1]) - 0.05    # mouth opens
-    upper_lid = [37, 38, 43, 44]
-    assert (blink[upper_lid, 1] < neutral[upper_lid, 1] - 0.03).all()                # upper lids drop
+    neutral = shape(torch.zeros(64))
+    jaw = shape(unit(EXPRESSION_NAMES.index("jaw_open")))
+    blink = shape(unit(EXPRESSION_NAMES.index("blink")))
+    lip = m.landmark_indices[[51, 57]]                                         # upper and lower lip centre
+    assert (jaw[lip[1], 1] - jaw[lip[0], 1]) < (neutral[lip[1], 1] - neutral[lip[0], 1]) - 0.05   # mouth opens
+    uv = torch.from_numpy(grid_uv(41))
+    upper_lids = [int(((uv - torch.tensor([cu, 0.26])) ** 2).sum(1).argmin()) for cu in (-0.36, 0.36)]
+    assert (blink[upper_lids, 1] < neutral[upper_lids, 1] - 0.03).all()        # the painted upper lids drop
