@@ -179,7 +179,7 @@ def _check_inputs(verts: torch.Tensor, faces: torch.Tensor) -> None:
         raise ValueError(f"faces are on {faces.device} but verts on {verts.device}")
     if faces.shape[0] >= 2**31:
         raise ValueError(f"at most 2**31 - 1 triangles are supported, got {faces.shape[0]}")
-    if not bool(torch.isfinite(verts.sum())):  # one cheap reduction; NaN or inf corners have no raster
+    if not math.isfinite(verts.sum()):  # one cheap reduction; NaN or inf corners have no raster
         raise ValueError("verts must be finite, got NaN or infinite coordinates")
 
 
@@ -233,11 +233,12 @@ def _rasterize_group(verts: torch.Tensor, faces: torch.Tensor, settings: RasterS
 
 
 # Rows of the per-triangle table, one column per triangle n = b * F + f:
-#   corners x0 x1 x2 y0 y1 y2 z0 z1 z2;
+#   corners x0 x1 x2 y0 y1 y2 z0 z1 z2, x and y in pixel-centre units (image coordinates - 0.5: the centre of
+#   pixel (i, j) is (j, i), exactly; the shift is exact but for coordinates within 0.25 of 0, off by < 2e-8);
 #   orientation: +-1 that makes the edge functions >= 0 inside, 0 for degenerate or culled triangles (and, until the
 #   float64 path recomputes it, for boxes larger than FLOAT32_BOX);
 #   the pixel box: first col, first row, extent x, extent y (extent = last - first, < 0 when it holds no centre);
-#   edge planes in coordinates local to the box origin (first pixel centre): edge k, opposite corner k, runs from
+#   edge planes in coordinates local to the box origin (its first pixel centre): edge k, opposite corner k, runs from
 #   corner k + 1 to corner k + 2 and is E_k(dj, di) = c_k - ey_k * dj + ex_k * di at pixel offset (dj, di);
 #   area2 = E_0 + E_1 + E_2, the doubled signed area (< 0: front-facing); depth at the box origin; z1 - z0, z2 - z0.
 # The windows only read rows _ORIENT onwards.
@@ -248,19 +249,16 @@ _ROWS = 27
 
 
 def _triangle_table(verts: torch.Tensor, faces: torch.Tensor, frame: _Frame) -> torch.Tensor:
-    """``(B, V, 3)`` verts and ``(F, 3)`` faces -> the ``(_ROWS, B * F)`` table with corners and boxes filled.
-
-    One 1-D gather per coordinate is the fastest gather; transposes go through ``stack(unbind)``, several times
-    faster on CPU than a plain transposed copy.
-    """
+    """``(B, V, 3)`` verts and ``(F, 3)`` faces -> the ``(_ROWS, B * F)`` table with corners and boxes filled."""
     B, V, N = frame.B, verts.shape[1], frame.B * frame.F
     table = torch.empty(_ROWS, N, device=verts.device)
     index = _corner_index(faces)  # 3F, corner-major
     if B > 1:
         index = (index.view(3, 1, -1) + torch.arange(0, B * V, V, device=verts.device).view(1, B, 1)).view(-1)
-    coords = torch.stack(verts.unbind(-1)).view(3, B * V)  # 3 x BV
-    for axis in range(3):
-        torch.index_select(coords[axis], 0, index, out=table[3 * axis:3 * axis + 3].view(-1))
+    xy = verts[..., :2].reshape(B * V, 2) - 0.5  # pixel-centre units: the centre of pixel (i, j) is (j, i)
+    for axis, coord in enumerate((xy[:, 0], xy[:, 1], verts.reshape(B * V, 3)[:, 2])):
+        # one 1-D gather per coordinate is the fastest gather on CPU, and a strided source costs nothing extra
+        torch.index_select(coord, 0, index, out=table[3 * axis:3 * axis + 3].view(-1))
     _fill_pixel_boxes(table, frame.H, frame.W)
     return table
 
@@ -285,8 +283,8 @@ def _fill_pixel_boxes(table: torch.Tensor, H: int, W: int) -> None:
     """Box rows: the pixel (col, row) indices whose centres can lie in each triangle, clipped to the image."""
     xy = table[_CORNERS_XY].view(2, 3, -1)
     lo = torch.minimum(xy[:, 0], xy[:, 1], out=table[_LO])
-    torch.minimum(lo, xy[:, 2], out=lo).sub_(0.5).ceil_()
-    hi = torch.maximum(torch.maximum(xy[:, 0], xy[:, 1]), xy[:, 2]).sub_(0.5).floor_()
+    torch.minimum(lo, xy[:, 2], out=lo).ceil_()  # corners are in pixel-centre units: centres are integers
+    hi = torch.maximum(torch.maximum(xy[:, 0], xy[:, 1]), xy[:, 2]).floor_()
     for rows, size in ((slice(None), W),) if H == W else ((0, W), (1, H)):
         lo[rows].clamp_(0, size - 1)
         hi[rows].clamp_(max=size - 1)
@@ -303,7 +301,7 @@ def _fill_edge_planes(table: torch.Tensor) -> None:
     n = table.shape[1]
     rows = table.unbind(0)
     local = torch.empty(2, 5, n, dtype=table.dtype, device=table.device)  # (u, v) of corners 0 1 2 0 1
-    torch.sub(table[_CORNERS_XY].view(2, 3, n), (table[_LO] + 0.5).unsqueeze(1), out=local[:, :3])
+    torch.sub(table[_CORNERS_XY].view(2, 3, n), table[_LO].unsqueeze(1), out=local[:, :3])
     local[:, 3:].copy_(local[:, :2])
     (su, sv), (eu, ev) = local[:, 1:4], local[:, 2:5]  # (u, v) of corners k + 1 and k + 2 of edge k, 3 x n each
     ex, ey = table[_EDGE_XY].view(2, 3, n)
@@ -393,11 +391,10 @@ def _nonzero_positive(values: torch.Tensor) -> torch.Tensor:
 def _rasterize_rest_of_boxes(zbuf, frame, table, n, span, cull_backfaces) -> None:
     """Triangles ``n`` whose box has more than one pixel: the rest of a 2x2 or 4x4 window in float32 for boxes of at
     most 4x4 pixels (all of a face at 256^2), larger boxes in float64 power-of-two windows, origin included."""
-    largest = int(span.max())
-    level = torch.frexp(span).exponent  # the window 2**level is the smallest power of two > span
-    levels = range(1, math.frexp(largest)[1] + 1)
+    levels = range(1, math.frexp(int(span.max()))[1] + 1)  # window 2**level: the smallest power of two > span
+    level = torch.frexp(span).exponent if len(levels) > 1 else None
     for lv in levels:
-        part = n if len(levels) == 1 else n.index_select(0, _nonzero(level == lv))
+        part = n if level is None else n.index_select(0, _nonzero(level == lv))
         if part.numel() == 0:
             continue
         if (1 << lv) <= FLOAT32_BOX:
@@ -495,8 +492,9 @@ def _pixel_barycentrics(xy: torch.Tensor, covered: torch.Tensor) -> torch.Tensor
 
 @functools.lru_cache(maxsize=8)
 def _pixel_centres(H: int, W: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """x ``(W,)`` and y ``(H, 1)`` of the pixel centres. Cached: treat as read-only."""
-    return torch.arange(W, device=device) + 0.5, (torch.arange(H, device=device) + 0.5).view(H, 1)
+    """x ``(W,)`` and y ``(H, 1)`` of the pixel centres in pixel-centre units. Cached: treat as read-only."""
+    return torch.arange(W, device=device, dtype=torch.float32), torch.arange(H, device=device,
+                                                                             dtype=torch.float32).view(H, 1)
 
 
 def _pixel_corners(triangle_id: torch.Tensor, faces: torch.Tensor, V: int) -> torch.Tensor:
