@@ -3,9 +3,10 @@
     python perf/bench_synth.py                                  # tiny + demo, 2 workers, 200 demo frames
     python perf/bench_synth.py --presets demo --reuse --json-out perf/synth.json
 
-For each preset the world is generated with ``reenact.synth.generate`` (wall seconds, frames per second). On the
-last preset (``demo`` by default), ``frames`` VoxCeleb-style frames are sampled uniformly (seeded) from the decoded
-videos, plus every CelebV image, and two detectors run on them:
+For each preset the world is generated with ``reenact.synth.generate``: wall seconds, and CPU seconds of the
+process and its workers (on a shared machine the wall time depends on the load; CPU seconds / 2 is the wall time
+on 2 idle cores). On the last preset (``demo`` by default), ``frames`` VoxCeleb-style frames are sampled uniformly
+(seeded) from the decoded videos, plus every CelebV image, and two detectors run on them:
 
 * MTCNN (facenet-pytorch, ``keep_all=False``, CPU, default thresholds) on the full 640x360 frame and on the 256^2
   chunk crop;
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import sys
 import time
 from dataclasses import dataclass, field
@@ -51,12 +54,19 @@ def generate_timed(preset: str, out: Path, workers: int, seed: int, reuse: bool)
     if reuse and (out / "config.json").exists():
         summary = json.loads((out / "config.json").read_text())["provenance"]["summary"]
         return {"preset": preset, "reused": True, **summary}
-    start = time.perf_counter()
+    load, cpu, start = os.getloadavg()[0], cpu_seconds(), time.perf_counter()
     summary = generate(preset, out, seed=seed, workers=workers, progress=False)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     frames = summary["vox_frames"] + summary["celebv_images"]
-    return {"preset": preset, "reused": False, "wall_s": round(wall, 1), "frames": frames,
-            "frames_per_s": round(frames / wall, 2), **summary}
+    return {"preset": preset, "reused": False, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+            "cpu_s_per_frame": round(cpu / frames, 3), "frames": frames, "frames_per_s": round(frames / wall, 2),
+            "load_avg_before": round(load, 2), "load_avg_after": round(os.getloadavg()[0], 2), **summary}
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children (workers, ffmpeg)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def sample_frames(root, count: int, seed: int) -> list[dict]:
@@ -156,15 +166,17 @@ def main(argv: list[str] | None = None) -> dict:
     from reenact.synth import layout
 
     generation = [generate_timed(p, Path(cfg.out_root) / p, cfg.workers, cfg.seed, cfg.reuse) for p in cfg.presets]
-    print_table(["preset", "videos", "chunks", "vox frames", "celebv images", "model", "wall s", "frames/s"],
+    print_table(["preset", "videos", "chunks", "vox frames", "celebv images", "model", "wall s", "CPU s",
+                 "CPU s / frame", "load avg"],
                 [[g["preset"], g["videos"], g["chunks"], g["vox_frames"], g["celebv_images"], g["model"],
-                  g.get("wall_s", "reused"), g.get("frames_per_s", "-")] for g in generation])
+                  g.get("wall_s", "reused"), g.get("cpu_s", "-"), g.get("cpu_s_per_frame", "-"),
+                  g.get("load_avg_after", "-")] for g in generation])
     detection = detection_report(layout(Path(cfg.out_root) / cfg.presets[-1]), cfg.frames, cfg.seed)
     print_table(["detector | images", "n", "detected", "correct (IoU>=0.3)", "detected by |yaw|", "s"],
                 [[k, v["n"], v["detected"], v["correct"], v["detected_by_abs_yaw"], v["seconds"]]
                  for k, v in detection.items()])
     result = {"config": cfg.__dict__, "generation": generation, "detection_preset": cfg.presets[-1],
-              "detection": detection, "provenance": provenance(cpus=__import__("os").cpu_count())}
+              "detection": detection, "provenance": provenance(cpus=os.cpu_count())}
     if cfg.json_out:
         Path(cfg.json_out).write_text(json.dumps(result, indent=2, default=str))
     return result

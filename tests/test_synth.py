@@ -97,6 +97,17 @@ def test_face_bbox_is_the_projected_face_and_inside_the_chunk_bbox(vox_truth):
         np.testing.assert_allclose(np.stack(rows.face_bbox.values), ref, atol=0.02, err_msg=vid)
 
 
+def test_generator_refuses_a_bbox_that_cuts_the_face():
+    from dataclasses import replace
+
+    seq = world.sample_world("tiny", 0).videos[0]
+    truth = writer.frame_truth(MODEL, seq.coeffs, seq.camera)
+    writer.check_face_in_chunks(seq, truth)
+    left, top, right, bottom = seq.bbox
+    with pytest.raises(RuntimeError, match="leaves bbox"):
+        writer.check_face_in_chunks(replace(seq, bbox=(left + 60, top, right, bottom - 60)), truth)
+
+
 # ---------------------------------------------------------------------------------------------------- vox layout
 def test_metadata_has_the_real_header_and_format(synth_tiny, metadata):
     real = fixture_path("manifests", "vox-metadata.csv").read_text().splitlines()[0]
@@ -147,9 +158,10 @@ def _face_only(coeffs: torch.Tensor, camera: PerspectiveCamera):
     """The face alone, by the 3D core: (mask (B, H, W), lit colour (B, H, W, 3))."""
     from reenact.face3d.raster import interpolate
 
-    face = build_face(MODEL, coeffs, camera)
-    frags = rasterize(face.screen, MODEL.triangles, RasterSettings(image_size=(camera.height, camera.width)))
-    return frags.mask, interpolate(frags, MODEL.triangles, face.colors).clamp(0, 1)
+    with writer.single_thread():
+        face = build_face(MODEL, coeffs, camera)
+        frags = rasterize(face.screen, MODEL.triangles, RasterSettings(image_size=(camera.height, camera.width)))
+        return frags.mask, interpolate(frags, MODEL.triangles, face.colors).clamp(0, 1)
 
 
 def _erode(mask: torch.Tensor, k: int = 2) -> torch.Tensor:
@@ -159,7 +171,7 @@ def _erode(mask: torch.Tensor, k: int = 2) -> torch.Tensor:
 def test_video_face_pixels_and_landmarks_match_the_truth(synth_tiny, vox_truth):
     """The face the truth describes is the face in the decoded video, unoccluded, and the landmarks lie on it."""
     for vid in vox_truth.video_id.unique()[:3]:
-        rows = vox_truth[vox_truth.video_id == vid].iloc[::6]
+        rows = vox_truth[vox_truth.video_id == vid].iloc[::8]
         decoded = torch.from_numpy(writer.read_video(synth_tiny.video(vid), 640, 360)[rows.source_frame.values])
         mask, colour = _face_only(_coeffs(rows), _camera(rows.iloc[0]))
         inner = _erode(mask)
@@ -310,6 +322,20 @@ def test_ffmpeg_argument_lists():
         assert part in joined
     dec = writer.decode_args("ffmpeg", "in.mp4")
     assert dec[dec.index("-i") + 1] == "in.mp4" and " ".join(dec).endswith("-f rawvideo -pix_fmt rgb24 pipe:1")
+
+
+def test_mp4_writer_round_trip_and_errors(tmp_path):
+    frames = np.zeros((5, 48, 64, 3), np.uint8)
+    frames[..., 0] = np.arange(5)[:, None, None] * 50            # one flat colour per frame
+    with writer.Mp4Writer(tmp_path / "clip.mp4", 64, 48) as out:
+        with pytest.raises(ValueError, match="uint8 frames"):
+            out.write(frames[:, :32])
+        out.write(frames)
+    decoded = writer.read_video(tmp_path / "clip.mp4", 64, 48)
+    assert decoded.shape == frames.shape and np.abs(decoded.astype(int) - frames).max() <= 6
+    assert not list(tmp_path.glob(".*tmp*"))                      # the temporary file was renamed
+    with pytest.raises(RuntimeError, match="could not decode"):
+        writer.read_video(tmp_path / "missing.mp4", 64, 48)
 
 
 def test_cli_help_documents_the_presets():

@@ -16,14 +16,14 @@ Presets (frames at 25 fps):
 ========  ============================================================================  ================  ==========
 preset    VoxCeleb-style                                                                CelebV            model
 ========  ============================================================================  ================  ==========
-``tiny``  4 identities (2 train, 2 test), 6 videos of 33-44 frames, 8 chunks             5 x 8 images      ``small``
+``tiny``  4 identities (2 train, 2 test), 6 videos of 27-36 frames (1-2 chunks)         5 x 8 images      ``full``
 ``demo``  16 identities (11 train, 5 test), 40 videos of 64-150 frames (1-2 chunks)       5 x 40 images     ``full``
 ========  ============================================================================  ================  ==========
 
-``tiny`` takes seconds and is what tests use; ``demo`` feeds the quickstart (a few minutes on 2 cores). The
-coefficient contract: a frame's coefficients are exact for the video camera, whose 256^2 chunk crop is
-``PerspectiveCamera.deep3d(256)``; see :mod:`reenact.synth.world`. Determinism: the same seed gives
-byte-identical metadata and truth files.
+``tiny`` takes about 30 s of CPU (under a minute on 2 cores) and is what tests use; ``demo`` feeds the quickstart
+(a few minutes on 2 cores). The coefficient contract: a frame's coefficients are exact for the video camera,
+whose 256^2 chunk crop is ``PerspectiveCamera.deep3d(256)``; see :mod:`reenact.synth.world`. Determinism: the
+same seed gives byte-identical metadata and truth files.
 """
 from reenact.synth.world import PRESETS, Preset, World, get_preset, sample_world, vox_camera
 from reenact.synth.writer import SynthLayout, generate, layout, read_truth, read_video

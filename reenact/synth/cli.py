@@ -2,8 +2,8 @@
 
 Presets (25 fps; videos are 640x360 H.264, CelebV images 256-400 px JPEG):
 
-  tiny   4 identities (2 train / 2 test), 6 videos of 33-44 frames in 8 chunks, 5 CelebV identities x 8 images,
-         procedural model 'small'; seconds. Used by the tests.
+  tiny   4 identities (2 train / 2 test), 6 videos of 27-36 frames (one chunk, or two), 5 CelebV identities x 8
+         images, procedural model 'full'; under a minute. Used by the tests.
   demo   16 identities (11 train / 5 test), 40 videos of 64-150 frames (one chunk, or two), 5 x 40 CelebV images,
          procedural model 'full'; a few minutes on 2 cores. Used by the quickstart.
 """

@@ -1,7 +1,8 @@
 """Sampling the synthetic world: presets, identities, cameras and smooth per-frame coefficient trajectories.
 
-Everything here is plain numpy and depends only on the seed: each identity, video and CelebV sequence draws from its
-own generator ``default_rng([seed, kind, index])``, so changing one preset knob never reshuffles unrelated items.
+Everything here is plain numpy and depends only on the seed and the preset's name: each identity, video and CelebV
+sequence draws from its own generator (:func:`item_rng`), so changing one preset knob never reshuffles unrelated
+items, and two presets never share a video id.
 
 Camera / coefficient contract (see :func:`vox_camera`): all chunks of one VoxCeleb-style video share one square
 bbox of side ``Sb`` source pixels. The video's camera has its principal point at the bbox centre and focal
@@ -10,7 +11,7 @@ coefficients of a frame *are* the coefficients of its 256^2 chunk crop. CelebV-s
 own (principal point at the image centre, focal ``1015 * min(W, H) / 224``), recorded in the ground truth.
 
 Trajectories (25 fps): yaw sweeps up to ``yaw_max`` (45 deg by default) so pose-discrepancy bins are populated,
-pitch and roll stay smaller; translation drifts a little around trans z in [-4.4, -3.0] dm (camera depth 13-14.4:
+pitch and roll stay smaller; translation drifts a little around trans z in [-4.6, -3.2] dm (camera depth 13.2-14.6:
 the face spans about 40-55 % of the crop width, hair and shoulders visible), the head centred in the crop.
 Expressions use the procedural model's semantic components (:data:`reenact.face3d.procedural.EXPRESSION_NAMES`):
 speech-like mouth openings, eye blinks, slow smiles, brow raises and puckers, plus small random motion on the other
@@ -18,6 +19,7 @@ speech-like mouth openings, eye blinks, slow smiles, brow raises and puckers, pl
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -153,6 +155,11 @@ def celebv_camera(width: int, height: int) -> PerspectiveCamera:
 
 
 # ---------------------------------------------------------------------------------------------------- ids
+def item_rng(seed: int, preset: Preset, kind: int, index: int = 0) -> np.random.Generator:
+    """The generator of one item (identity, video, CelebV sequence, name draw) of ``preset``'s world for ``seed``."""
+    return np.random.default_rng([seed, zlib.crc32(preset.name.encode()), kind, index])
+
+
 def youtube_like_id(rng: np.random.Generator) -> str:
     """An 11-character id over YouTube's alphabet (never starting with '-', which command lines read as a flag)."""
     first = _YOUTUBE_ALPHABET[rng.integers(0, 63)]
@@ -237,7 +244,7 @@ def sample_expression(rng: np.random.Generator, num_frames: int) -> np.ndarray:
 
 
 def sample_pose(rng: np.random.Generator, num_frames: int, yaw_max_deg: float,
-                depth_range: tuple[float, float] = (-4.4, -3.0), centre: tuple[float, float] = (0.0, -0.12),
+                depth_range: tuple[float, float] = (-4.6, -3.2), centre: tuple[float, float] = (0.0, -0.14),
                 drift: float = 0.08) -> tuple[np.ndarray, np.ndarray]:
     """Angles ``(T, 3)`` (pitch, yaw, roll; radians) and translations ``(T, 3)`` (dm)."""
     curves = smooth_curves(rng, num_frames, 6, 0.25)
@@ -279,7 +286,7 @@ def sample_bbox(rng: np.random.Generator, preset: Preset) -> tuple[int, int, int
 
 
 def sample_vox_video(seed: int, index: int, identity: Identity, preset: Preset) -> Sequence:
-    rng = np.random.default_rng([seed, _KIND_VIDEO, index])
+    rng = item_rng(seed, preset, _KIND_VIDEO, index)
     video_id = youtube_like_id(rng)
     two = index == 0 or rng.random() < preset.two_chunk_fraction
     num_frames, chunks = chunk_layout(rng, preset, two)
@@ -293,7 +300,7 @@ def sample_vox_video(seed: int, index: int, identity: Identity, preset: Preset) 
 def sample_celebv(seed: int, index: int, preset: Preset) -> Sequence:
     """One CelebV identity: ``celebv_images`` frames, every ``celebv_step``-th of a smooth 25 fps sequence."""
     name = CELEBV_NAMES[index]
-    rng = np.random.default_rng([seed, _KIND_CELEBV, index])
+    rng = item_rng(seed, preset, _KIND_CELEBV, index)
     identity = sample_identity(rng, name, "test")
     lo, hi = preset.celebv_size
     width, height = (int(rng.integers(lo // 8, hi // 8 + 1)) * 8 for _ in range(2))
@@ -310,9 +317,9 @@ def sample_world(preset: Preset | str, seed: int = 0) -> World:
     preset = get_preset(preset) if isinstance(preset, str) else preset
     if preset.train_identities < 1 or preset.test_identities < 1 or preset.videos < 2:
         raise ValueError(f"a preset needs train and test identities and at least 2 videos, got {preset}")
-    train, test = person_ids(np.random.default_rng([seed, _KIND_NAMES]), preset.train_identities,
+    train, test = person_ids(item_rng(seed, preset, _KIND_NAMES), preset.train_identities,
                              preset.test_identities)
-    identities = tuple(sample_identity(np.random.default_rng([seed, _KIND_IDENTITY, i]), pid, part)
+    identities = tuple(sample_identity(item_rng(seed, preset, _KIND_IDENTITY, i), pid, part)
                        for i, (pid, part) in enumerate([(p, "train") for p in train] + [(p, "test") for p in test]))
     videos = tuple(sample_vox_video(seed, i, identities[i % len(identities)], preset) for i in range(preset.videos))
     celebv = tuple(sample_celebv(seed, i, preset) for i in range(len(CELEBV_NAMES)))

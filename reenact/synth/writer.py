@@ -136,7 +136,12 @@ class Mp4Writer:
         if frames.dtype != np.uint8 or frames.shape[1:] != (*self.size, 3):
             raise ValueError(f"expected uint8 frames (B, {self.size[0]}, {self.size[1]}, 3), got "
                              f"{frames.dtype} {frames.shape}")
-        self.proc.stdin.write(np.ascontiguousarray(frames).tobytes())
+        try:
+            self.proc.stdin.write(np.ascontiguousarray(frames).tobytes())
+        except BrokenPipeError as err:
+            self.proc.wait()
+            raise RuntimeError(f"ffmpeg stopped while writing {self.path}: "
+                               f"{self.proc.stderr.read().decode(errors='replace').strip()}") from err
         self.frames += frames.shape[0]
 
     def close(self) -> None:
@@ -214,6 +219,17 @@ def frame_truth(model: MorphableModel, coeffs: np.ndarray, camera: PerspectiveCa
 
 def chunk_of(seq: Sequence, frame: int) -> tuple[int, int] | None:
     return next(((s, e) for s, e in seq.chunks if s <= frame < e), None)
+
+
+def check_face_in_chunks(seq: Sequence, truth: FrameTruth) -> None:
+    """Raise if the face leaves the chunk bbox in a chunk frame (the metadata would promise what it does not hold)."""
+    left, top, right, bottom = seq.bbox
+    for start, end in seq.chunks:
+        box = truth.face_bbox[start:end]
+        outside = (box[:, 0] < left) | (box[:, 1] < top) | (box[:, 2] > right) | (box[:, 3] > bottom)
+        if outside.any():
+            raise RuntimeError(f"synthetic video {seq.video_id}: the face leaves bbox {seq.bbox} at frames "
+                               f"{(np.flatnonzero(outside) + start).tolist()}; adjust the pose ranges")
 
 
 def truth_rows(seq: Sequence, truth: FrameTruth) -> list[dict]:
@@ -295,10 +311,12 @@ def render_sequence(model: MorphableModel, seq: Sequence, batch: int = RENDER_BA
 
 
 def write_vox_video(model: MorphableModel, seq: Sequence, root: SynthLayout, crf: int = 18) -> list[dict]:
+    truth = frame_truth(model, seq.coeffs, seq.camera)
+    check_face_in_chunks(seq, truth)
     with Mp4Writer(root.video(seq.video_id), seq.camera.width, seq.camera.height, FPS, crf) as out:
         for frames in render_sequence(model, seq):
             out.write(frames)
-    return truth_rows(seq, frame_truth(model, seq.coeffs, seq.camera))
+    return truth_rows(seq, truth)
 
 
 def write_celebv_sequence(model: MorphableModel, seq: Sequence, root: SynthLayout, quality: int = 95
