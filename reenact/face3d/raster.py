@@ -35,7 +35,7 @@ slower than arithmetic on CPU).
 4. Each (triangle, pixel) candidate becomes one int64 key, ``order(depth) << 32 | triangle``, where ``order`` maps
    float32 bits to int32 monotonically and uncovered candidates get the largest order; ``scatter_reduce(amin)``
    then resolves the z-buffer with the tie rule exactly.
-5. Barycentrics are recomputed once per pixel from the winning triangle's corners.
+5. Barycentrics are recomputed once per pixel from the winning triangle's corner 0 and edges.
 """
 from __future__ import annotations
 
@@ -229,7 +229,7 @@ def _rasterize_group(verts: torch.Tensor, faces: torch.Tensor, settings: RasterS
     more, span = _rasterize_box_origins(zbuf, frame, table, settings.cull_backfaces)
     if more.numel():
         _rasterize_rest_of_boxes(zbuf, frame, table, more, span.index_select(0, more), settings.cull_backfaces)
-    return _fragments_from_zbuf(zbuf[:frame.pixels], frame, table[_CORNERS_XY])
+    return _fragments_from_zbuf(zbuf[:frame.pixels], frame, table[_BARY])
 
 
 # Rows of the per-triangle table, one column per triangle n = b * F + f:
@@ -238,13 +238,16 @@ def _rasterize_group(verts: torch.Tensor, faces: torch.Tensor, settings: RasterS
 #   orientation: +-1 that makes the edge functions >= 0 inside, 0 for degenerate or culled triangles (and, until the
 #   float64 path recomputes it, for boxes larger than FLOAT32_BOX);
 #   the pixel box: first col, first row, extent x, extent y (extent = last - first, < 0 when it holds no centre);
-#   edge planes in coordinates local to the box origin (its first pixel centre): edge k, opposite corner k, runs from
-#   corner k + 1 to corner k + 2 and is E_k(dj, di) = c_k - ey_k * dj + ex_k * di at pixel offset (dj, di);
-#   area2 = E_0 + E_1 + E_2, the doubled signed area (< 0: front-facing); depth at the box origin; z1 - z0, z2 - z0.
+#   the edge functions E_0 E_1 E_2 at the box's first pixel centre q (relative to corner 0): edge k is opposite
+#   corner k, E_1 = q x e2, E_2 = e1 x q, E_0 = area2 - E_1 - E_2 (a x b = ax by - ay bx);
+#   corner 0 again and the edges e1 = corner 1 - corner 0, e2 = corner 2 - corner 0: x0 y0 e1x e2x e1y e2y, the
+#   block the per-pixel barycentrics gather;
+#   area2 = e1 x e2, the doubled signed area (< 0: front-facing); depth at q; z1 - z0, z2 - z0.
+# Relative to corner 0 and q, float32 stays accurate: errors scale with the box, not with the image.
 # The windows only read rows _ORIENT onwards.
 _CORNERS, _CORNERS_XY, _ORIENT, _LO, _EXTENT = slice(0, 9), slice(0, 6), 9, slice(10, 12), slice(12, 14)
-_EDGE_C, _EDGE_X, _EDGE_Y, _EDGE_XY, _AREA2, _DEPTH, _DZ = (slice(14, 17), slice(17, 20), slice(20, 23),
-                                                             slice(17, 23), 23, 24, slice(25, 27))
+_EDGE_C, _BARY, _CORNER0, _EDGES, _AREA2, _DEPTH, _DZ = (slice(14, 17), slice(17, 23), slice(17, 19),
+                                                          slice(19, 23), 23, 24, slice(25, 27))
 _ROWS = 27
 
 
@@ -292,29 +295,29 @@ def _fill_pixel_boxes(table: torch.Tensor, H: int, W: int) -> None:
 
 
 def _fill_edge_planes(table: torch.Tensor) -> None:
-    """Edge-plane, area and depth rows from the corner and box rows (any float dtype, any number of columns).
-
-    Local coordinates keep float32 accurate: corners minus the first pixel centre are exact, and each edge function
-    is written corner-relative, ``u1 * ey - v1 * ex`` (not ``u1 * v2 - u2 * v1``), so its rounding error scales with
-    the box, not with the image.
-    """
+    """Edge-function, edge, area and depth rows from the corner and box rows (any float dtype, any width)."""
     n = table.shape[1]
     rows = table.unbind(0)
-    local = torch.empty(2, 5, n, dtype=table.dtype, device=table.device)  # (u, v) of corners 0 1 2 0 1
-    torch.sub(table[_CORNERS_XY].view(2, 3, n), table[_LO].unsqueeze(1), out=local[:, :3])
-    local[:, 3:].copy_(local[:, :2])
-    (su, sv), (eu, ev) = local[:, 1:4], local[:, 2:5]  # (u, v) of corners k + 1 and k + 2 of edge k, 3 x n each
-    ex, ey = table[_EDGE_XY].view(2, 3, n)
-    torch.sub(eu, su, out=ex)
-    torch.sub(ev, sv, out=ey)
-    c = torch.mul(su, ey, out=table[_EDGE_C]).addcmul_(sv, ex, value=-1.0)
-    _, ex1, ex2 = ex
-    _, ey1, ey2 = ey
+    xy = table[_CORNERS_XY].view(2, 3, n)
+    corner0 = table[_CORNER0]
+    corner0.copy_(xy[:, 0])
+    (e1x, e2x), (e1y, e2y) = torch.sub(xy[:, 1:], xy[:, :1], out=table[_EDGES].view(2, 2, n))
+    qx, qy = table[_LO] - corner0  # the box's first pixel centre relative to corner 0
     # two roundings, no fused multiply-add: a zero-area triangle gets exactly 0
-    area2 = torch.mul(ex1, ey2, out=rows[_AREA2]).sub_(ex2 * ey1)
+    area2 = torch.mul(e1x, e2y, out=rows[_AREA2]).sub_(e2x * e1y)
+    c0, c1, c2 = table[_EDGE_C]
+    torch.mul(qx, e2y, out=c1).addcmul_(e2x, qy, value=-1.0)
+    torch.mul(e1x, qy, out=c2).addcmul_(qx, e1y, value=-1.0)
+    torch.sub(area2, c1, out=c0).sub_(c2)
     dz1, dz2 = torch.sub(table[7:9], rows[6], out=table[_DZ])
-    _, c1, c2 = c
     torch.mul(c1, dz1, out=rows[_DEPTH]).addcmul_(c2, dz2).div_(area2).add_(rows[6])
+
+
+def _edge_vectors(edges: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ex, ey) ``(3, n)`` of edge k, from corner k + 1 to corner k + 2, from the e1x e2x e1y e2y rows: the edge
+    functions are E_k(dj, di) = E_k - ey_k dj + ex_k di at pixel offset (dj, di) from the box's first pixel."""
+    e1x, e2x, e1y, e2y = edges
+    return torch.stack([e2x - e1x, -e2x, e1x]), torch.stack([e2y - e1y, -e2y, e1y])
 
 
 def _depth_slopes(ex, ey, dz, area2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -430,7 +433,8 @@ def _rasterize_window(zbuf, frame, rows, n, window, with_origin) -> None:
     float32 or float64."""
     at = _ORIENT  # row r of the table is row r - at here
     orient, lo, extent = rows[_ORIENT - at], rows[_LO.start - at:_LO.stop - at], rows[_EXTENT.start - at:]
-    c, ex, ey = (rows[s.start - at:s.stop - at] for s in (_EDGE_C, _EDGE_X, _EDGE_Y))
+    c = rows[_EDGE_C.start - at:_EDGE_C.stop - at]
+    ex, ey = _edge_vectors(rows[_EDGES.start - at:_EDGES.stop - at])
     dj, di, flat = _window_offsets(window, with_origin, frame.W, n.device)  # K x 1 each
     edges = (c.unsqueeze(1) - ey.unsqueeze(1) * dj).addcmul_(ex.unsqueeze(1), di)  # 3 x K x n
     in_box = torch.minimum(extent[0] - dj, extent[1] - di)  # K x n, < 0 outside the box (and the image)
@@ -452,9 +456,10 @@ def _origin_pixels(lo: torch.Tensor, n: torch.Tensor, frame: _Frame) -> torch.Te
     return pixel + n // frame.F * (frame.H * frame.W) if frame.B > 1 else pixel
 
 
-def _fragments_from_zbuf(keys: torch.Tensor, frame: _Frame, corners: torch.Tensor | None):
+def _fragments_from_zbuf(keys: torch.Tensor, frame: _Frame, bary_rows: torch.Tensor | None):
     """Decode the winning keys into triangle ids ``(B, H, W)``, barycentrics ``(3, B, H, W)`` and depth
-    ``(B, H, W)``; barycentrics are recomputed at the pixel centres from the winners' corners.
+    ``(B, H, W)``; barycentrics are recomputed at the pixel centres from the winners' table rows ``bary_rows``
+    (x0 y0 e1x e2x e1y e2y, None for an empty mesh).
 
     A key whose order is INT32_MAX is empty. Like the keys, the decoding is sign-bit arithmetic, not masks.
     """
@@ -465,24 +470,23 @@ def _fragments_from_zbuf(keys: torch.Tensor, frame: _Frame, corners: torch.Tenso
     triangle_id = face | ~covered  # -1 where empty
     order = order.to(torch.int32).clamp_(max=_FLOAT32_INF_BITS)  # empty: +inf
     depth = (order ^ ((order >> 31) & _LOW_31)).view(torch.float32)
-    if corners is None:
+    if bary_rows is None:
         bary = torch.zeros(3, B, H, W, device=keys.device)
     else:
         n = face if B == 1 else face.view(B, -1) + torch.arange(0, B * frame.F, frame.F, device=keys.device).view(B, 1)
-        xy = corners.index_select(1, n.view(-1)).view(6, B, H, W)
-        bary = _pixel_barycentrics(xy, covered.to(torch.float32).neg_().view(B, H, W))
+        block = bary_rows.index_select(1, n.view(-1)).view(6, B, H, W)
+        bary = _pixel_barycentrics(block, covered.to(torch.float32).neg_().view(B, H, W))
     return triangle_id.view(B, H, W), bary, depth.view(B, H, W)
 
 
-def _pixel_barycentrics(xy: torch.Tensor, covered: torch.Tensor) -> torch.Tensor:
-    """Rows x0, x1, x2, y0, y1, y2 ``(6, B, H, W)`` of each pixel's triangle -> ``(3, B, H, W)`` barycentrics of
-    its centre, times ``covered`` (1 or 0). Corner-0-relative, so errors scale with the triangle, not the image."""
-    x0, x1, x2, y0, y1, y2 = xy
-    px, py = _pixel_centres(*x0.shape[-2:], xy.device)
+def _pixel_barycentrics(block: torch.Tensor, covered: torch.Tensor) -> torch.Tensor:
+    """Rows x0 y0 e1x e2x e1y e2y ``(6, B, H, W)`` of each pixel's triangle -> ``(3, B, H, W)`` barycentrics of its
+    centre, times ``covered`` (1 or 0). Corner-0-relative, so errors scale with the triangle, not the image."""
+    x0, y0, e1x, e2x, e1y, e2y = block
+    px, py = _pixel_centres(*x0.shape[-2:], block.device)
     qx, qy = px - x0, py - y0  # pixel centre relative to corner 0
-    e1x, e1y, e2x, e2y = x1 - x0, y1 - y0, x2 - x0, y2 - y0
     area2 = (e1x * e2y).addcmul_(e2x, e1y, value=-1.0)
-    out = torch.empty((3,) + x0.shape, device=xy.device)
+    out = torch.empty((3,) + x0.shape, device=block.device)
     w0, w1, w2 = out
     torch.mul(qx, e2y, out=w1).addcmul_(e2x, qy, value=-1.0)
     torch.mul(e1x, qy, out=w2).addcmul_(qx, e1y, value=-1.0)
