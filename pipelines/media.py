@@ -8,11 +8,9 @@ Every command is an argument list run without a shell.
 """
 from __future__ import annotations
 
-import functools
 import io
 import os
 import re
-import shutil
 import struct
 import subprocess
 import zlib
@@ -20,28 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-class MediaToolError(RuntimeError):
-    """No usable ffmpeg: a broken environment, reported once at setup."""
+from reenact.ffmpeg import MediaToolError, ffmpeg_exe  # noqa: F401  (re-exported for the stages)
 
 
 class MediaError(ValueError):
     """A file that is not a decodable video (a bad item: the caller turns it into a ``decode_error`` row)."""
-
-
-@functools.lru_cache(maxsize=1)
-def ffmpeg_exe() -> str:
-    """Path of the ffmpeg binary: ``$REENACT_FFMPEG``, else ``ffmpeg`` on PATH, else imageio-ffmpeg's binary."""
-    exe = os.environ.get("REENACT_FFMPEG") or shutil.which("ffmpeg")
-    if exe:
-        return exe
-    try:
-        import imageio_ffmpeg
-
-        return imageio_ffmpeg.get_ffmpeg_exe()
-    except (ImportError, RuntimeError) as e:
-        raise MediaToolError("no ffmpeg found: install a system ffmpeg or `pip install imageio-ffmpeg` "
-                             f"(or set $REENACT_FFMPEG to a binary); {e}") from e
 
 
 # ---------------------------------------------------------------- probing

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -42,6 +41,7 @@ from reenact.face3d.camera import PerspectiveCamera
 from reenact.face3d.coeffs import ANGLE, EXP, ID, TRANS
 from reenact.face3d.morphable import NUM_EXP, NUM_ID, MorphableModel
 from reenact.face3d.transforms import euler_to_matrix, rigid_transform
+from reenact.ffmpeg import ffmpeg_exe
 from reenact.schema import SYNTH_TRUTH, ChunkId
 from reenact.shards import atomic_write_bytes
 from reenact.synth.world import CROP_SIZE, FPS, Sequence, World
@@ -94,18 +94,6 @@ def layout(root: str | os.PathLike) -> SynthLayout:
 
 
 # ---------------------------------------------------------------------------------------------------- ffmpeg
-def ffmpeg_exe() -> str:
-    """A system ``ffmpeg`` on PATH, else imageio-ffmpeg's bundled binary."""
-    found = shutil.which("ffmpeg")
-    if found:
-        return found
-    try:
-        import imageio_ffmpeg
-    except ImportError as err:
-        raise RuntimeError("no ffmpeg: install ffmpeg on PATH or the imageio-ffmpeg package") from err
-    return imageio_ffmpeg.get_ffmpeg_exe()
-
-
 def encode_args(ffmpeg: str, path: str | os.PathLike, width: int, height: int, fps: int = FPS, crf: int = 18
                 ) -> list[str]:
     """ffmpeg arguments that read raw rgb24 frames from stdin and write an H.264 yuv420p mp4 (no audio)."""
