@@ -241,20 +241,20 @@ def _rasterize_group(verts: torch.Tensor, faces: torch.Tensor, settings: RasterS
 # Rows of the per-triangle table, one column per triangle n = b * F + f:
 #   corners x0 x1 x2 y0 y1 y2 z0 z1 z2, x and y in pixel-centre units (image coordinates - 0.5: the centre of
 #   pixel (i, j) is (j, i), exactly; the shift is exact but for coordinates within 0.25 of 0, off by < 2e-8);
+#   corner 0 again and the edges e1 = corner 1 - corner 0, e2 = corner 2 - corner 0: x0 y0 e1x e2x e1y e2y, the
+#   block the per-pixel barycentrics gather;
 #   orientation: +-1 that makes the edge functions >= 0 inside, 0 for degenerate or culled triangles (and, until the
 #   float64 path recomputes it, for boxes larger than FLOAT32_BOX);
 #   the pixel box: first col, first row, extent x, extent y (extent = last - first, < 0 when it holds no centre);
 #   the edge functions E_0 E_1 E_2 at the box's first pixel centre q (relative to corner 0): edge k is opposite
 #   corner k, E_1 = q x e2, E_2 = e1 x q, E_0 = area2 - E_1 - E_2 (a x b = ax by - ay bx);
-#   corner 0 again and the edges e1 = corner 1 - corner 0, e2 = corner 2 - corner 0: x0 y0 e1x e2x e1y e2y, the
-#   block the per-pixel barycentrics gather;
 #   area2 = e1 x e2, the doubled signed area (< 0: front-facing); depth at q; z1 - z0, z2 - z0.
 # Relative to corner 0 and q, float32 stays accurate: errors scale with the box, not with the image.
-# The windows only read rows _ORIENT onwards.
-_CORNERS, _CORNERS_XY, _ORIENT, _LO, _EXTENT = slice(0, 9), slice(0, 6), 9, slice(10, 12), slice(12, 14)
-_EDGE_C, _BARY, _CORNER0, _EDGES, _AREA2, _DEPTH, _DZ = (slice(14, 17), slice(17, 23), slice(17, 19),
-                                                          slice(19, 23), 23, 24, slice(25, 27))
-_ROWS = 27
+# The windows read rows _WINDOW onwards.
+_CORNERS, _CORNERS_XY, _BARY, _CORNER0, _EDGES = slice(0, 9), slice(0, 6), slice(9, 15), slice(9, 11), slice(11, 15)
+_ORIENT, _LO, _EXTENT, _EDGE_C, _AREA2, _DEPTH, _DZ = 15, slice(16, 18), slice(18, 20), slice(20, 23), 23, 24, \
+    slice(25, 27)
+_WINDOW, _ROWS = 11, 27
 
 
 def _triangle_table(verts: torch.Tensor, faces: torch.Tensor, frame: _Frame) -> torch.Tensor:
@@ -408,7 +408,7 @@ def _rasterize_rest_of_boxes(zbuf, frame, table, n, span, cull_backfaces) -> Non
         if part.numel() == 0:
             continue
         if (1 << lv) <= FLOAT32_BOX:
-            _rasterize_window(zbuf, frame, table[_ORIENT:].index_select(1, part), part, 1 << lv, False)
+            _rasterize_window(zbuf, frame, table[_WINDOW:].index_select(1, part), part, 1 << lv, False)
         else:
             _rasterize_float64(zbuf, frame, table.index_select(1, part), part, 1 << lv, cull_backfaces)
 
@@ -422,7 +422,7 @@ def _rasterize_float64(zbuf, frame, table, n, window, cull_backfaces) -> None:
         sign.clamp_(max=0.0)
     step = max(1, CHUNK_CANDIDATES // window**2)
     for start in range(0, n.numel(), step):
-        _rasterize_window(zbuf, frame, table[_ORIENT:, start:start + step], n[start:start + step], window, True)
+        _rasterize_window(zbuf, frame, table[_WINDOW:, start:start + step], n[start:start + step], window, True)
 
 
 @functools.lru_cache(maxsize=None)
@@ -436,25 +436,29 @@ def _window_offsets(window: int, with_origin: bool, W: int,
 
 
 def _rasterize_window(zbuf, frame, rows, n, window, with_origin) -> None:
-    """Triangles ``n`` with boxes of at most window x window pixels; ``rows`` are their table rows from _ORIENT on,
+    """Triangles ``n`` with boxes of at most window x window pixels; ``rows`` are their table rows from _WINDOW on,
     float32 or float64."""
-    at = _ORIENT  # row r of the table is row r - at here
-    orient, lo, extent = rows[_ORIENT - at], rows[_LO.start - at:_LO.stop - at], rows[_EXTENT.start - at:]
-    c = rows[_EDGE_C.start - at:_EDGE_C.stop - at]
-    ex, ey = _edge_vectors(rows[_EDGES.start - at:_EDGES.stop - at])
+    orient, lo, extent, c = (_table_rows(rows, which) for which in (_ORIENT, _LO, _EXTENT, _EDGE_C))
+    ex, ey = _edge_vectors(_table_rows(rows, _EDGES))
     dj, di, flat = _window_offsets(window, with_origin, frame.W, n.device)  # K x 1 each
     edges = (c.unsqueeze(1) - ey.unsqueeze(1) * dj).addcmul_(ex.unsqueeze(1), di)  # 3 x K x n
     in_box = torch.minimum(extent[0] - dj, extent[1] - di)  # K x n, < 0 outside the box (and the image)
     valid = orient.abs() - 1.0  # 0, or -1 for a dropped triangle; adding it also turns -0.0 into +0.0
     margin = torch.minimum((edges * orient).amin(0), in_box).add_(valid)
-    dz, area2 = rows[_DZ.start - at:_DZ.stop - at], rows[_AREA2 - at]
-    depth_dx, depth_dy = _depth_slopes(ex, ey, dz, area2)
-    depth = (rows[_DEPTH - at] + depth_dx * dj).addcmul_(depth_dy, di)  # K x n
+    depth_dx, depth_dy = _depth_slopes(ex, ey, _table_rows(rows, _DZ), _table_rows(rows, _AREA2))
+    depth = (_table_rows(rows, _DEPTH) + depth_dx * dj).addcmul_(depth_dy, di)  # K x n
     keys = _candidate_keys(depth, margin, n % frame.F if frame.B > 1 else n)
     pixel = _origin_pixels(lo, n, frame) + flat  # K x n
     if window > FLOAT32_BOX:  # candidates past the image are never covered, but their index must stay in range
         pixel.clamp_(max=zbuf.numel() - 1)
     zbuf.scatter_reduce_(0, pixel.view(-1), keys.view(-1), "amin")
+
+
+def _table_rows(rows: torch.Tensor, which: int | slice) -> torch.Tensor:
+    """Table row(s) ``which`` out of ``rows``, the table's rows from _WINDOW on."""
+    if isinstance(which, int):
+        return rows[which - _WINDOW]
+    return rows[which.start - _WINDOW:which.stop - _WINDOW]
 
 
 def _origin_pixels(lo: torch.Tensor, n: torch.Tensor, frame: _Frame) -> torch.Tensor:
