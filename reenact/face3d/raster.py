@@ -265,8 +265,9 @@ def _triangle_table(verts: torch.Tensor, faces: torch.Tensor, frame: _Frame) -> 
     if B > 1:
         offsets = torch.arange(0, B * V, V, device=verts.device, dtype=torch.int32)
         index = (index.view(3, 1, -1) + offsets.view(1, B, 1)).view(-1)
-    xy = verts[..., :2].reshape(B * V, 2) - 0.5  # pixel-centre units: the centre of pixel (i, j) is (j, i)
-    for axis, coord in enumerate((xy[:, 0], xy[:, 1], verts.reshape(B * V, 3)[:, 2])):
+    flat = verts.reshape(B * V, 3)
+    shifted = flat - 0.5  # x and y in pixel-centre units: the centre of pixel (i, j) is (j, i)
+    for axis, coord in enumerate((shifted[:, 0], shifted[:, 1], flat[:, 2])):
         # one 1-D gather per coordinate is the fastest gather on CPU, and a strided source costs nothing extra
         torch.index_select(coord, 0, index, out=table[3 * axis:3 * axis + 3].view(-1))
     _fill_pixel_boxes(table, frame.H, frame.W)
