@@ -38,3 +38,9 @@ def synth_tiny(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth") / "tiny"
     generate("tiny", out, seed=0, workers=2, progress=False)
     return layout(out)
+
+
+def state_dict_entries(state) -> list[list]:
+    """``[[key, shape, dtype], ...]`` of a module or state dict, in order: the layout of the fixtures' keys JSON."""
+    state = state.state_dict() if hasattr(state, "state_dict") else state
+    return [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in state.items()]

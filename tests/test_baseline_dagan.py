@@ -15,15 +15,11 @@ from baselines._recipe import (RecipeChecksumError, check_recipe_source, hash_un
                                recipe_state_dict)
 from baselines.base import ReenactInputs
 from baselines.dagan import SMALL, VOX256_DISCRIMINATOR, DaGAN, DepthAwareGenerator, DepthDecoder, DepthEncoder
-from tests.conftest import fixture_path
+from tests.conftest import fixture_path, state_dict_entries
 
 ATOL = 1e-5
 ATOL_WARPED_IMAGE = 1e-4  # deformed / sparse_deformed (fixtures README)
 RTOL_ATTENTION = 1e-4  # attention values are ~1e-3
-
-
-def entries(module: torch.nn.Module) -> list[list]:
-    return [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in module.state_dict().items()]
 
 
 @pytest.fixture(scope="module")
@@ -46,17 +42,17 @@ def official_keys():
 
 def test_full_size_state_dicts_equal_official_keys(official_keys):
     model = DaGAN()
-    assert entries(model.generator) == official_keys["generator"]
-    assert entries(model.kp_detector) == official_keys["kp_detector"]
-    assert entries(model.depth_encoder) == official_keys["depth_encoder_resnet18"]
-    assert entries(model.depth_decoder) == official_keys["depth_decoder_resnet18"]
-    assert entries(MultiScaleDiscriminator(VOX256_DISCRIMINATOR)) == official_keys["discriminator"]
+    assert state_dict_entries(model.generator) == official_keys["generator"]
+    assert state_dict_entries(model.kp_detector) == official_keys["kp_detector"]
+    assert state_dict_entries(model.depth_encoder) == official_keys["depth_encoder_resnet18"]
+    assert state_dict_entries(model.depth_decoder) == official_keys["depth_decoder_resnet18"]
+    assert state_dict_entries(MultiScaleDiscriminator(VOX256_DISCRIMINATOR)) == official_keys["discriminator"]
 
 
 def test_resnet50_depth_network_keys(official_keys):
     encoder = DepthEncoder(50)
-    assert entries(encoder) == official_keys["depth_encoder_resnet50"]
-    assert entries(DepthDecoder(encoder.num_ch_enc)) == official_keys["depth_decoder_resnet50"]
+    assert state_dict_entries(encoder) == official_keys["depth_encoder_resnet50"]
+    assert state_dict_entries(DepthDecoder(encoder.num_ch_enc)) == official_keys["depth_decoder_resnet50"]
 
 
 # ------------------------------------------------------------------------------------------ small-width golden

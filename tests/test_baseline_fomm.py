@@ -11,14 +11,10 @@ from baselines._fomm_blocks import (KeypointModelConfig, Keypoints, KPDetector, 
                                     OcclusionAwareGenerator, convex_hull_area, load_state_exact, normalize_kp)
 from baselines.base import ReenactInputs
 from baselines.fomm import FOMM, SMALL, VOX256_DISCRIMINATOR
-from tests.conftest import fixture_path
+from tests.conftest import fixture_path, state_dict_entries
 
 ATOL = 1e-5
 ATOL_WARPED_IMAGE = 1e-4  # deformed / sparse_deformed: zero padding amplifies grid rounding (fixtures README)
-
-
-def entries(module: torch.nn.Module) -> list[list]:
-    return [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in module.state_dict().items()]
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +68,9 @@ GOLDEN_KEYS += [("generator_legacy_align_corners_true", k) for k in ("prediction
 def test_full_size_state_dicts_equal_official_keys():
     official = json.loads(fixture_path("baselines", "fomm_keys.json").read_text())["modules"]
     model = FOMM()
-    assert entries(model.generator) == official["generator"]
-    assert entries(model.kp_detector) == official["kp_detector"]
-    assert entries(MultiScaleDiscriminator(VOX256_DISCRIMINATOR)) == official["discriminator"]
+    assert state_dict_entries(model.generator) == official["generator"]
+    assert state_dict_entries(model.kp_detector) == official["kp_detector"]
+    assert state_dict_entries(MultiScaleDiscriminator(VOX256_DISCRIMINATOR)) == official["discriminator"]
 
 
 def test_golden_stores_exactly_these(golden):

@@ -12,7 +12,7 @@ from baselines.pirender import (DEFAULT_CROP_PARAMS, FULL, SMALL, FaceGenerator,
                                 flow_to_deformation, motion_window, single_frame_windows, warp_image)
 from baselines.registry import get_class
 from reenact.assets import MissingAssetError
-from tests.conftest import fixture_path
+from tests.conftest import fixture_path, state_dict_entries
 
 ATOL = 1e-5
 
@@ -38,7 +38,7 @@ def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_full_size_state_dict_equals_official_key_list():
     official = json.loads(fixture_path("baselines", "pirender_keys.json").read_text())
     model = PIRenderer.random(small=False)          # the path perf/ uses through the registry
-    ours = [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in model.net.state_dict().items()]
+    ours = state_dict_entries(model.net)
     assert ours == official["modules"]["net_G_ema"]
     assert sum(p.numel() for p in model.net.parameters()) == official["num_parameters"]["net_G_ema"]
     assert model.net.config == FULL

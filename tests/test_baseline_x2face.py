@@ -12,7 +12,7 @@ from baselines.base import ReenactInputs
 from baselines.registry import get_class
 from baselines.x2face import FULL, SMALL, X2Face, X2FaceNet, checkpoint_filter_fn, identity_grid
 from reenact.assets import MissingAssetError
-from tests.conftest import fixture_path
+from tests.conftest import fixture_path, state_dict_entries
 
 ATOL = 1e-5
 
@@ -51,7 +51,7 @@ def test_full_size_state_dict_equals_official_key_list():
     official = json.loads(fixture_path("baselines", "x2face_keys.json").read_text())
     model = X2Face.random(small=False)              # the path perf/ uses through the registry
     state = model.net.state_dict()
-    ours = [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in state.items()]
+    ours = state_dict_entries(state)
     assert ours == official["modules"]["state_dict"]
     assert sum(p.numel() for p in model.net.parameters()) == official["num_parameters"]["state_dict"]
     assert sum(v.numel() for v in state.values()) == official["num_elements_incl_buffers"]["state_dict"]

@@ -21,7 +21,7 @@ from reenact.assets import MissingAssetError
 from reenact.face3d.camera import PerspectiveCamera
 from reenact.face3d.coeffs import LAYOUT, TRANS
 from reenact.schema import COEFFS
-from tests.conftest import fixture_path
+from tests.conftest import fixture_path, state_dict_entries
 
 EXAMPLES = ("deep3d", "examples")
 NAMES = ("000002", "000006", "000007", "000031", "000033", "000037", "000050", "000055", "000114", "000125",
@@ -65,7 +65,7 @@ def official_detection(name: str) -> np.ndarray:
 # ---------------------------------------------------------------- net_recon
 def test_state_dict_keys_and_shapes_equal_the_official_ones():
     spec = json.loads(fixture_path("baselines", "deep3dfacerecon_keys.json").read_text())
-    ours = [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in ReconNet().state_dict().items()]
+    ours = state_dict_entries(ReconNet())
     assert ours == spec["modules"]["net_recon"]
     assert sum(p.numel() for p in ReconNet().parameters()) == spec["num_parameters"]["net_recon"]
 
