@@ -344,11 +344,12 @@ def _candidate_keys(depth: torch.Tensor, margin: torch.Tensor, face_id: torch.Te
     ``order = INT32_MAX``, which reads as empty. All of it is sign-bit arithmetic: masks and ``where`` are several
     times slower on CPU.
     """
+    # in place where possible: fewer fresh buffers, fewer cache misses
     bits = (depth.float() + 0.0).view(torch.int32)
-    order = bits ^ ((bits >> 31) & _LOW_31)
-    outside = margin.float().view(torch.int32) >> 31  # -1 where margin < 0, else 0
-    order = torch.maximum(order, outside ^ _INT32_MIN)  # outside: INT32_MAX
-    return (order.to(torch.int64) << 32) | face_id
+    order = (bits >> 31).bitwise_and_(_LOW_31).bitwise_xor_(bits)
+    outside = (margin.float().view(torch.int32) >> 31).bitwise_xor_(_INT32_MIN)  # INT32_MAX where margin < 0
+    torch.maximum(order, outside, out=order)
+    return order.to(torch.int64).bitwise_left_shift_(32).bitwise_or_(face_id)
 
 
 def _rasterize_box_origins(zbuf, frame, table, cull_backfaces) -> tuple[torch.Tensor, torch.Tensor]:
@@ -476,12 +477,12 @@ def _fragments_from_zbuf(keys: torch.Tensor, frame: _Frame, bary_rows: torch.Ten
     A key whose order is INT32_MAX is empty. Like the keys, the decoding is sign-bit arithmetic, not masks.
     """
     B, H, W = frame.B, frame.H, frame.W
-    order = keys >> 32
-    covered = (order - _INT32_MAX) >> 63  # -1 covered, 0 empty
-    face = keys & _LOW_32 & covered  # 0 where empty
-    triangle_id = face | ~covered  # -1 where empty
-    order = order.to(torch.int32).clamp_(max=_FLOAT32_INF_BITS)  # empty: +inf
-    depth = (order ^ ((order >> 31) & _LOW_31)).view(torch.float32)
+    order = (keys >> 32).to(torch.int32)
+    covered = (order.to(torch.int64) - _INT32_MAX).bitwise_right_shift_(63)  # -1 covered, 0 empty
+    face = (keys & _LOW_32).bitwise_and_(covered)  # 0 where empty
+    triangle_id = covered.bitwise_not().bitwise_or_(face)  # -1 where empty
+    order.clamp_(max=_FLOAT32_INF_BITS)  # empty: +inf
+    depth = (order >> 31).bitwise_and_(_LOW_31).bitwise_xor_(order).view(torch.float32)
     if bary_rows is None:
         bary = torch.zeros(3, B, H, W, device=keys.device)
     else:
