@@ -95,7 +95,10 @@ def guidance_pictures(cfg: QuickstartConfig, prepared: Path, out: Path) -> list[
 
     frames = read_stage(prepared, "frames", ["chunk_id", "frame_index", "partition", "image", "status"]).to_pylist()
     coeffs = read_stage(prepared, "coeffs", ["coeffs", "status"]).to_pylist()
-    model = procedural_model(world_model_size(prepared))
+    from reenact.synth import world_model_size
+
+    world = json.loads((prepared / "config.json").read_text())["config"]["world"]
+    model = procedural_model(world_model_size(world))
     written = []
     for k, (s, d) in enumerate(sample_pairs(frames, coeffs, cfg.pairs, cfg.seed)):
         src, drv = _image(frames[s]["image"]), _image(frames[d]["image"])
@@ -109,12 +112,6 @@ def guidance_pictures(cfg: QuickstartConfig, prepared: Path, out: Path) -> list[
     print(f"[3/3] guidance: {len(written)} pictures (source | driving | I_r | F_c | O_c | source warped by F_c) "
           f"in {out}")
     return written
-
-
-def world_model_size(prepared: Path) -> str:
-    """The procedural model size the world behind ``prepared`` was rendered with."""
-    world = json.loads((prepared / "config.json").read_text())["config"]["world"]
-    return json.loads((Path(world) / "config.json").read_text())["provenance"]["preset"]["model"]
 
 
 def run_quickstart(cfg: QuickstartConfig) -> dict:

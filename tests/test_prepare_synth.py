@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import collections
-import json
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -15,6 +13,7 @@ from reenact.face3d.face import project_landmarks
 from reenact.face3d.procedural import procedural_model
 from reenact.schema import ChunkId
 from reenact.shards import read_stage
+from reenact.synth import world_model_size
 
 pytestmark = pytest.mark.slow
 
@@ -39,25 +38,19 @@ def test_frame_counts_equal_the_metadata(prepared, synth_tiny):
 
 
 def test_oracle_coefficients_cover_every_frame_and_land_on_the_crop(prepared):
-    out, *_ = prepared
+    out, _, cfg = prepared
     frames = read_stage(out, "frames", ["chunk_id", "frame_index"]).to_pylist()
     coeffs = read_stage(out, "coeffs").to_pylist()
     assert [(r["chunk_id"], r["frame_index"]) for r in coeffs] == [(r["chunk_id"], r["frame_index"]) for r in frames]
     assert {r["status"] for r in coeffs} == {"ok"} and {r["extractor"] for r in coeffs} == {"oracle"}
     import torch
 
-    model = procedural_model(world_model_size(out))
+    model = procedural_model(world_model_size(cfg.world))
     v = torch.tensor([r["coeffs"] for r in coeffs[:20]])
     lm = project_landmarks(model, v, PerspectiveCamera.deep3d(256))
     truth = torch.tensor([r["landmarks"] for r in coeffs[:20]]).reshape(-1, 68, 2)
     assert (lm - truth).norm(dim=-1).max() < 0.05      # pixels: the coefficients are the crop's ground truth
     assert all(ChunkId.parse(r["chunk_id"]) for r in coeffs)
-
-
-def world_model_size(out) -> str:
-    """The procedural model the world was rendered with (recorded in its config.json)."""
-    world = json.loads((out / "config.json").read_text())["config"]["world"]
-    return json.loads((Path(world) / "config.json").read_text())["provenance"]["preset"]["model"]
 
 
 def test_rerun_skips_everything_and_changes_nothing(prepared):

@@ -26,7 +26,7 @@ whose 256^2 chunk crop is ``PerspectiveCamera.deep3d(256)``; see :mod:`reenact.s
 same seed gives byte-identical metadata and truth files.
 """
 from reenact.synth.world import PRESETS, Preset, World, get_preset, sample_world, vox_camera
-from reenact.synth.writer import SynthLayout, generate, layout, read_truth, read_video
+from reenact.synth.writer import SynthLayout, generate, layout, read_truth, read_video, world_model_size
 
 __all__ = ["PRESETS", "Preset", "SynthLayout", "World", "generate", "get_preset", "layout", "read_truth",
-           "read_video", "sample_world", "vox_camera"]
+           "read_video", "sample_world", "vox_camera", "world_model_size"]

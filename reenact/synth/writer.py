@@ -23,6 +23,7 @@ from raw rgb24 frames on a pipe.
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -91,6 +92,12 @@ class SynthLayout:
 
 def layout(root: str | os.PathLike) -> SynthLayout:
     return SynthLayout(Path(root).resolve())
+
+
+def world_model_size(root: str | os.PathLike) -> str:
+    """The procedural model size (``full``, ``small``, ``tiny``) the world under ``root`` was rendered with."""
+    config = json.loads((Path(root) / "config.json").read_text())
+    return config["provenance"]["preset"]["model"]
 
 
 # ---------------------------------------------------------------------------------------------------- ffmpeg
