@@ -332,6 +332,14 @@ def test_triangles_outside_the_image_and_empty_meshes():
     assert empty.triangle_id.shape == (2, 3, 4) and not empty.mask.any()
 
 
+def test_flat_pixel_index_stays_exact_for_huge_images():
+    lo = torch.tensor([[4999.0, 0.0, 1234.0], [4999.0, 4321.0, 0.0]])  # (col, row)
+    expected = torch.tensor([4999 * 5000 + 4999, 4321 * 5000, 1234])
+    assert torch.equal(raster._flat_pixels(lo, 5000, 5000), expected)
+    assert torch.equal(raster._flat_pixels(lo.double(), 5000, 5000), expected)
+    assert torch.equal(raster._flat_pixels(lo[:, 2:], 4, 4000), torch.tensor([1234]))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # settings, backends, validation, devices
 

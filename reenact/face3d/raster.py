@@ -369,7 +369,7 @@ def _rasterize_box_origins(zbuf, frame, table, cull_backfaces) -> tuple[torch.Te
     margin = (table[_EDGE_C] * orient).amin(0).add_(orient.abs().sub_(1.0))  # - 1 where orient is 0; no -0.0
     keys = _candidate_keys(table[_DEPTH], margin, _face_ids(frame.F, frame.B, table.device))
     lo = table[_LO]
-    pixel = torch.add(lo[0], lo[1], alpha=frame.W).to(torch.int32).to(torch.int64)  # row * W + col
+    pixel = _flat_pixels(lo, frame.H, frame.W)
     if frame.B > 1:
         pixel = pixel.view(frame.B, frame.F).add_(_batch_offsets(frame, lo.device).view(-1, 1)).view(-1)
     zbuf.scatter_reduce_(0, pixel, keys, "amin")
@@ -465,8 +465,15 @@ def _table_rows(rows: torch.Tensor, which: int | slice) -> torch.Tensor:
 
 def _origin_pixels(lo: torch.Tensor, n: torch.Tensor, frame: _Frame) -> torch.Tensor:
     """Flat z-buffer index (b * H * W + row * W + col) of the box origins of triangles ``n``."""
-    pixel = torch.add(lo[0], lo[1], alpha=frame.W).to(torch.int64)
+    pixel = _flat_pixels(lo, frame.H, frame.W)
     return pixel + n // frame.F * (frame.H * frame.W) if frame.B > 1 else pixel
+
+
+def _flat_pixels(lo: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """int64 ``row * W + col`` of ``(2, n)`` (col, row) box origins, in floating point while that is exact."""
+    if lo.dtype == torch.float32 and H * W <= 2**24:
+        return torch.add(lo[0], lo[1], alpha=W).to(torch.int32).to(torch.int64)
+    return lo[1].to(torch.int64).mul_(W).add_(lo[0].to(torch.int64))
 
 
 def _fragments_from_zbuf(keys: torch.Tensor, frame: _Frame, bary_rows: torch.Tensor | None):
