@@ -185,7 +185,7 @@ def _check_inputs(verts: torch.Tensor, faces: torch.Tensor) -> None:
         raise ValueError(f"faces are on {faces.device} but verts on {verts.device}")
     if faces.shape[0] >= 2**31:
         raise ValueError(f"at most 2**31 - 1 triangles are supported, got {faces.shape[0]}")
-    if not math.isfinite(verts.sum()):  # one cheap reduction; NaN or inf corners have no raster
+    if not math.isfinite(verts.sum(dtype=torch.float64)):  # one cheap reduction; NaN or inf corners have no raster
         raise ValueError("verts must be finite, got NaN or infinite coordinates")
 
 
@@ -214,8 +214,9 @@ class _Frame:
 
 
 def _rasterize_torch(verts: torch.Tensor, faces: torch.Tensor, settings: RasterSettings) -> Fragments:
-    B, F = verts.shape[0], faces.shape[0]
-    groups = [_rasterize_group(part, faces, settings) for part in verts.split(max(1, GROUP_TRIANGLES // max(F, 1)))]
+    """The torch backend: the batch in groups of at most GROUP_TRIANGLES triangles (at least one mesh)."""
+    per_group = max(1, GROUP_TRIANGLES // max(faces.shape[0], 1))
+    groups = [_rasterize_group(part, faces, settings) for part in verts.split(per_group)]
     if not groups:
         groups = [_rasterize_group(verts, faces, settings)]
     triangle_id, bary, depth = (torch.cat(parts, dim) if len(groups) > 1 else parts[0]
