@@ -332,6 +332,16 @@ def test_triangles_outside_the_image_and_empty_meshes():
     assert empty.triangle_id.shape == (2, 3, 4) and not empty.mask.any()
 
 
+def test_other_input_dtypes_give_the_same_raster():
+    # float64 corners are rasterized in float32 (these are float32 values), int32 faces as int64
+    verts, faces = random_mesh(2, batch=1)
+    settings = RasterSettings((28, 36))
+    reference = rasterize(verts, faces, settings)
+    for other in (rasterize(verts.double(), faces, settings), rasterize(verts, faces.int(), settings)):
+        assert torch.equal(other.triangle_id, reference.triangle_id)
+        assert torch.equal(other.bary, reference.bary)
+
+
 def test_flat_pixel_index_stays_exact_for_huge_images():
     lo = torch.tensor([[4999.0, 0.0, 1234.0], [4999.0, 4321.0, 0.0]])  # (col, row)
     expected = torch.tensor([4999 * 5000 + 4999, 4321 * 5000, 1234])
