@@ -1,4 +1,5 @@
-"""From coefficients to a posed, projected, coloured face mesh (paper Eqs. 1-2 up to rasterization)."""
+"""From coefficients to posed vertices, lit vertex colours and projected landmarks (paper Eqs. 1-2 before
+rasterization)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,20 +13,6 @@ from reenact.face3d.shading import shade
 from reenact.face3d.transforms import euler_to_matrix, rigid_transform
 
 
-@dataclass(frozen=True)
-class FaceMesh:
-    """A posed face. Shapes for batch ``B`` and ``V`` vertices.
-
-    verts: ``(B, V, 3)`` model space after pose (Eq. 1).
-    screen: ``(B, V, 3)`` (x, y_down, depth) in pixels of ``camera.size`` (see :mod:`reenact.face3d.camera`).
-    colors: ``(B, V, 3)`` lit albedo in [0, 1] (unclamped), or None when not requested.
-    """
-
-    verts: torch.Tensor
-    screen: torch.Tensor
-    colors: torch.Tensor | None
-
-
 def posed_vertices(model: MorphableModel, coeffs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 1: (vertices ``(B, V, 3)``, rotation ``(B, 3, 3)``) from coefficients ``(B, 257)``."""
     c = Coeffs.from_vector(coeffs)
@@ -33,12 +20,24 @@ def posed_vertices(model: MorphableModel, coeffs: torch.Tensor) -> tuple[torch.T
     return rigid_transform(model.shape(c.id, c.exp), rotation, c.trans), rotation
 
 
-def face_colors(model: MorphableModel, coeffs: torch.Tensor, rest_verts: torch.Tensor,
-                rotation: torch.Tensor) -> torch.Tensor:
-    """Lit per-vertex colour: albedo from ``tex``, normals of the unposed shape rotated into camera space."""
-    c = Coeffs.from_vector(coeffs)
-    normals = model.vertex_normals(rest_verts) @ rotation.transpose(-1, -2)
-    return shade(model.albedo(c.tex), normals, c.gamma)
+def lit_colors(model: MorphableModel, rest: torch.Tensor, rotation: torch.Tensor, tex: torch.Tensor,
+               gamma: torch.Tensor) -> torch.Tensor:
+    """Lit vertex colours ``(N, V, 3)``: albedo from ``tex``, normals of the unposed shape ``rest (N, V, 3)``
+    rotated into camera space, SH light ``gamma (N, 27)``. ``tex`` is ``(B, 80)`` with N = k B (meshes that share
+    one albedo, e.g. a source and its target, are stacked k at a time)."""
+    normals = model.vertex_normals(rest) @ rotation.transpose(-1, -2)       # camera space, N x V x 3
+    albedo = model.albedo(tex)                                               # B x V x 3
+    return shade(albedo.repeat(rest.shape[0] // tex.shape[0], 1, 1), normals, gamma)
+
+
+@dataclass(frozen=True)
+class FaceMesh:
+    """A posed face: ``verts (B, V, 3)`` model space after Eq. 1, ``screen (B, V, 3)`` = (x, y_down, depth) in pixels
+    of the camera, ``colors (B, V, 3)`` lit albedo (unclamped) or None when not requested."""
+
+    verts: torch.Tensor
+    screen: torch.Tensor
+    colors: torch.Tensor | None
 
 
 def build_face(model: MorphableModel, coeffs: torch.Tensor, camera: PerspectiveCamera,
@@ -50,7 +49,7 @@ def build_face(model: MorphableModel, coeffs: torch.Tensor, camera: PerspectiveC
     rotation = euler_to_matrix(c.angle)
     rest = model.shape(c.id, c.exp)
     verts = rigid_transform(rest, rotation, c.trans)
-    colors = face_colors(model, coeffs, rest, rotation) if with_colors else None
+    colors = lit_colors(model, rest, rotation, c.tex, c.gamma) if with_colors else None
     return FaceMesh(verts=verts, screen=camera.project(verts), colors=colors)
 
 

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 
 from reenact.face3d.camera import PerspectiveCamera, pixel_grid, pixel_to_grid
 from reenact.face3d.coeffs import Coeffs, target_coeffs
+from reenact.face3d.face import lit_colors
 from reenact.face3d.morphable import MorphableModel
 from reenact.face3d.raster import Fragments, RasterSettings, interpolate, rasterize
-from reenact.face3d.shading import shade
 from reenact.face3d.transforms import euler_to_matrix, rigid_transform
 
 #: Depth slack (decimetres, i.e. 1 mm) for the depth-tested occlusion rule: far below the depth gap of any real
@@ -133,14 +133,6 @@ def _nchw(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 3, 1, 2).contiguous()                 # B x H x W x C -> B x C x H x W
 
 
-def vertex_colors(model: MorphableModel, rest: torch.Tensor, rotation: torch.Tensor, tex: torch.Tensor,
-                  gamma: torch.Tensor) -> torch.Tensor:
-    """Lit colours ``(N, V, 3)`` of N meshes sharing one albedo per pair: ``tex`` is ``(B, 80)`` with N = k B."""
-    normals = model.vertex_normals(rest) @ rotation.transpose(-1, -2)       # camera space, N x V x 3
-    albedo = model.albedo(tex)                                               # B x V x 3
-    return shade(albedo.repeat(rest.shape[0] // tex.shape[0], 1, 1), normals, gamma)
-
-
 def compute_guidance(model: MorphableModel, source_coeffs: torch.Tensor, driving_coeffs: torch.Tensor,
                      size: int = 256, *, camera: PerspectiveCamera | None = None,
                      with_source_render: bool = True, backend: str = "torch",
@@ -160,7 +152,7 @@ def compute_guidance(model: MorphableModel, source_coeffs: torch.Tensor, driving
     frag_s, frag_t = split_fragments(frags, b)
     visible = depth_tested_triangles(frag_s, faces, screen[:b]) if occlusion_rule == "depth_test" else None
     shaded = slice(0, 2 * b) if with_source_render else slice(b, 2 * b)     # meshes that need colours
-    colors = vertex_colors(model, rest[shaded], rotation[shaded], both.tex[b:], both.gamma[shaded])
+    colors = lit_colors(model, rest[shaded], rotation[shaded], both.tex[b:], both.gamma[shaded])
     target = interpolate(frag_t, faces, torch.cat([screen[:b, :, :2], colors[-b:]], -1))   # B x H x W x (2 + 3)
     return Guidance(
         flow=_nchw(computed_flow(frag_t, target[..., :2])),

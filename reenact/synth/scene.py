@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from reenact.face3d.camera import PerspectiveCamera
 from reenact.face3d.coeffs import Coeffs
+from reenact.face3d.face import lit_colors
 from reenact.face3d.morphable import MorphableModel
 from reenact.face3d.raster import RasterSettings, interpolate, rasterize
 from reenact.face3d.shading import shade
@@ -281,7 +282,7 @@ def render_frames(model: MorphableModel, coeffs: torch.Tensor, camera: Perspecti
         raise ValueError(f"backdrop must be ({camera.height}, {camera.width}, 3), got {tuple(backdrop.shape)}")
     c = Coeffs.from_vector(coeffs)
     rest, face_verts, body_verts, rotation = posed_scene(model, coeffs, body)
-    face_colors = shade(model.albedo(c.tex), model.vertex_normals(rest) @ rotation.transpose(-1, -2), c.gamma)
+    face_colors = lit_colors(model, rest, rotation, c.tex, c.gamma)
     body_colors = shade(body.albedo, body.normals @ rotation.transpose(-1, -2), c.gamma)
     faces = torch.cat([model.triangles, body.faces + model.num_vertices])
     screen = camera.project(torch.cat([face_verts, body_verts], 1))               # B x (V + Vb) x 3
