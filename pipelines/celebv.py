@@ -65,7 +65,8 @@ import pyarrow as pa
 
 from pipelines.media import encode_image
 from reenact.schema import CELEBV_FRAMES, ChunkId, Status, is_safe_id
-from reenact.shards import ParquetStream, finish_part, is_done, merge_parts, part_paths, read_stats, remove_parts
+from reenact.shards import (ParquetStream, check_plan, finish_part, is_done, merge_parts, part_is_current, part_paths,
+                            read_stats, remove_parts)
 
 STAGE = "frames"
 OK = Status.OK.value
@@ -532,12 +533,6 @@ def ingest_identity(job: IdentityJob, out: str | os.PathLike,
     return result
 
 
-def part_is_current(out: str | os.PathLike, key: str, token: str) -> bool:
-    """True when the part of ``key`` is done and was made from the input identified by ``token``."""
-    stats_path = part_paths(out, STAGE, key)[1]
-    return stats_path.is_file() and json.loads(stats_path.read_text()).get("input") == token
-
-
 # ---------------------------------------------------------------- Ray Data stage
 
 def celebv_stage(batch: dict[str, np.ndarray], *, out: str, settings: CelebVSettings) -> dict[str, np.ndarray]:
@@ -549,7 +544,7 @@ def celebv_stage(batch: dict[str, np.ndarray], *, out: str, settings: CelebVSett
     frames = []
     for job_json in batch["job"]:
         job = IdentityJob.from_json(str(job_json))
-        if not part_is_current(out, job.key, input_token(job, settings)):
+        if not part_is_current(out, STAGE, job.key, input_token(job, settings)):
             ingest_identity(job, out, settings)
         frames.append(json.loads(part_paths(out, STAGE, job.key)[1].read_text()).get("frames", 0))
     return batch | {"frames": np.array(frames, dtype=np.int64)}
@@ -565,16 +560,6 @@ def shard_plan(jobs: Sequence[IdentityJob], identities_per_shard: int = 1) -> li
     rejected = [j for j in jobs if j.status == Status.REJECTED.value]
     shards = [list(kept[i:i + identities_per_shard]) for i in range(0, len(kept), identities_per_shard)]
     return shards + ([rejected] if rejected else [])
-
-
-def check_plan(out: Path, plan: dict[str, Any]) -> None:
-    """Refuse to resume into ``out`` when it holds a run with another shard plan (its shards would not match)."""
-    path = out / "config.json"
-    if path.is_file():
-        earlier = json.loads(path.read_text()).get("provenance", {}).get("plan")
-        if earlier is not None and earlier != plan:
-            raise ValueError(f"{out} holds a CelebV run with another plan ({earlier}); this run's plan is {plan}. "
-                             "Use a new out folder, or the same root and identities_per_shard.")
 
 
 @dataclass(frozen=True)

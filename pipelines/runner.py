@@ -51,8 +51,8 @@ from pipelines.download import DEFAULT_URL_TEMPLATE, DownloadSettings, check_url
 from pipelines.metadata import VideoJob, metadata_table, read_metadata, video_jobs
 from reenact.config import add_dataclass_arguments, from_namespace, save_run_config
 from reenact.schema import CELEBV_FRAMES, COEFFS, FRAMES, LEDGER, Status
-from reenact.shards import (ParquetStream, finish_part, is_done, merge_parts, part_paths, read_stats, remove_parts,
-                            write_shard)
+from reenact.shards import (ParquetStream, check_plan, finish_part, is_done, merge_parts, part_is_current, part_paths,
+                            read_stats, remove_parts, write_shard)
 
 
 # ---------------------------------------------------------------- configuration
@@ -166,12 +166,6 @@ def file_token(path: str | Path) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
-def part_is_current(out: str | Path, stage: str, key: str, token: str) -> bool:
-    """True when the part of ``key`` is done and was made from the input identified by ``token``."""
-    stats_path = part_paths(out, stage, key)[1]
-    return stats_path.is_file() and json.loads(stats_path.read_text()).get("input") == token
-
-
 def crop_stage(batch: dict[str, np.ndarray], *, out: str, settings: CropSettings) -> dict[str, np.ndarray]:
     """Ray Data stage: crop every clip of each video (or write status rows when its download failed).
 
@@ -282,17 +276,6 @@ def shard_done(out: str | Path, stages: list[Stage], shard: int) -> bool:
 
 def _sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def check_plan(out: Path, plan: dict[str, Any]) -> None:
-    """Refuse to resume into ``out`` when its earlier run had another shard plan (its shards would not match)."""
-    path = out / "config.json"
-    if not path.is_file():
-        return
-    earlier = json.loads(path.read_text()).get("provenance", {}).get("plan")
-    if earlier is not None and earlier != plan:
-        raise ValueError(f"{out} holds a run with another plan ({earlier}); this run's plan is {plan}. "
-                         "Use a new --out, or the same metadata, --limit and --videos-per-shard.")
 
 
 def remove_stale_temps(out: Path) -> int:

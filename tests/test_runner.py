@@ -20,10 +20,10 @@ import pytest
 from pipelines.inspect import collect, render
 from pipelines.media import ffmpeg_exe
 from pipelines.metadata import VideoJob
-from pipelines.runner import (FramewiseStage, PrepareConfig, Stage, check_plan, prepare_vox, remove_stale_temps,
+from pipelines.runner import (FramewiseStage, PrepareConfig, Stage, prepare_vox, remove_stale_temps,
                               shard_plan)
 from reenact.schema import FRAMES
-from reenact.shards import part_paths, read_stage, write_part
+from reenact.shards import check_plan, part_paths, read_stage, write_part
 from tests.conftest import REPO
 from tests.http_server import LocalServer
 
