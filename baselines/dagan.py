@@ -1,4 +1,4 @@
-"""DaGAN, the Depth-Aware GAN (Hong et al., CVPR 2022), behind :class:`baselines.base.Reenactor`.
+"""DaGAN, the Depth-Aware GAN (Hong et al., CVPR 2022), behind :class:`reenact.contract.Reenactor`.
 
 A native re-implementation of harlanhong/CVPR2022-DaGAN's paper model (``--kp_num 15 --generator
 DepthAwareGenerator``, ``config/vox-adv-256.yaml``): FOMM's keypoint detector on RGB+depth (4 channels), FOMM's dense
@@ -32,7 +32,7 @@ from baselines._fomm_blocks import (SMALL_MODEL_PARAMS, DenseMotionNetwork, Disc
                                     GeneratorOutput, KeypointModelConfig, Keypoints, KeypointWarpGenerator,
                                     KPDetector, KPDetectorConfig, checkpoint_entry, feature_decoder, feature_encoder,
                                     load_checkpoint_file, load_state_exact, normalize_kp, strip_prefix)
-from baselines.base import Motion, ReenactInputs, Reenactor
+from reenact.contract import Motion, ReenactInputs, Reenactor
 from baselines.fomm import check_size
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""FOMM, the First Order Motion Model (Siarohin et al., NeurIPS 2019), behind :class:`baselines.base.Reenactor`.
+"""FOMM, the First Order Motion Model (Siarohin et al., NeurIPS 2019), behind :class:`reenact.contract.Reenactor`.
 
 A native re-implementation (blocks in :mod:`baselines._fomm_blocks`) whose ``state_dict`` equals the official
 ``OcclusionAwareGenerator`` / ``KPDetector`` of AliaksandrSiarohin/first-order-model (``config/vox-256.yaml``) key by
@@ -25,7 +25,7 @@ import torch
 from baselines._fomm_blocks import (SMALL_MODEL_PARAMS, DiscriminatorConfig, GeneratorOutput, KeypointModelConfig,
                                     Keypoints, KPDetector, OcclusionAwareGenerator, checkpoint_entry,
                                     load_checkpoint_file, load_state_exact, normalize_kp)
-from baselines.base import Motion, ReenactInputs, Reenactor
+from reenact.contract import Motion, ReenactInputs, Reenactor
 
 #: config/vox-256.yaml (num_kp 10); ``FOMMConfig()`` is the same
 VOX256 = KeypointModelConfig()

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baselines.base import ReenactInputs, Reenactor, Motion
+from reenact.contract import ReenactInputs, Reenactor, Motion
 
 CHECKPOINT_ASSET = "pirender"
 CHECKPOINT_KEY = "net_G_ema"

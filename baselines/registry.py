@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from baselines.base import Reenactor
+from reenact.contract import Reenactor
 
 REGISTRY: dict[str, str] = {
     "copy-source": "baselines.trivial:CopySource",

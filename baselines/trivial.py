@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from baselines.base import Motion, ReenactInputs, Reenactor
+from reenact.contract import Motion, ReenactInputs, Reenactor
 
 
 class CopySource(Reenactor):

@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from perf.timing import median_seconds, print_table  # noqa: E402
-from reenact.demo import sample_coeffs  # noqa: E402
+from reenact.app.demo import sample_coeffs  # noqa: E402
 from reenact.face3d.camera import PerspectiveCamera  # noqa: E402
 from reenact.face3d.face import posed_vertices  # noqa: E402
 from reenact.face3d.guidance import compute_guidance  # noqa: E402

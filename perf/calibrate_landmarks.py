@@ -11,7 +11,7 @@ Calibration. ``identities`` x ``poses`` faces are rendered with the synthetic wo
 camera ``PerspectiveCamera.deep3d(256)``. Identities come from :func:`reenact.synth.world.sample_identity`; poses
 are mild (|yaw| <= 15, |pitch| <= 8, |roll| <= 5 degrees), at the world's crop depths; expressions are neutral-ish
 (jaw_open in [0, 0.4], smile in [0, 0.6], no blink, small random other components). dlib (HOG detector + 68
-points, :class:`pipelines.landmarks68.Landmarks68`) runs on each uint8 render. Under each point the face mesh alone
+points, :class:`reenact.faces.landmarks68.Landmarks68`) runs on each uint8 render. Under each point the face mesh alone
 is rasterized (:func:`reenact.face3d.raster.rasterize`) and the grid's ``(u, v)``
 (:func:`reenact.face3d.procedural.grid_uv`) interpolated with the barycentrics: bilinearly between the four
 nearest pixel centres when all four are face, else the ``(u, v)`` of the nearest face pixel (jaw points off the
@@ -236,7 +236,7 @@ def main() -> None:
     parser.add_argument("--no-eval", action="store_true", help="only calibrate")
     args = parser.parse_args()
 
-    from pipelines.landmarks68 import Landmarks68
+    from reenact.faces.landmarks68 import Landmarks68
 
     torch.set_num_threads(1)
     start = time.perf_counter()

@@ -7,7 +7,7 @@ skipped), sorted by file name; image ``i`` of that order is ``frame_index = sour
 identity is the folder above ``Image/`` of each member, whatever comes before it. Dot folders and ``__MACOSX``
 are skipped; a folder without images is a ``decode_error`` row.
 
-Rows (:data:`reenact.schema.CELEBV_FRAMES`: the FRAMES schema plus ``crop_box``). One chunk per identity,
+Rows (:data:`reenact.data.schema.CELEBV_FRAMES`: the FRAMES schema plus ``crop_box``). One chunk per identity,
 ``<Name>#<Name>#000000#<N:06d>`` with N images (``end`` exclusive, as a VoxCeleb chunk's ``start <= i < end`` and
 as the synthetic world's CelebV truth), ``person_id = video_id = Name``, partition ``test``. Every image is a row:
 
@@ -17,13 +17,13 @@ as the synthetic world's CelebV truth), ``person_id = video_id = Name``, partiti
   is more than ``max_scale_ratio`` times off the identity's median (a false detection);
 * ``rejected``: an image that is a symlink leaving the root, or a symlink / unsafe member of a zip.
 
-An identity whose name fails :func:`reenact.schema.is_safe_id`, whose folder is a symlink leaving the root, or a
+An identity whose name fails :func:`reenact.data.schema.is_safe_id`, whose folder is a symlink leaving the root, or a
 zip member whose path is absolute or traverses (``..``), is one ``rejected`` row (frame_index -1, the name as
 written). An identity without images is one ``decode_error`` row (frame_index -1).
 
 Crop policy (stable per identity, like a VoxCeleb chunk's one bbox):
 
-1. MTCNN (:mod:`pipelines.landmarks5`, facenet-pytorch 2.5.3, largest face) on every image;
+1. MTCNN (:mod:`reenact.faces.landmarks5`, facenet-pytorch 2.5.3, largest face) on every image;
 2. face size ``s_i = sqrt(w_i * h_i)`` of the detected box; the identity's size ``S = median_i s_i``;
 3. crop side ``D = round(SCALE * S)`` pixels, one side for all the identity's images, with ``SCALE = 1.8``:
    in the synthetic world's VoxCeleb-style chunks the bbox side is 1.80 x sqrt(w h) of the true face box (median,
@@ -63,9 +63,9 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from pipelines.media import encode_image
-from reenact.schema import CELEBV_FRAMES, ChunkId, Status, is_safe_id
-from reenact.shards import (ParquetStream, check_plan, finish_part, is_done, merge_parts, part_is_current, part_paths,
+from reenact.data.codec import encode_image
+from reenact.data.schema import CELEBV_FRAMES, ChunkId, Status, is_safe_id
+from reenact.data.shards import (ParquetStream, check_plan, finish_part, is_done, merge_parts, part_is_current, part_paths,
                             read_stats, remove_parts)
 
 STAGE = "frames"
@@ -405,7 +405,7 @@ def crop_square(rgb: np.ndarray, box: tuple[int, int, int], size: int = 256,
 @lru_cache(maxsize=2)
 def detector(device: str = "cpu"):
     """One MTCNN per process and device (Ray tasks reuse their worker process)."""
-    from pipelines.landmarks5 import Landmarks5
+    from reenact.faces.landmarks5 import Landmarks5
 
     return Landmarks5(device=device)
 

@@ -47,10 +47,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.media import MediaError, VideoInfo, encode_image, ffmpeg_exe, probe
+from pipelines.media import MediaError, VideoInfo, ffmpeg_exe, probe
+from reenact.data.codec import encode_image
 from pipelines.metadata import Clip, VideoJob
-from reenact.schema import FRAMES, Status
-from reenact.shards import ParquetStream, finish_part, part_paths
+from reenact.data.schema import FRAMES, Status
+from reenact.data.shards import ParquetStream, finish_part, part_paths
 
 STAGE = "frames"
 OK = Status.OK.value

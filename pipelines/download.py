@@ -14,7 +14,7 @@
   the runner caps how many downloads run at once. Cookies file and proxy are passed through.
 * Rerun: a video whose ledger part says ok and whose file exists is not downloaded again.
 
-Ledger rows follow :data:`reenact.schema.LEDGER`; ``path`` is relative to the download root.
+Ledger rows follow :data:`reenact.data.schema.LEDGER`; ``path`` is relative to the download root.
 """
 from __future__ import annotations
 
@@ -33,8 +33,8 @@ import pyarrow.parquet as pq
 
 from pipelines.media import MediaError, check_decodable, ffmpeg_exe
 from pipelines.metadata import VideoJob
-from reenact.schema import LEDGER, Status, is_safe_id
-from reenact.shards import part_done, part_paths, write_part
+from reenact.data.schema import LEDGER, Status, is_safe_id
+from reenact.data.shards import part_done, part_paths, write_part
 
 STAGE = "ledger"
 DEFAULT_URL_TEMPLATE = "https://www.youtube.com/watch?v={video_id}"

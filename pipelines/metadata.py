@@ -13,7 +13,7 @@ The official ``load_videos.py`` semantics, applied by :func:`video_jobs`:
   ``video_id`` (here: the first valid row) and hold for all its clips;
 * one clip per distinct ``(video_id, start, end)``: duplicate rows write the same file there, so the last row's
   bbox wins (in the published file duplicates are exact copies);
-* each clip is named by :class:`reenact.schema.ChunkId`, ``<person_id>#<video_id>#<start:06d>#<end:06d>``.
+* each clip is named by :class:`reenact.data.schema.ChunkId`, ``<person_id>#<video_id>#<start:06d>#<end:06d>``.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from typing import Iterable
 
 import pyarrow as pa
 
-from reenact.schema import METADATA, ChunkId, Status, is_safe_id
+from reenact.data.schema import METADATA, ChunkId, Status, is_safe_id
 
 COLUMNS = ("video_id", "start", "end", "bbox", "fps", "width", "height", "partition", "person_id")
 

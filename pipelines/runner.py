@@ -6,7 +6,7 @@ Work unit: one source video per Ray task, with all its clips. Videos are grouped
 A **stage** is a function from a batch dict to a batch dict (Ray runs it as tasks) or a small class with
 ``__init__``/``__call__`` when it holds state such as weights (Ray runs it as actors). Each row of a batch is one
 video: ``video_id``, ``shard``, ``job`` (a :class:`pipelines.metadata.VideoJob` as JSON), plus the columns earlier
-stages added. A stage writes the video's rows as its *part* (``reenact.shards.write_part`` / ``ParquetStream``
+stages added. A stage writes the video's rows as its *part* (``reenact.data.shards.write_part`` / ``ParquetStream``
 under ``parts/<stage>/<video_id>``) and may add columns for later stages. The runner owns the resources
 (:class:`Stage` ``num_cpus`` / ``num_gpus`` / ``concurrency``) and, as soon as every video of a shard has passed
 the last stage, merges each stage's parts into ``<stage>-<shard:05d>.parquet`` plus its stats (the done-marker)
@@ -19,9 +19,9 @@ rows in, a batch of rows of its own schema out, e.g. a coefficient extractor) in
 Output folder::
 
     config.json                 config + provenance + the shard plan (a rerun must match it)
-    metadata-00000.parquet      every CSV row with its status (reenact.schema.METADATA)
-    ledger-<shard>.parquet      one row per video (reenact.schema.LEDGER)
-    frames-<shard>.parquet      256^2 crops plus a status row per failed clip (reenact.schema.FRAMES)
+    metadata-00000.parquet      every CSV row with its status (reenact.data.schema.METADATA)
+    ledger-<shard>.parquet      one row per video (reenact.data.schema.LEDGER)
+    frames-<shard>.parquet      256^2 crops plus a status row per failed clip (reenact.data.schema.FRAMES)
     *.stats.json                done-markers with row counts, status histograms, seconds
     videos/                     downloads (unless --download-dir), clips/ (--write-mp4), parts/ (in flight)
 
@@ -50,8 +50,8 @@ from pipelines.crop import CropSettings, crop_video
 from pipelines.download import DEFAULT_URL_TEMPLATE, DownloadSettings, check_url_template, download_stage
 from pipelines.metadata import VideoJob, metadata_table, read_metadata, video_jobs
 from reenact.config import add_dataclass_arguments, from_namespace, save_run_config
-from reenact.schema import CELEBV_FRAMES, COEFFS, FRAMES, LEDGER, Status
-from reenact.shards import (ParquetStream, check_plan, finish_part, is_done, merge_parts, part_is_current, part_paths,
+from reenact.data.schema import CELEBV_FRAMES, COEFFS, FRAMES, LEDGER, Status
+from reenact.data.shards import (ParquetStream, check_plan, finish_part, is_done, merge_parts, part_is_current, part_paths,
                             read_stats, remove_parts, write_shard)
 
 
@@ -187,7 +187,7 @@ class FramewiseStage:
     """Adapter: run a frame-row callable over each video's ``source`` part and write its rows as stage ``name``.
 
     ``make_fn()`` builds the callable once per actor (e.g. loads weights); it maps a batch dict of
-    :data:`reenact.schema.FRAMES` rows (numpy columns) to a batch dict of rows of ``schema``.
+    :data:`reenact.data.schema.FRAMES` rows (numpy columns) to a batch dict of rows of ``schema``.
     """
 
     def __init__(self, out: str, name: str, schema: pa.Schema, make_fn: Callable[[], Callable],

@@ -1,4 +1,4 @@
-"""Deep3D's 5-point alignment (pipelines/align.py): POS, the exact pixel map, its inverse, and the warp."""
+"""Deep3D's 5-point alignment (reenact/faces/align.py): POS, the exact pixel map, its inverse, and the warp."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
-from pipelines.align import (AlignTransform, align_image, align_transform, five_from_68, flip_y,
+from reenact.faces.align import (AlignTransform, align_image, align_transform, five_from_68, flip_y,
                              image_to_tensor_input, load_lm3d, pos, warp_image)
 from tests.conftest import fixture_path
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import baselines
-from baselines.base import ReenactInputs
+from reenact.contract import ReenactInputs
 from reenact.face3d.coeffs import ANGLE, GAMMA, TRANS
 
 

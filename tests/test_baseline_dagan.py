@@ -13,7 +13,7 @@ from baselines._fomm_blocks import (KeypointModelConfig, Keypoints, KPDetector, 
                                     load_state_exact, normalize_kp)
 from baselines._recipe import (RecipeChecksumError, check_recipe_source, hash_uniform, recipe_modules,
                                recipe_state_dict)
-from baselines.base import ReenactInputs
+from reenact.contract import ReenactInputs
 from baselines.dagan import SMALL, VOX256_DISCRIMINATOR, DaGAN, DepthAwareGenerator, DepthDecoder, DepthEncoder
 from tests.conftest import fixture_path, state_dict_entries
 

@@ -9,7 +9,7 @@ import torch
 
 from baselines._fomm_blocks import (KeypointModelConfig, Keypoints, KPDetector, MultiScaleDiscriminator,
                                     OcclusionAwareGenerator, convex_hull_area, load_state_exact, normalize_kp)
-from baselines.base import ReenactInputs
+from reenact.contract import ReenactInputs
 from baselines.fomm import FOMM, SMALL, VOX256_DISCRIMINATOR
 from tests.conftest import fixture_path, state_dict_entries
 

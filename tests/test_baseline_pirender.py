@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from baselines.base import ReenactInputs
+from reenact.contract import ReenactInputs
 from baselines.pirender import (DEFAULT_CROP_PARAMS, FULL, SMALL, FaceGenerator, PIRenderConfig, PIRenderer,
                                 flow_to_deformation, motion_window, single_frame_windows, warp_image)
 from baselines.registry import get_class

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from baselines.base import ReenactInputs
+from reenact.contract import ReenactInputs
 from baselines.registry import get_class
 from baselines.x2face import FULL, SMALL, X2Face, X2FaceNet, checkpoint_filter_fn, identity_grid
 from reenact.assets import MissingAssetError

@@ -22,8 +22,8 @@ from PIL import Image
 from pipelines import celebv
 from pipelines.celebv import (CelebVSettings, IdentityJob, crop_square, ingest_celebv, list_identities, plan_crops,
                               smooth_centres)
-from reenact.schema import CELEBV_FRAMES, ChunkId
-from reenact.shards import done_shards, part_paths, read_stage, shard_paths
+from reenact.data.schema import CELEBV_FRAMES, ChunkId
+from reenact.data.shards import done_shards, part_paths, read_stage, shard_paths
 
 IDENTITIES = ("Jack_Ma", "Kathleen", "Theresa_May")
 IMAGES = 8                                  # the tiny preset's images per identity

@@ -16,11 +16,11 @@ import pytest
 
 from pipelines.crop import (CropSettings, aligned_box, crop_command, crop_video, frame_range, plan_chunks, rescale_bbox,
                             segment_lengths, visible_box)
-from pipelines.media import (MediaError, VideoInfo, decode_image, encode_png, ffmpeg_exe, parse_ffmpeg_header,
-                             png_up_filter)
+from pipelines.media import MediaError, VideoInfo, ffmpeg_exe, parse_ffmpeg_header
+from reenact.data.codec import decode_image, encode_png, png_up_filter
 from pipelines.metadata import Clip, VideoJob
-from reenact.schema import ChunkId
-from reenact.shards import part_paths
+from reenact.data.schema import ChunkId
+from reenact.data.shards import part_paths
 
 SIZE = 256
 

@@ -15,8 +15,8 @@ from pipelines.download import (DownloadSettings, backoff_seconds, check_url_tem
                                 ydl_options)
 from pipelines.media import ffmpeg_exe
 from pipelines.metadata import Clip, VideoJob
-from reenact.schema import LEDGER
-from reenact.shards import part_paths
+from reenact.data.schema import LEDGER
+from reenact.data.shards import part_paths
 from tests.http_server import LocalServer
 
 HEIGHT = 120

@@ -24,7 +24,7 @@ def full_model():
 @pytest.fixture(scope="module")
 def dlib68():
     pytest.importorskip("dlib", reason="dlib (dlib-bin) is not installed")
-    from pipelines.landmarks68 import Landmarks68
+    from reenact.faces.landmarks68 import Landmarks68
 
     try:
         return Landmarks68()

@@ -15,7 +15,7 @@ from reenact.face3d.coeffs import ANGLE, EXP, GAMMA, ID, TEX, TRANS
 from reenact.face3d.face import project_landmarks
 from reenact.face3d.procedural import procedural_model
 from reenact.face3d.transforms import euler_to_matrix, rotation_angle_between
-from reenact.schema import COEFFS
+from reenact.data.schema import COEFFS
 from tests.conftest import fixture_path
 
 SIZE = 256

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines import landmarks68 as l68
+from reenact.faces import landmarks68 as l68
 from reenact.assets import MissingAssetError
 from tests.conftest import fixture_path
 

@@ -7,7 +7,7 @@ import pytest
 
 from pipelines.metadata import (COLUMNS, Clip, VideoJob, metadata_table, parse_bbox, parse_csv_text, read_metadata,
                                 superseded_lines, video_jobs)
-from reenact.schema import METADATA, ChunkId
+from reenact.data.schema import METADATA, ChunkId
 from tests.conftest import fixture_path
 
 HEADER = ",".join(COLUMNS)

@@ -14,7 +14,7 @@ from reenact.face3d.camera import PerspectiveCamera
 from reenact.face3d.coeffs import ANGLE, EXP, ID, TRANS
 from reenact.face3d.face import project_landmarks
 from reenact.face3d.procedural import procedural_model
-from reenact.schema import COEFFS, SYNTH_TRUTH
+from reenact.data.schema import COEFFS, SYNTH_TRUTH
 
 VOX_CHUNK = "id10001#abcdefghijk#000002#000005"
 CELEBV_CHUNK = "Jack_Ma#Jack_Ma#000000#000004"

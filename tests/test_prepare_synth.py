@@ -11,8 +11,8 @@ from pipelines.runner import PrepareConfig, prepare_vox
 from reenact.face3d.camera import PerspectiveCamera
 from reenact.face3d.face import project_landmarks
 from reenact.face3d.procedural import procedural_model
-from reenact.schema import ChunkId
-from reenact.shards import read_stage
+from reenact.data.schema import ChunkId
+from reenact.data.shards import read_stage
 from reenact.synth import world_model_size
 
 pytestmark = pytest.mark.slow

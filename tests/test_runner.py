@@ -22,8 +22,8 @@ from pipelines.media import ffmpeg_exe
 from pipelines.metadata import VideoJob
 from pipelines.runner import (FramewiseStage, PrepareConfig, Stage, prepare_vox, remove_stale_temps,
                               shard_plan)
-from reenact.schema import FRAMES
-from reenact.shards import check_plan, part_paths, read_stage, write_part
+from reenact.data.schema import FRAMES
+from reenact.data.shards import check_plan, part_paths, read_stage, write_part
 from tests.conftest import REPO
 from tests.http_server import LocalServer
 
@@ -71,7 +71,7 @@ class MeanBrightness:
     """A toy frame-row stage for the append hook: one row per frame with its mean grey level."""
 
     def __call__(self, batch):
-        from pipelines.media import decode_image
+        from reenact.data.codec import decode_image
 
         means = [float(decode_image(b).mean()) if b is not None else None for b in batch["image"]]
         return {"chunk_id": batch["chunk_id"], "frame_index": batch["frame_index"], "mean": means,
@@ -227,7 +227,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(reference, world, ray_sessi
     raylet = ray_session.get(ray_session.remote(_parent_pid).remote())   # the raylet: parent of every worker
     server.gate.clear()
     server.hold = {f"{v}.mp4" for v in VIDEOS[2:]}                   # shards 1 and 2 cannot finish before the kill
-    cmd = [sys.executable, "-m", "reenact.cli", "prepare", "vox", "--metadata", str(world["metadata"]),
+    cmd = [sys.executable, "-m", "reenact.app.cli", "prepare", "vox", "--metadata", str(world["metadata"]),
            "--out", str(out), "--url-template", server.template("good"), "--videos-per-shard", "2",
            "--address", ray_session.get_runtime_context().gcs_address, "--retries", "0", "--backoff", "0",
            "--socket-timeout", "60", "--download-concurrency", "1", "--no-progress", "--extractor", "none"]

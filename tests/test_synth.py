@@ -23,7 +23,7 @@ from reenact.face3d.face import build_face, project_landmarks
 from reenact.face3d.procedural import procedural_model
 from reenact.face3d.raster import RasterSettings, rasterize
 from reenact.face3d.transforms import matrix_to_euler
-from reenact.schema import SYNTH_TRUTH, ChunkId, is_safe_id
+from reenact.data.schema import SYNTH_TRUTH, ChunkId, is_safe_id
 from reenact.synth import scene, world, writer
 from tests.conftest import fixture_path
 
@@ -339,7 +339,7 @@ def test_mp4_writer_round_trip_and_errors(tmp_path):
 
 
 def test_cli_help_documents_the_presets():
-    from reenact.synth import cli
+    from reenact.app import synth as cli
 
     parser = argparse.ArgumentParser(prog="reenact synth")
     cli.add_arguments(parser)

@@ -1,4 +1,4 @@
-"""Pluggable coefficient extractors: frame rows in, ``reenact.schema.COEFFS`` rows out.
+"""Pluggable coefficient extractors: frame rows in, ``reenact.data.schema.COEFFS`` rows out.
 
 Every extractor is a small class whose ``__init__`` loads what it needs once and whose ``__call__(batch) -> batch``
 maps a batch dict of frame rows to coefficient rows (one per input row; failures are rows with a status), so Ray

@@ -7,13 +7,13 @@ Conventions (stated once):
   ``final_layers.0..6`` are 1x1 convolutions 2048 -> 80 (id), 64 (exp), 80 (tex), 3 (angle), 27 (gamma), 2 (trans xy),
   1 (trans z), concatenated into the layout of :mod:`reenact.face3d.coeffs`. Its state dict equals the official one
   key for key, so ``epoch_20.pth``'s ``net_recon`` loads strictly.
-* Input: float32 RGB ``(B, 3, 224, 224)`` in [0, 1], aligned by :mod:`pipelines.align` from MTCNN's 5 landmarks.
+* Input: float32 RGB ``(B, 3, 224, 224)`` in [0, 1], aligned by :mod:`reenact.faces.align` from MTCNN's 5 landmarks.
 * Cameras. The network's coefficients are in Deep3D's camera on the *aligned* 224^2 crop. Coefficient rows hold
   them in the *frame's* Deep3D camera instead (``reenact.face3d.camera``: coefficients are expressed for the image
   they were extracted from; for a W x H frame that camera has focal ``1015 min(W, H) / 224`` and its principal point
   at the frame centre, which is ``PerspectiveCamera.deep3d(S)`` for square S x S frames). Only ``trans`` changes
   (:func:`coeffs_to_frame`). Each row's ``align`` column holds Deep3D's ``trans_params`` ``(w0, h0, s, tx, ty)``;
-  :func:`coeffs_to_aligned` and :class:`pipelines.align.AlignTransform` recover the network's own output and the
+  :func:`coeffs_to_aligned` and :class:`reenact.faces.align.AlignTransform` recover the network's own output and the
   pixel map between the frame and the aligned crop from them.
 """
 from __future__ import annotations
@@ -29,11 +29,11 @@ from PIL import Image
 from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from pipelines.align import AlignTransform, align_image, image_to_tensor_input, load_lm3d
+from reenact.faces.align import AlignTransform, align_image, image_to_tensor_input, load_lm3d
 from reenact.face3d.camera import PerspectiveCamera, reframe_translation
 from reenact.face3d.coeffs import LAYOUT, NUM_COEFFS, TRANS
 from pipelines.extractors.rows import empty_rows, fail, to_batch
-from reenact.schema import Status
+from reenact.data.schema import Status
 
 NAME = "deep3d"
 #: final_layers in order: (part, width); trans is split into xy and z heads.
@@ -166,7 +166,7 @@ def decode_image(data: bytes) -> Image.Image:
 
 
 class Deep3DExtractor:
-    """Frame rows -> coefficient rows (``reenact.schema.COEFFS``), one per input row, never raising for a bad row.
+    """Frame rows -> coefficient rows (``reenact.data.schema.COEFFS``), one per input row, never raising for a bad row.
 
     A class with ``__init__`` (loads weights once) and ``__call__(batch) -> batch``, so Ray Data can run it as an
     actor with ``map_batches``. Input columns: ``chunk_id``, ``frame_index``, ``image`` (encoded bytes) and optionally
@@ -186,7 +186,7 @@ class Deep3DExtractor:
     def __init__(self, checkpoint: str | Path | None = None, *, assets: str | Path | None = None,
                  weights: Mapping[str, torch.Tensor] | None = None, lm3d: str | Path | None = None,
                  device: str | None = None, batch_size: int = 16):
-        from pipelines.landmarks5 import Landmarks5
+        from reenact.faces.landmarks5 import Landmarks5
         from reenact.assets import asset_path
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

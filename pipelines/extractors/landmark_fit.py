@@ -50,7 +50,7 @@ from reenact.face3d.coeffs import ANGLE, EXP, ID, NUM_COEFFS, TRANS
 from reenact.face3d.morphable import NUM_EXP, NUM_ID, NUM_LANDMARKS, MorphableModel
 from reenact.face3d.transforms import matrix_to_euler
 from pipelines.extractors.rows import empty_rows, fail, to_batch
-from reenact.schema import Status
+from reenact.data.schema import Status
 
 NAME = "landmarks"
 REFERENCE_SIZE = 256           # sizes in FitConfig are pixels of a 256^2 image, scaled to the actual image size
@@ -454,7 +454,7 @@ def frame_camera(width: int, height: int) -> PerspectiveCamera:
 
 
 class LandmarksExtractor:
-    """Frame rows -> coefficient rows (``reenact.schema.COEFFS``, extractor ``landmarks``), one per input row.
+    """Frame rows -> coefficient rows (``reenact.data.schema.COEFFS``, extractor ``landmarks``), one per input row.
 
     A class with ``__init__`` (loads the model and, when needed, dlib) and ``__call__(batch) -> batch``, so Ray Data
     runs it as an actor with ``map_batches``; a bad row becomes a status row, never an exception.
@@ -553,13 +553,13 @@ class LandmarksExtractor:
 
     def _detect(self, image) -> np.ndarray | None:
         if self._dlib is None:
-            from pipelines.landmarks68 import Landmarks68
+            from reenact.faces.landmarks68 import Landmarks68
 
             self._dlib = Landmarks68()
         points = self._dlib(image)
         if points is None and self.mtcnn_fallback:
             if self._mtcnn is None:
-                from pipelines.landmarks5 import Landmarks5
+                from reenact.faces.landmarks5 import Landmarks5
 
                 self._mtcnn = Landmarks5()
             detection = self._mtcnn([image])[0]

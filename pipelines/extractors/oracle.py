@@ -1,6 +1,6 @@
-"""The ``oracle`` coefficient extractor: the synthetic world's ground truth, as ``reenact.schema.COEFFS`` rows.
+"""The ``oracle`` coefficient extractor: the synthetic world's ground truth, as ``reenact.data.schema.COEFFS`` rows.
 
-The synthetic world writes ``reenact.schema.SYNTH_TRUTH`` rows beside its media. Their ``coeffs`` / ``landmarks`` are
+The synthetic world writes ``reenact.data.schema.SYNTH_TRUTH`` rows beside its media. Their ``coeffs`` / ``landmarks`` are
 exact for the *source* image's camera (``width``, ``height``, ``focal``, ``cx``, ``cy``, distance 10); VoxCeleb-style
 rows also carry ``crop_coeffs`` / ``crop_landmarks``, already expressed for their chunk's 256^2 crop with
 ``PerspectiveCamera.deep3d(256)`` (the convention of every extractor: coefficients describe the image they come
@@ -35,7 +35,7 @@ import torch
 from reenact.face3d.camera import PerspectiveCamera, reframe_translation
 from reenact.face3d.coeffs import TRANS
 from pipelines.extractors.rows import empty_rows, fail, to_batch
-from reenact.schema import ChunkId, Status
+from reenact.data.schema import ChunkId, Status
 
 NAME = "oracle"
 CROP_SIZE = 256

@@ -1,9 +1,9 @@
-"""Coefficient rows, written once for every extractor: one ``reenact.schema.COEFFS`` row per input frame row."""
+"""Coefficient rows, written once for every extractor: one ``reenact.data.schema.COEFFS`` row per input frame row."""
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from reenact.schema import COEFFS, Status
+from reenact.data.schema import COEFFS, Status
 
 #: The COEFFS columns, in schema order.
 COLUMNS = tuple(COEFFS.names)

@@ -158,7 +158,7 @@ def _flat(fields: np.ndarray) -> torch.Tensor:
 
 
 #: ``(68, 2)`` (u, v) of the iBUG-68 landmarks on the face mask (each maps to the nearest grid vertex), in dlib's
-#: order (pipelines/landmarks68.py: "left" = image left). Calibrated against dlib's
+#: order (reenact/faces/landmarks68.py: "left" = image left). Calibrated against dlib's
 #: ``shape_predictor_68_face_landmarks`` by perf/calibrate_landmarks.py (defaults: 8 identities x 4 renders of the
 #: synthetic world in the vox crop camera, |yaw| <= 15 deg, neutral-ish expressions; the mean (u, v) under dlib's
 #: points, mirror-symmetrised, rounded): dlib's jaw line runs up the mask border to about eye level and its eye

@@ -8,7 +8,7 @@ head, over a static textured background per video, and writes
   ``DIR/vox/vox-metadata.csv`` (the real header; train / test partitions with disjoint identities);
 * CelebV-style images ``DIR/CelebV/<Name>/Image/%06d.jpg`` for Donald_Trump, Emmanuel_Macron, Jack_Ma, Kathleen
   and Theresa_May;
-* ground truth ``DIR/vox/truth.parquet`` and ``DIR/CelebV/truth.parquet`` (:data:`reenact.schema.SYNTH_TRUTH`):
+* ground truth ``DIR/vox/truth.parquet`` and ``DIR/CelebV/truth.parquet`` (:data:`reenact.data.schema.SYNTH_TRUTH`):
   per frame the 257 coefficients, 68 landmarks, the face bbox and the camera.
 
 Presets (frames at 25 fps):

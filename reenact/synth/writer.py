@@ -5,7 +5,7 @@ Layout under ``DIR`` (see :class:`SynthLayout`)::
     DIR/config.json                    config + provenance (reenact.config.save_run_config)
     DIR/vox/videos/<video_id>.mp4      640x360, 25 fps, H.264 yuv420p "source videos", one or more chunks each
     DIR/vox/vox-metadata.csv           video_id,start,end,bbox,fps,width,height,partition,person_id (real header)
-    DIR/vox/truth.parquet              reenact.schema.SYNTH_TRUTH, one row per source-video frame
+    DIR/vox/truth.parquet              reenact.data.schema.SYNTH_TRUTH, one row per source-video frame
     DIR/CelebV/<Name>/Image/%06d.jpg   5 identities, 256-400 px images
     DIR/CelebV/truth.parquet           SYNTH_TRUTH, one row per image
 
@@ -43,8 +43,8 @@ from reenact.face3d.coeffs import ANGLE, EXP, ID, TRANS
 from reenact.face3d.morphable import NUM_EXP, NUM_ID, MorphableModel
 from reenact.face3d.transforms import euler_to_matrix, rigid_transform
 from reenact.ffmpeg import ffmpeg_exe
-from reenact.schema import SYNTH_TRUTH, ChunkId
-from reenact.shards import atomic_write_bytes
+from reenact.data.schema import SYNTH_TRUTH, ChunkId
+from reenact.data.shards import atomic_write_bytes
 from reenact.synth.world import CROP_SIZE, FPS, Sequence, World
 
 VOX_HEADER = "video_id,start,end,bbox,fps,width,height,partition,person_id"

@@ -90,7 +90,7 @@ def guidance_pictures(cfg: QuickstartConfig, prepared: Path, out: Path) -> list[
 
     from reenact.face3d.guidance import compute_guidance, warp_with_flow
     from reenact.face3d.procedural import procedural_model
-    from reenact.shards import read_stage
+    from reenact.data.shards import read_stage
     from reenact.viz import flow_to_rgb, grid_image, save_png
 
     frames = read_stage(prepared, "frames", ["chunk_id", "frame_index", "partition", "image", "status"]).to_pylist()

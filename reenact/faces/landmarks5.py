@@ -3,7 +3,7 @@
 Conventions:
 * Points are image pixels ``(x, y)``, x right, y down, integer values at pixel centres (MTCNN's own output), in the
   order left eye, right eye, nose tip, left mouth corner, right mouth corner ("left" = image left), the order
-  :mod:`pipelines.align` and Deep3DFaceRecon's ``detections/*.txt`` use.
+  :mod:`reenact.faces.align` and Deep3DFaceRecon's ``detections/*.txt`` use.
 * One face per image: the largest box (``select_largest=True``, ``keep_all=False``). An image without a detection
   gives ``None``, which callers turn into a ``no_face`` row.
 """

@@ -12,10 +12,10 @@ import sys
 
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "quickstart": ("benchmark.quickstart", "the main job on the embedded default: synthetic world -> prepare on Ray -> "
+    "quickstart": ("reenact.app.quickstart", "the main job on the embedded default: synthetic world -> prepare on Ray -> "
                                            "guidance pictures, in one command"),
-    "demo": ("reenact.demo", "render guidance maps (F_c, O_c, I_r) for a few coefficient pairs and write images"),
-    "synth": ("reenact.synth.cli", "generate the synthetic world: talking-head videos, vox-metadata.csv, CelebV "
+    "demo": ("reenact.app.demo", "render guidance maps (F_c, O_c, I_r) for a few coefficient pairs and write images"),
+    "synth": ("reenact.app.synth", "generate the synthetic world: talking-head videos, vox-metadata.csv, CelebV "
                                    "images and exact ground truth"),
     "convert-bfm": ("reenact.convert_bfm", "convert the licensed BFM09 files into Deep3DFaceRecon's BFM_model_front.mat"),
     "prepare": ("pipelines.runner", "run the preprocessing stages on Ray (download, crop, ...) into Parquet shards; "
