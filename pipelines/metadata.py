@@ -26,6 +26,7 @@ from typing import Iterable
 
 import pyarrow as pa
 
+from reenact.config import UserError
 from reenact.data.schema import METADATA, ChunkId, Status, is_safe_id
 
 COLUMNS = ("video_id", "start", "end", "bbox", "fps", "width", "height", "partition", "person_id")
@@ -142,7 +143,8 @@ def parse_csv_text(text: str) -> list[MetadataRow]:
     reader = csv.reader(io.StringIO(text))
     header = next(reader, None)
     if header is None or tuple(h.strip() for h in header) != COLUMNS:
-        raise ValueError(f"not a vox-metadata.csv: expected header {','.join(COLUMNS)}, got {header!r}")
+        shown = ",".join(header) if header else "an empty file"
+        raise UserError(f"not a vox-metadata.csv: expected the header {','.join(COLUMNS)}, got {shown!r}")
     rows = []
     for fields in reader:
         if fields:                                   # blank lines carry no record

@@ -42,7 +42,7 @@ from pipelines.crop import CropSettings, crop_video
 from pipelines.download import DEFAULT_URL_TEMPLATE, DownloadSettings, check_url_template, download_stage
 from pipelines.engine import Plan, RunConfig, RunResult, Stage, WorkItem, ensure_part, log, run_plan, shard_items
 from pipelines.metadata import VideoJob, metadata_table, read_metadata, video_jobs
-from reenact.config import add_dataclass_arguments, from_namespace
+from reenact.config import UserError, add_dataclass_arguments, from_namespace
 from reenact.data.schema import CELEBV_FRAMES, COEFFS, FRAMES, LEDGER, Status
 from reenact.data.shards import ParquetStream, finish_part, is_done, part_paths, write_shard
 
@@ -340,7 +340,7 @@ def run(args: argparse.Namespace) -> int:
     cls, prepare, _ = DATASETS[args.dataset]
     try:
         cfg = from_namespace(cls, args)
-    except ValueError as err:
-        raise SystemExit(f"prepare: {err}") from None
+    except ValueError as err:                       # a bad option: the user's to fix
+        raise UserError(str(err)) from None
     prepare(cfg)
     return 0

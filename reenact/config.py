@@ -20,6 +20,11 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+class UserError(ValueError):
+    """A mistake the user can fix (a bad option, a missing or wrong input, a folder in use): the command line
+    prints its message as one line and exits non-zero (``reenact --debug`` shows the traceback)."""
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
