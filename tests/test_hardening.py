@@ -6,6 +6,8 @@ bounded number of examples, each under a deadline.
 """
 from __future__ import annotations
 
+import csv
+import io
 import os
 import subprocess
 import sys
@@ -14,8 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipelines.crop import _first_index, frame_range
+from pipelines.metadata import COLUMNS, metadata_table, parse_csv_text, parse_row, video_jobs
 from reenact.config import UserError
-from reenact.data.schema import ChunkId, is_safe_id
+from reenact.data.schema import METADATA, ChunkId, is_safe_id
 from tests.conftest import REPO
 
 PROPERTY = settings(max_examples=200, deadline=500, derandomize=True)
@@ -67,3 +71,68 @@ def test_cli_one_line_in_a_subprocess(tmp_path):
     res = _cli("prepare", "vox", "--out", str(tmp_path / "o"), "--metadata", str(tmp_path / "missing.csv"),
                "--extractor", "none", "--executor", "local")
     assert _one_line_error(res) and "missing.csv" in res.stderr, res.stderr
+
+
+# ---------------------------------------------------------------- the metadata parser and frame arithmetic
+
+ROW = ["v1", "0", "10", "0-0-10-10", "25", "100", "100", "train", "p1"]
+
+
+def _with(index: int, value: str) -> list[str]:
+    fields = list(ROW)
+    fields[index] = value
+    return fields
+
+
+@pytest.mark.parametrize("index,value", [(4, "1e-300"), (4, "1e300"), (4, "nan"), (4, "0.5"), (2, "99999999999"),
+                                         (5, "3000000000"), (3, "0-0-9999999999-10"), (1, "--5"), (6, "1e3")])
+def test_out_of_range_numbers_are_bad_rows(index, value):
+    row = parse_row(_with(index, value), 2)
+    assert row.status == "bad_metadata" and row.error, (value, row)
+    assert parse_row(ROW, 2).status == "ok"
+
+
+def test_numbers_at_the_bounds_are_kept():
+    row = parse_row(_with(2, str(2**31 - 1)), 2)
+    assert row.status == "ok" and row.end == 2**31 - 1
+    assert parse_row(_with(4, "1000"), 2).status == "ok" and parse_row(_with(4, "1"), 2).status == "ok"
+    metadata_table([row], video_jobs([row])).cast(METADATA)               # fits the int32 columns
+
+
+def test_an_over_long_field_is_a_bad_row_and_parsing_goes_on():
+    text = ",".join(COLUMNS) + "\n" + ",".join(_with(8, "x" * 200_000)) + "\n" + ",".join(ROW) + "\n"
+    rows = parse_csv_text(text)
+    assert [r.status for r in rows] == ["bad_metadata", "ok"] and "longer than" in rows[0].error
+    assert len(rows[0].video_id) < 100
+
+
+def test_first_index_never_loops_on_floats():
+    """fps 1e-300 once made ``i * ref_fps`` stop changing; now the rate is refused and the loop is bounded."""
+    with pytest.raises(ValueError, match="within"):
+        frame_range(0, 10, 25.0, 1e-300)
+    with pytest.raises(ValueError, match="does not settle"):
+        _first_index(10, 25.0, 1e-300)
+    # brute force: the smallest i with i * ref >= bound * fps
+    for bound, fps, ref in [(0, 25.0, 25.0), (10, 30.0, 25.0), (7, 29.97, 30.0), (2**31 - 1, 1000.0, 1.0)]:
+        i = _first_index(bound, fps, ref)
+        assert i * ref >= bound * fps and (i == 0 or (i - 1) * ref < bound * fps)
+
+
+_field = st.one_of(st.text(max_size=12), st.integers(-2**40, 2**40).map(str),
+                   st.floats(allow_nan=True, allow_infinity=True).map(repr),
+                   st.sampled_from(["", "0-0-1-1", "25", "3-4-1-2", "0-0-99999999999-1"]))
+
+
+@PROPERTY
+@given(st.lists(st.lists(_field, min_size=0, max_size=11), max_size=6))
+def test_metadata_parser_gives_rows_for_any_input(records):
+    """Any CSV body gives one row per record with a status; every row fits the METADATA table's column types."""
+    buf = io.StringIO()
+    csv.writer(buf).writerows([list(COLUMNS), *records])
+    rows = parse_csv_text(buf.getvalue())
+    assert len(rows) == sum(1 for r in records if r)
+    for row in rows:
+        assert row.status in ("ok", "bad_metadata", "rejected")
+        if row.status == "ok":
+            assert 1 <= row.fps <= 1000 and 0 <= row.start < row.end < 2**31
+    metadata_table(rows, video_jobs(rows)).cast(METADATA)
