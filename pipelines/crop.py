@@ -50,7 +50,7 @@ import pyarrow.parquet as pq
 from pipelines.media import MediaError, VideoInfo, ffmpeg_exe, probe
 from reenact.data.codec import encode_image
 from pipelines.metadata import MAX_FPS, MIN_FPS, Clip, VideoJob
-from reenact.data.schema import FRAMES, Status
+from reenact.data.schema import FRAMES, Status, clean_error
 from reenact.data.shards import ParquetStream, finish_part, part_paths
 
 STAGE = "frames"
@@ -255,7 +255,7 @@ class FrameReader:
                     proc.kill()
                 self.returncode = proc.wait()
                 err.seek(0)
-                self.stderr = err.read().decode("utf-8", "replace").strip()
+                self.stderr = clean_error(err.read().decode("utf-8", "replace")).strip()
 
     def _kill(self, proc: subprocess.Popen) -> None:
         self.timed_out = True

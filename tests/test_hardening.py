@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 from pipelines.crop import _first_index, frame_range
 from pipelines.metadata import COLUMNS, metadata_table, parse_csv_text, parse_row, video_jobs
 from reenact.config import UserError
-from reenact.data.schema import METADATA, ChunkId, is_safe_id
+from reenact.data.schema import METADATA, ChunkId, clean_error, is_safe_id
 from tests.conftest import REPO
 
 PROPERTY = settings(max_examples=200, deadline=500, derandomize=True)
@@ -136,3 +137,30 @@ def test_metadata_parser_gives_rows_for_any_input(records):
         if row.status == "ok":
             assert 1 <= row.fps <= 1000 and 0 <= row.start < row.end < 2**31
     metadata_table(rows, video_jobs(rows)).cast(METADATA)
+
+
+# ---------------------------------------------------------------- deterministic error texts
+
+def test_error_texts_drop_addresses_and_temporary_names():
+    a = "[in#0 @ 0x55fb3c2a9e40] Error opening input; /tmp/tmpab12cd_9/x.mp4; .v.parquet.4242.tmp <Image at 0x7f00aa>"
+    b = "[in#0 @ 0x5612aa010203] Error opening input; /tmp/tmpzz99yy_1/x.mp4; .v.parquet.77.tmp <Image at 0x7f11bb>"
+    assert clean_error(a) == clean_error(b) == ("[in#0 @ 0xADDR] Error opening input; /tmp/tmpXXXXXXXX/x.mp4; "
+                                                ".v.parquet.PID.tmp")
+
+
+def test_two_crops_of_a_corrupt_video_write_identical_rows(tmp_path):
+    """ffmpeg prints a pointer address that changes with every process: the rows must not carry it."""
+    from pipelines.crop import CropSettings, crop_video
+    from pipelines.metadata import video_jobs
+    from reenact.data.shards import part_paths
+
+    bad = tmp_path / "v1.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40)
+    (job,) = video_jobs([parse_row(ROW, 2)])
+    tables = []
+    for name in ("a", "b"):
+        crop_video(job, bad, tmp_path / name, CropSettings())
+        tables.append(pq.read_table(part_paths(tmp_path / name, "frames", "v1")[0]))
+    assert tables[0].column("status").to_pylist() == ["decode_error"]
+    assert "0x" not in tables[0].column("error")[0].as_py().replace("0xADDR", "")
+    assert tables[0].equals(tables[1])
