@@ -20,7 +20,10 @@ stages, and as soon as every item of a shard has passed the last stage merges ea
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
+import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -31,7 +34,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from reenact.config import save_run_config
+from reenact.config import UserError, save_run_config
 from reenact.data.shards import check_plan, is_done, merge_parts, part_is_current, part_paths, read_stats, remove_parts
 
 
@@ -49,6 +52,90 @@ class RunConfig:
     keep_parts: bool = field(default=False, metadata={"help": "keep per-item parts after merging"})
     progress: bool = field(default=True, metadata={"help": "progress bars"})
     dry_run: bool = field(default=False, metadata={"help": "print the config and plan, run nothing"})
+
+
+# ---------------------------------------------------------------- one run per output folder
+
+LOCK_FILE = ".reenact-lock.json"
+
+
+class FolderInUse(UserError):
+    """Another run holds the output folder's lock."""
+
+
+def _holder() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid(),
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv)}
+
+
+def describe_holder(holder: dict[str, Any] | None) -> str:
+    if not holder:
+        return "a run that is just starting"
+    return (f"host {holder.get('host')}, pid {holder.get('pid')}, started {holder.get('started_at')} "
+            f"({holder.get('command') or 'no command line'})")
+
+
+class FolderLock:
+    """One run per output folder: ``<root>/.reenact-lock.json`` names the holder (host, pid, start time, command)
+    and is ``flock``-ed while held, so the kernel releases it when the holder dies: a crashed run's lock is stale
+    and the next run takes it over. A second live run refuses at once (:class:`FolderInUse`, naming the holder).
+    Use as a context manager; released (file removed) on exit."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.path = self.root / LOCK_FILE
+        self.fd: int | None = None
+
+    def acquire(self) -> dict[str, Any] | None:
+        """Take the lock; returns the record a crashed holder left (stale), or None."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_record(fd)
+                os.close(fd)
+                raise FolderInUse(f"{self.root} is in use by another run: {describe_holder(holder)}. Wait for it or "
+                                  "stop it (one run per output folder).") from None
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)                                # removed by a holder releasing it meanwhile: try again
+        stale = _read_record(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(_holder()).encode(), 0)
+        os.fsync(fd)
+        self.fd = fd
+        return stale
+
+    def release(self) -> None:
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> FolderLock:
+        stale = self.acquire()
+        if stale:
+            log(f"{self.root}: taking over the lock of a run that ended without releasing it: {describe_holder(stale)}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_record(fd: int) -> dict[str, Any] | None:
+    try:
+        return json.loads(os.pread(fd, 1 << 16, 0).decode()) or None
+    except ValueError:
+        return None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == path.stat().st_ino
+    except FileNotFoundError:
+        return False
 
 
 # ---------------------------------------------------------------- work items, plans, stages
@@ -197,6 +284,11 @@ def shard_done(out: str | Path, stages: Sequence[Stage], shard: int) -> bool:
     return all(is_done(out, stage.name, shard) for stage in stages)
 
 
+def pending_shards(out: Path, plan: Plan, stages: Sequence[Stage]) -> list[int]:
+    """Shards without a done marker for some stage."""
+    return [s for s in range(len(plan.shards)) if not shard_done(out, stages, s)]
+
+
 def remove_stale_temps(out: Path) -> int:
     """Delete temporary files a killed run left (``.<name>.<pid>.tmp`` beside shards and parts); one run per folder."""
     folders = [out, *(out / "parts").glob("*"), *(out / "clips").glob("*")]
@@ -215,20 +307,23 @@ def run_plan(cfg: RunConfig, plan: Plan, stages: Sequence[Stage], report: str = 
     """
     t0 = time.time() if t0 is None else t0
     out = Path(cfg.out)
-    pending = [s for s in range(len(plan.shards)) if not shard_done(out, stages, s)]
     if cfg.dry_run:
+        pending = pending_shards(out, plan, stages)
         print(json.dumps({"config": dataclasses.asdict(cfg), "plan": plan.fingerprint, "shards": len(plan.shards),
                           "pending_shards": len(pending), "stages": [s.name for s in stages]}, indent=2))
         return RunResult(len(plan.shards), len(plan.shards) - len(pending), plan.items, 0, {}, 0.0)
-    check_plan(out, plan.fingerprint)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out)
-    save_run_config(cfg, out, plan=plan.fingerprint, stages=[s.name for s in stages], dataset=plan.name)
-    if before is not None:
-        before(out)
-    if pending:
-        _run_pending(cfg, plan, pending, stages, report, t0)
-    return summary(out, plan, len(pending), report, time.time() - t0)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    with FolderLock(out):
+        check_plan(out, plan.fingerprint)
+        pending = pending_shards(out, plan, stages)
+        remove_stale_temps(out)
+        save_run_config(cfg, out, plan=plan.fingerprint, stages=[s.name for s in stages], dataset=plan.name)
+        if before is not None:
+            before(out)
+        if pending:
+            _run_pending(cfg, plan, pending, stages, report, t0)
+        return summary(out, plan, len(pending), report, time.time() - t0)
 
 
 def _run_pending(cfg: RunConfig, plan: Plan, pending: list[int], stages: Sequence[Stage], report: str,

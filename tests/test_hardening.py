@@ -9,18 +9,24 @@ from __future__ import annotations
 import csv
 import io
 import os
+import socket
 import subprocess
 import sys
+import time
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipelines.crop import _first_index, frame_range
+from pipelines.engine import (LOCK_FILE, FolderInUse, FolderLock, Plan, RunConfig, Stage, WorkItem, ensure_part,
+                              run_plan, shard_items)
 from pipelines.metadata import COLUMNS, metadata_table, parse_csv_text, parse_row, video_jobs
 from reenact.config import UserError
 from reenact.data.schema import METADATA, ChunkId, clean_error, is_safe_id
+from reenact.data.shards import write_part
 from tests.conftest import REPO
 
 PROPERTY = settings(max_examples=200, deadline=500, derandomize=True)
@@ -151,7 +157,6 @@ def test_error_texts_drop_addresses_and_temporary_names():
 def test_two_crops_of_a_corrupt_video_write_identical_rows(tmp_path):
     """ffmpeg prints a pointer address that changes with every process: the rows must not carry it."""
     from pipelines.crop import CropSettings, crop_video
-    from pipelines.metadata import video_jobs
     from reenact.data.shards import part_paths
 
     bad = tmp_path / "v1.mp4"
@@ -164,3 +169,81 @@ def test_two_crops_of_a_corrupt_video_write_identical_rows(tmp_path):
     assert tables[0].column("status").to_pylist() == ["decode_error"]
     assert "0x" not in tables[0].column("error")[0].as_py().replace("0xADDR", "")
     assert tables[0].equals(tables[1])
+
+
+# ---------------------------------------------------------------- a toy stage on the engine (local executor)
+
+ITEM = pa.schema([("key", pa.string()), ("value", pa.int64()), ("status", pa.string()), ("error", pa.string())])
+
+
+def square_stage(batch, *, out, power: int = 2, delay: float = 0.0):
+    """Writes one row per item, ``int(job) ** power``; the part's input token is the job and the power."""
+    for key, job in zip(batch["key"], batch["job"]):
+        token = f"{job}|{power}"
+
+        def write(key=key, job=job, token=token):
+            time.sleep(delay)
+            table = pa.table({"key": [key], "value": [int(job) ** power], "status": ["ok"], "error": [""]},
+                             schema=ITEM)
+            write_part(out, "squares", key, table, extra_stats={"input": token})
+
+        ensure_part(out, "squares", key, token, write)
+    return batch
+
+
+def toy_plan(n: int = 5, per_shard: int = 2) -> Plan:
+    return Plan("toy", shard_items([WorkItem(f"k{i}", str(i)) for i in range(n)], per_shard),
+                {"items": n, "per_shard": per_shard})
+
+
+def run_toy(out, power: int = 2, delay: float = 0.0, **cfg):
+    stages = [Stage("squares", square_stage, ITEM, kwargs={"out": str(out), "power": power, "delay": delay})]
+    return run_plan(RunConfig(out=str(out), executor="local", progress=False, **cfg), toy_plan(), stages,
+                    report="squares")
+
+
+# ---------------------------------------------------------------- one run per folder
+
+def test_lock_names_the_holder_and_is_released(tmp_path):
+    with FolderLock(tmp_path):
+        with pytest.raises(FolderInUse, match=rf"pid {os.getpid()}, started 20") as err:
+            FolderLock(tmp_path).acquire()
+        assert socket.gethostname() in str(err.value)
+    assert not (tmp_path / LOCK_FILE).exists()
+    with FolderLock(tmp_path):                                      # released on exit: free again
+        pass
+
+
+def test_a_crashed_runs_lock_is_stale(tmp_path):
+    code = f"import os; from pipelines.engine import FolderLock; FolderLock({str(tmp_path)!r}).acquire(); os._exit(9)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                          timeout=60).returncode == 9                # died holding the lock
+    lock = FolderLock(tmp_path)
+    stale = lock.acquire()                                          # taken over; the dead holder is reported
+    assert stale is not None and stale["pid"] != os.getpid()
+    lock.release()
+
+
+def test_two_concurrent_runs_the_second_refuses_naming_the_first(tmp_path):
+    out = tmp_path / "out"
+    code = f"from tests.test_hardening import run_toy; run_toy({str(out)!r}, delay=0.4)"
+    first = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        deadline = time.time() + 60
+        while not (out / "config.json").exists():
+            assert first.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        with pytest.raises(FolderInUse, match=rf"pid {first.pid}, started 20"):
+            run_toy(out)
+    finally:
+        assert first.wait(60) == 0
+    run_toy(tmp_path / "solo")
+    for shard in range(3):
+        assert (out / f"squares-{shard:05d}.parquet").read_bytes() == \
+            (tmp_path / "solo" / f"squares-{shard:05d}.parquet").read_bytes()
+
+
+def test_output_path_that_is_a_file_is_a_user_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        run_toy(tmp_path / "file")
