@@ -254,12 +254,14 @@ def reusable_row(out: str | os.PathLike, root: str | os.PathLike, video_id: str)
     return None
 
 
-def download_stage(batch: dict[str, np.ndarray], *, out: str, root: str,
+def download_stage(batch: dict[str, np.ndarray], *, out: str, root: str | None,
                    settings: DownloadSettings) -> dict[str, np.ndarray]:
-    """Ray Data stage: for each video row (``job`` JSON) fetch the video, write its ledger part.
+    """Engine stage: for each video row (``job`` JSON) fetch the video into ``root`` (default ``<out>/videos``),
+    write its ledger part.
 
     Adds ``download_status``, ``download_error`` and ``download_path`` (absolute, "" when failed).
     """
+    root = root or str(Path(out) / "videos")
     status, error, path = [], [], []
     for job_json in batch["job"]:
         job = VideoJob.from_json(job_json)

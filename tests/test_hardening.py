@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -21,12 +24,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipelines.crop import _first_index, frame_range
-from pipelines.engine import (LOCK_FILE, FolderInUse, FolderLock, Plan, RunConfig, Stage, WorkItem, ensure_part,
-                              run_plan, shard_items)
+from pipelines.engine import (LOCK_FILE, FolderInUse, FolderLock, Plan, RunConfig, SettingsChanged, Stage, WorkItem,
+                              ensure_part, fingerprint, run_plan, shard_items)
 from pipelines.metadata import COLUMNS, metadata_table, parse_csv_text, parse_row, video_jobs
 from reenact.config import UserError
 from reenact.data.schema import METADATA, ChunkId, clean_error, is_safe_id
-from reenact.data.shards import write_part
+from reenact.data.shards import read_stage, write_part
 from tests.conftest import REPO
 
 PROPERTY = settings(max_examples=200, deadline=500, derandomize=True)
@@ -197,8 +200,8 @@ def toy_plan(n: int = 5, per_shard: int = 2) -> Plan:
 
 
 def run_toy(out, power: int = 2, delay: float = 0.0, **cfg):
-    stages = [Stage("squares", square_stage, ITEM, kwargs={"out": str(out), "power": power, "delay": delay})]
-    return run_plan(RunConfig(out=str(out), executor="local", progress=False, **cfg), toy_plan(), stages,
+    stages = [Stage("squares", square_stage, ITEM, kwargs={"power": power, "delay": delay}, settings={"power": power})]
+    return run_plan(RunConfig(**{"out": str(out), "executor": "local", "progress": False, **cfg}), toy_plan(), stages,
                     report="squares")
 
 
@@ -247,3 +250,47 @@ def test_output_path_that_is_a_file_is_a_user_error(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="is a file"):
         run_toy(tmp_path / "file")
+
+
+# ---------------------------------------------------------------- resume only with the same settings
+
+def test_resume_with_a_changed_setting_refuses_and_names_it(tmp_path):
+    first = run_toy(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("*.parquet")}
+    with pytest.raises(SettingsChanged, match=r"squares\.power: 2 there, 3 now"):
+        run_toy(tmp_path, power=3)
+    again = run_toy(tmp_path)                                       # the same settings: a no-op
+    assert again.shards_skipped == again.shards == first.shards
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("*.parquet")} == before
+    record = json.loads((tmp_path / "config.json").read_text())
+    assert len(record["history"]) == 1 and record["history"][0]["provenance"]["plan"]["squares.power"] == 2
+
+
+def test_new_folder_when_asked(tmp_path):
+    run_toy(tmp_path / "out")
+    result = run_toy(tmp_path / "out", power=3, new_folder=True)
+    assert Path(result.out) == tmp_path / "out-2"
+    assert read_stage(result.out, "squares").column("value").to_pylist() == [i ** 3 for i in range(5)]
+    assert run_toy(tmp_path / "out", power=3, new_folder=True).shards_skipped == 3     # finds its folder again
+
+
+def test_every_output_setting_is_in_the_fingerprint(tmp_path):
+    """Resuming a PNG/oracle folder with --extractor landmarks --image-format jpeg once skipped everything."""
+    from pipelines.prepare import CelebVConfig, VoxConfig, prepare_celebv, prepare_vox, vox_stages
+
+    (tmp_path / "m.csv").write_text(",".join(COLUMNS) + "\n")
+    base = {"metadata": str(tmp_path / "m.csv"), "extractor": "none", "executor": "local", "progress": False}
+    prepare_vox(VoxConfig(out=str(tmp_path / "o"), **base))
+    for change, name in ((dict(image_format="jpeg"), "frames.image_format"), (dict(write_mp4=True), "frames.write_mp4"),
+                         (dict(url_template="http://x/{video_id}"), "ledger.url_template"),
+                         (dict(extractor="landmarks"), "coeffs.extractor"),
+                         (dict(videos_per_shard=3), "videos_per_shard")):
+        with pytest.raises(SettingsChanged, match=rf"{name}: "):
+            prepare_vox(VoxConfig(out=str(tmp_path / "o"), **{**base, **change}))
+    fp = fingerprint(Plan("vox", (), {}), vox_stages(VoxConfig(out="o", **{**base, "extractor": "landmarks"})))
+    assert fp["coeffs.morphable_model"] == "procedural-full" and fp["frames.size"] == 256
+    (tmp_path / "c" / "A" / "Image").mkdir(parents=True)
+    celebv = {"celebv": str(tmp_path / "c"), "extractor": "none", "executor": "local", "progress": False}
+    prepare_celebv(CelebVConfig(out=str(tmp_path / "co"), **celebv))
+    with pytest.raises(SettingsChanged, match="frames.image_format: 'png' there, 'jpeg' now"):
+        prepare_celebv(CelebVConfig(out=str(tmp_path / "co"), image_format="jpeg", **celebv))
