@@ -30,6 +30,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -360,12 +361,26 @@ def pending_shards(out: Path, plan: Plan, stages: Sequence[Stage]) -> list[int]:
 
 
 def remove_stale_temps(out: Path) -> int:
-    """Delete temporary files a killed run left (``.<name>.<pid>.tmp`` beside shards and parts); one run per folder."""
+    """Delete temporary files a killed run left (``.<name>.<pid>.tmp`` beside shards and parts, partial downloads
+    under ``videos/.partial``); the caller holds the folder's lock."""
     folders = [out, *(out / "parts").glob("*"), *(out / "clips").glob("*")]
     stale = [p for d in folders for p in d.glob(".*.tmp*") if p.is_file()]
     for path in stale:
         path.unlink(missing_ok=True)
+    partial = out / "videos" / ".partial"
+    if partial.is_dir():
+        shutil.rmtree(partial, ignore_errors=True)
     return len(stale)
+
+
+def remove_leftover_parts(out: Path, plan: Plan, stages: Sequence[Stage]) -> None:
+    """Delete the parts of shards that are already done (a run killed while removing them left them behind)."""
+    if not (out / "parts").is_dir():
+        return
+    for s, items in enumerate(plan.shards):
+        if shard_done(out, stages, s):
+            for stage in stages:
+                remove_parts(out, stage.name, [item.key for item in items])
 
 
 def run_plan(cfg: RunConfig, plan: Plan, stages: Sequence[Stage], report: str = "frames",
@@ -390,6 +405,8 @@ def run_plan(cfg: RunConfig, plan: Plan, stages: Sequence[Stage], report: str = 
         check_fingerprint(out, identity)
         pending = pending_shards(out, plan, stages)
         remove_stale_temps(out)
+        if not cfg.keep_parts:
+            remove_leftover_parts(out, plan, stages)
         save_run_config(cfg, out, history=True, plan=identity, shards=len(plan.shards),
                         stages=[s.name for s in stages], dataset=plan.name, out=str(out))
         if before is not None:

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from pipelines.crop import _first_index, frame_range
 from pipelines.engine import (LOCK_FILE, FolderInUse, FolderLock, Plan, RunConfig, SettingsChanged, Stage, WorkItem,
                               ensure_part, fingerprint, run_plan, shard_items)
+from pipelines.inspect import folder_state
 from pipelines.metadata import COLUMNS, metadata_table, parse_csv_text, parse_row, video_jobs
 from reenact.config import UserError
 from reenact.data.schema import METADATA, ChunkId, clean_error, is_safe_id
@@ -294,3 +295,86 @@ def test_every_output_setting_is_in_the_fingerprint(tmp_path):
     prepare_celebv(CelebVConfig(out=str(tmp_path / "co"), **celebv))
     with pytest.raises(SettingsChanged, match="frames.image_format: 'png' there, 'jpeg' now"):
         prepare_celebv(CelebVConfig(out=str(tmp_path / "co"), image_format="jpeg", **celebv))
+
+
+# ---------------------------------------------------------------- leftovers and inspect
+
+def _part(out: Path, key: str) -> None:
+    write_part(out, "squares", key, pa.table({"key": [key], "value": [0], "status": ["ok"], "error": [""]},
+                                             schema=ITEM))
+
+
+def test_rerun_removes_leftover_parts_and_temps(tmp_path):
+    """A kill inside part removal once left parts for good, and inspect said "in flight" on a finished run."""
+    run_toy(tmp_path)
+    _part(tmp_path, "k0")                                           # shard 0 is done: this part is a leftover
+    (tmp_path / "parts" / "squares" / ".k9.parquet.123.tmp").write_bytes(b"x")
+    (tmp_path / ".squares-00001.parquet.77.tmp").write_bytes(b"x")
+    (tmp_path / "videos" / ".partial" / "v1").mkdir(parents=True)
+    state = folder_state(tmp_path)
+    assert state.complete and "1 leftover parts" in state.describe()
+    run_toy(tmp_path)
+    assert not [p for p in (tmp_path / "parts").rglob("*") if p.is_file()]
+    assert not list(tmp_path.glob(".*.tmp")) and not (tmp_path / "videos" / ".partial").exists()
+    assert folder_state(tmp_path).describe() == "complete: 3 shards of squares"
+
+
+def test_inspect_says_complete_incomplete_or_not_a_prepare_folder(tmp_path, capsys):
+    from pipelines import inspect
+
+    run_toy(tmp_path / "done")
+    assert folder_state(tmp_path / "done").complete
+    (tmp_path / "done" / "squares-00001.stats.json").unlink()
+    state = folder_state(tmp_path / "done")
+    assert not state.complete and state.missing == ["squares-00001"] and "missing 1 shards" in state.describe()
+    (tmp_path / "done" / "squares-00000.stats.json").write_text("{not json")
+    (tmp_path / "done" / "squares-00002.stats.json").write_text('{"rows": "many", "status": 3}')
+    assert "unreadable stats files: squares-00000.stats.json" in folder_state(tmp_path / "done").describe()
+    assert inspect.render(tmp_path / "done", inspect.collect(tmp_path / "done")).startswith(str(tmp_path))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file").write_text("x")
+    for name, why in (("missing", "no such folder"), ("file", "not a folder"), ("empty", "not a prepare folder")):
+        with pytest.raises(UserError, match=why):
+            folder_state(tmp_path / name)
+
+
+def test_inspect_names_the_run_holding_the_folder(tmp_path):
+    run_toy(tmp_path)
+    with FolderLock(tmp_path):
+        assert f"pid {os.getpid()}" in folder_state(tmp_path).describe()
+    assert folder_state(tmp_path).holder is None
+
+
+@pytest.mark.parametrize("target", ["missing", "file", "empty"])
+def test_cli_inspect_user_mistakes_are_one_line(tmp_path, target):
+    from reenact.app import cli
+
+    path = tmp_path / target
+    if target == "file":
+        path.write_text("x")
+    if target == "empty":
+        path.mkdir()
+    assert cli.main(["inspect", str(path)]) == 2
+    with pytest.raises(UserError):
+        cli.main(["--debug", "inspect", str(path)])
+
+
+def test_kill_and_resume_on_the_engine_equals_a_solo_run(tmp_path):
+    """The guarantee every stage on the engine gets: SIGKILL mid-run, rerun, and the shards equal a solo run's."""
+    out = tmp_path / "killed"
+    code = f"from tests.test_hardening import run_toy; run_toy({str(out)!r}, delay=0.5)"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    deadline = time.time() + 120
+    while not (out / "squares-00000.stats.json").exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert not (out / "squares-00002.stats.json").exists()
+    resumed = run_toy(out)                                          # the dead run's lock is stale: taken over
+    assert resumed.shards_skipped >= 1
+    run_toy(tmp_path / "solo")
+    for shard in range(3):
+        assert (out / f"squares-{shard:05d}.parquet").read_bytes() == \
+            (tmp_path / "solo" / f"squares-{shard:05d}.parquet").read_bytes()
+    assert folder_state(out).describe() == "complete: 3 shards of squares"
