@@ -31,8 +31,10 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -251,6 +253,7 @@ def run_ray(items: list[Row], stages: Sequence[Stage], on_item: Callable[[Row], 
             out: str) -> None:
     """Stream ``items`` through ``stages`` on Ray Data; call ``on_item`` as each one finishes the last stage."""
     started = init_ray(cfg.address, cfg.num_cpus)
+    previous = stop_on_signals()
     try:
         import ray.data
 
@@ -264,7 +267,21 @@ def run_ray(items: list[Row], stages: Sequence[Stage], on_item: Callable[[Row], 
         if started:
             import ray
 
-            ray.shutdown()
+            ray.shutdown()                          # also on Ctrl-C and SIGTERM: no Ray processes live on
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def stop_on_signals() -> Any:
+    """Make SIGTERM unwind like Ctrl-C (SIGINT raises KeyboardInterrupt), so ``finally`` blocks shut Ray down and
+    release the folder's lock; returns the previous handler (None outside the main thread, where nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _terminate)
 
 
 def run_local(items: list[Row], stages: Sequence[Stage], on_item: Callable[[Row], None], cfg: RunConfig,

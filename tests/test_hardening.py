@@ -359,6 +359,47 @@ def test_cli_inspect_user_mistakes_are_one_line(tmp_path, target):
         cli.main(["--debug", "inspect", str(path)])
 
 
+# ---------------------------------------------------------------- signals
+
+def _ray_processes(marker: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker in (entry / "cmdline").read_bytes().decode("utf-8", "replace"):
+                pids.append(int(entry.name))
+        except OSError:
+            pass
+    return pids
+
+
+@pytest.mark.slow
+def test_sigterm_shuts_ray_down(tmp_path):
+    """A driver stopped with SIGTERM shuts its Ray down: none of its Ray processes live on."""
+    import tempfile
+
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")             # short: Ray's socket paths must stay short
+    out = tmp_path / "out"
+    code = (f"from tests.test_hardening import run_toy; run_toy({str(out)!r}, delay=5.0, executor='ray', "
+            "num_cpus=1)")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO), "RAY_TMPDIR": ray_tmp})
+    try:
+        deadline = time.time() + 180
+        while not _ray_processes(ray_tmp) or not (out / "parts").is_dir():
+            assert proc.poll() is None and time.time() < deadline, "the driver never started Ray"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 128 + signal.SIGTERM
+        deadline = time.time() + 20
+        while _ray_processes(ray_tmp) and time.time() < deadline:
+            time.sleep(0.5)
+        assert not _ray_processes(ray_tmp), "Ray processes of the stopped driver live on"
+        assert not (out / LOCK_FILE).exists()                       # the lock was released too
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def test_kill_and_resume_on_the_engine_equals_a_solo_run(tmp_path):
     """The guarantee every stage on the engine gets: SIGKILL mid-run, rerun, and the shards equal a solo run's."""
     out = tmp_path / "killed"
