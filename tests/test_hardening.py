@@ -419,3 +419,75 @@ def test_kill_and_resume_on_the_engine_equals_a_solo_run(tmp_path):
         assert (out / f"squares-{shard:05d}.parquet").read_bytes() == \
             (tmp_path / "solo" / f"squares-{shard:05d}.parquet").read_bytes()
     assert folder_state(out).describe() == "complete: 3 shards of squares"
+
+
+# ---------------------------------------------------------------- CelebV name checks
+
+_names = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00"), min_size=1, max_size=24)
+
+
+@settings(max_examples=60, deadline=2000, derandomize=True)
+@given(st.lists(_names, min_size=1, max_size=4, unique=True))
+def test_celebv_any_folder_names_give_items(names):
+    """Any identity folder names give one item each with a status: rejected exactly when the name is unsafe,
+    dot folders and __MACOSX skipped, never an exception."""
+    import tempfile
+
+    from pipelines.celebv_listing import list_identities
+
+    with tempfile.TemporaryDirectory() as tmp:
+        made = []
+        for name in names:
+            try:
+                (Path(tmp) / name / "Image").mkdir(parents=True)
+                made.append(name)
+            except OSError:                                         # e.g. "." or "..", or too long for the fs
+                pass
+        jobs = list_identities(tmp)
+        expected = sorted(n for n in made if not n.startswith(".") and n != "__MACOSX")
+        assert sorted(j.name for j in jobs) == expected
+        for job in jobs:
+            assert job.status == ("decode_error" if is_safe_id(job.name) else "rejected")  # no images: decode_error
+            assert job.key == job.name if is_safe_id(job.name) else job.key.startswith("rejected.")
+
+
+@settings(max_examples=100, deadline=2000, derandomize=True)
+@given(st.lists(st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1,
+                        max_size=40), min_size=1, max_size=5, unique=True))
+def test_celebv_any_zip_member_names_give_items(members):
+    """Any member names of a zip give items with statuses (unsafe paths rejected), never an exception."""
+    import tempfile
+    import zipfile
+
+    from pipelines.celebv_listing import list_identities, member_problem
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "c.zip"
+        with zipfile.ZipFile(path, "w") as zf:
+            for name in members:
+                zf.writestr(name, b"x")
+        jobs = list_identities(path)
+        for job in jobs:
+            assert job.status in ("ok", "rejected", "decode_error")
+            assert job.status != "ok" or (is_safe_id(job.name) and job.images)
+        with zipfile.ZipFile(path) as zf:
+            unsafe = {i.filename for i in zf.infolist() if member_problem(i) is not None}
+        assert unsafe <= {j.name for j in jobs if j.status == "rejected"}
+
+
+def test_disk_full_and_permissions_are_user_mistakes_other_errors_are_not(capsys, monkeypatch):
+    import errno
+
+    from pipelines import inspect
+    from reenact.app import cli
+
+    for code in (errno.ENOSPC, errno.EACCES, errno.EROFS):
+        def fail(args, code=code):
+            raise OSError(code, os.strerror(code), "/data/out")
+        monkeypatch.setattr(inspect, "run", fail)
+        assert cli.main(["inspect", "x"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and os.strerror(code) in err
+    monkeypatch.setattr(inspect, "run", lambda args: 1 / 0)       # a bug is not the user's: full traceback
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["inspect", "x"])
