@@ -243,8 +243,10 @@ def test_occlusion_of_a_source_face_partly_outside_the_image_matches_brute_force
     from reenact.face3d.guidance import DEPTH_TOLERANCE
 
     coarse = procedural_model("tiny")
-    src = coeffs(yaw=0.3, exp_seed=2)
-    src[0, TRANS] = torch.tensor([1.1, 0.0, -1.5])                 # the face's +x half leaves the image
+    # the face's +x half leaves the image, turned towards the camera: nearer than the border pixels, so a look-up
+    # clamped to the border would call it visible
+    src = coeffs(yaw=-0.3, exp_seed=2)
+    src[0, TRANS] = torch.tensor([1.1, 0.0, -1.5])
     drv = coeffs(yaw=-0.1, exp_seed=3)
     size = 96
     g = compute_guidance(coarse, src, drv, size)
@@ -258,4 +260,4 @@ def test_occlusion_of_a_source_face_partly_outside_the_image_matches_brute_force
     expected = visible[frag.triangle_id[0].clamp(min=0)]
     assert (~expected)[face].float().mean() > 0.3                   # a good part of the target is not in the source
     agree = (g.occlusion[0, 0].bool() == expected)[face].float().mean()
-    assert agree > 0.98, agree
+    assert agree > 0.98, agree                                     # 0.995 measured; 0.82 without the check
