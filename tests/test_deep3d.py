@@ -12,8 +12,9 @@ from PIL import Image
 
 from reenact.faces.align import (AlignedFace, AlignTransform, align_transform, image_to_tensor_input, load_lm3d,
                              warp_image)
-from pipelines.extractors import deep3d
-from pipelines.extractors.deep3d import (Deep3DExtractor, ReconNet, aligned_camera, build_recon_net,
+from reenact.faces import deep3d
+from pipelines.extractors.deep3d import Deep3DExtractor
+from reenact.faces.deep3d import (ReconNet, aligned_camera, build_recon_net,
                                          checkpoint_filter_fn, coeffs_to_aligned, coeffs_to_frame, frame_camera,
                                          read_net_recon)
 from reenact.faces.landmarks5 import Landmarks5
