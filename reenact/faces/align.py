@@ -25,9 +25,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 TARGET_SIZE = 224
 RESCALE_FACTOR = 102.0
@@ -229,12 +233,12 @@ class AlignedBatch:
     ``transforms``: one :class:`AlignTransform` per image, None where the landmarks were missing or degenerate;
     ``errors``: why (empty string where aligned)."""
 
-    images: "torch.Tensor"
+    images: torch.Tensor
     transforms: tuple[AlignTransform | None, ...]
     errors: tuple[str, ...]
 
     @property
-    def ok(self) -> "torch.Tensor":
+    def ok(self) -> torch.Tensor:
         import torch
 
         return torch.tensor([t is not None for t in self.transforms], dtype=torch.bool)
