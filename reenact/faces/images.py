@@ -46,7 +46,7 @@ def image_list(images: ImageBatch) -> list[torch.Tensor]:
 
 def to_uint8_list(images: ImageBatch) -> list[np.ndarray]:
     """Images -> RGB uint8 ``(H, W, 3)`` arrays (what MTCNN and dlib take)."""
-    return [tensor_to_uint8(im) for im in image_list(images)]
+    return [np.ascontiguousarray(tensor_to_uint8(im)) for im in image_list(images)]
 
 
 def from_uint8(images: Sequence[np.ndarray]) -> list[torch.Tensor]:
