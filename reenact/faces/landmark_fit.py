@@ -450,7 +450,7 @@ class LandmarkFitEstimator:
     Frames of different sizes are fitted in separate groups, each in its frame's Deep3D camera.
 
     Args:
-        model: morphable model spec for :func:`reenact.face3d.morphable.load_morphable_model`.
+        model: morphable model spec for :func:`reenact.face3d.io.load_morphable_model`.
         config: :class:`FitConfig`.
         mtcnn_fallback: when dlib's HOG detector finds no face (it is a frontal detector), take the face box from
             MTCNN (facenet-pytorch) and run the 68-point predictor in it.
@@ -461,7 +461,7 @@ class LandmarkFitEstimator:
 
     def __init__(self, model: str = "procedural-full", config: FitConfig = FitConfig(), *,
                  mtcnn_fallback: bool = True, assets: str | None = None):
-        from reenact.face3d.morphable import load_morphable_model
+        from reenact.face3d.io import load_morphable_model
 
         self.model_name = model
         self.bases = landmark_bases(load_morphable_model(model, assets))
