@@ -25,12 +25,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from perf.timing import print_table  # noqa: E402
-from reenact.faces.landmark_fit import FitConfig, fit_landmarks, landmark_bases  # noqa: E402
 from reenact.face3d.camera import PerspectiveCamera  # noqa: E402
 from reenact.face3d.coeffs import ANGLE, EXP, ID, TRANS  # noqa: E402
 from reenact.face3d.face import project_landmarks  # noqa: E402
 from reenact.face3d.procedural import procedural_model  # noqa: E402
 from reenact.face3d.transforms import euler_to_matrix, rotation_angle_between  # noqa: E402
+from reenact.faces.landmark_fit import FitConfig, fit_landmarks, landmark_bases  # noqa: E402
 
 
 def sample_chunk(rng: np.random.Generator, frames: int) -> np.ndarray:

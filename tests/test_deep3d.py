@@ -10,18 +10,31 @@ import pytest
 import torch
 from PIL import Image
 
-from reenact.faces.align import (AlignedFace, AlignTransform, align_transform, image_to_tensor_input, load_lm3d,
-                             warp_image)
-from reenact.faces import deep3d
 from pipelines.extractors.deep3d import Deep3DExtractor
-from reenact.faces.deep3d import (ReconNet, aligned_camera, build_recon_net,
-                                         checkpoint_filter_fn, coeffs_to_aligned, coeffs_to_frame, frame_camera,
-                                         read_net_recon)
-from reenact.faces.landmarks5 import Landmarks5
 from reenact.assets import MissingAssetError
+from reenact.data.schema import COEFFS
 from reenact.face3d.camera import PerspectiveCamera
 from reenact.face3d.coeffs import LAYOUT, TRANS
-from reenact.data.schema import COEFFS
+from reenact.faces import deep3d
+from reenact.faces.align import (
+    AlignedFace,
+    AlignTransform,
+    align_transform,
+    image_to_tensor_input,
+    load_lm3d,
+    warp_image,
+)
+from reenact.faces.deep3d import (
+    ReconNet,
+    aligned_camera,
+    build_recon_net,
+    checkpoint_filter_fn,
+    coeffs_to_aligned,
+    coeffs_to_frame,
+    frame_camera,
+    read_net_recon,
+)
+from reenact.faces.landmarks5 import Landmarks5
 from tests.conftest import fixture_path, state_dict_entries
 
 EXAMPLES = ("deep3d", "examples")

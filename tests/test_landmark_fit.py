@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from pipelines.extractors.landmark_fit import LandmarksExtractor
-from reenact.faces import landmark_fit as lf
+from reenact.data.schema import COEFFS
 from reenact.face3d.camera import PerspectiveCamera
 from reenact.face3d.coeffs import ANGLE, EXP, GAMMA, ID, TEX, TRANS
 from reenact.face3d.face import project_landmarks
 from reenact.face3d.procedural import procedural_model
 from reenact.face3d.transforms import euler_to_matrix, rotation_angle_between
-from reenact.data.schema import COEFFS
+from reenact.faces import landmark_fit as lf
 from reenact.faces.landmarks68 import dlib68
 from reenact.synth import world as synth_world
 from reenact.synth import writer

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from pipelines.extractors import oracle
+from reenact.data.schema import COEFFS, SYNTH_TRUTH
 from reenact.face3d.camera import PerspectiveCamera
 from reenact.face3d.coeffs import ANGLE, EXP, ID, TRANS
 from reenact.face3d.face import project_landmarks
 from reenact.face3d.procedural import procedural_model
-from reenact.data.schema import COEFFS, SYNTH_TRUTH
 from reenact.synth import world as synth_world
 from reenact.synth import writer
 
@@ -146,8 +146,8 @@ def test_oracle_on_the_tiny_synthetic_world():
     vox = truth.filter(pc.and_(is_vox, pc.is_valid(truth["chunk_id"])))         # frames inside a chunk
     celeb = truth.filter(pc.invert(is_vox))
     boxes = []
-    for l, t, r, b in celeb["face_bbox"].to_pylist():          # a square box 1.4x the face, centred on it
-        side, cx, cy = 1.4 * max(r - l, b - t), (l + r) / 2, (t + b) / 2
+    for left, t, r, b in celeb["face_bbox"].to_pylist():          # a square box 1.4x the face, centred on it
+        side, cx, cy = 1.4 * max(r - left, b - t), (left + r) / 2, (t + b) / 2
         boxes.append([round(cx - side / 2), round(cy - side / 2), round(cx - side / 2) + round(side),
                       round(cy - side / 2) + round(side)])
     out = oracle.OracleExtractor(truth)({

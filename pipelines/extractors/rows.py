@@ -1,7 +1,8 @@
 """Coefficient rows, written once for every extractor: one ``reenact.data.schema.COEFFS`` row per input frame row."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
