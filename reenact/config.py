@@ -95,7 +95,7 @@ def save_run_config(cfg: Any, run_dir: str | Path, history: bool = False, **extr
     ``history``: keep the runs recorded there before, oldest first, under ``"history"`` (each its config and
     provenance) instead of overwriting them.
     """
-    from reenact.data.shards import atomic_write_json
+    from reenact.files import atomic_write_json
 
     path = Path(run_dir) / "config.json"
     record: dict[str, Any] = {"config": to_jsonable(cfg), "provenance": provenance(**extra)}
