@@ -66,7 +66,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("raster.face_id_encoding", RASTER, ".bitwise_left_shift_(32).bitwise_or_(face_id)",
              ".bitwise_left_shift_(32).bitwise_or_(face_id.max() - face_id)",
              T("test_raster", "test_tie_rule_equal_depth_smallest_id_wins")),
-    # ---------------------------------------------------------------------------------------------- camera, coefficients
+    # ----------------------------------------------------------------------------------- camera, coefficients
     Mutation("camera.pixel_grid_half_pixel", "reenact/face3d/camera.py",
              "ys = torch.arange(height, device=device, dtype=dtype) + 0.5",
              "ys = torch.arange(height, device=device, dtype=dtype)",
