@@ -57,6 +57,15 @@ def test_full_size_state_dicts_equal_official_keys(official_keys):
     assert state_dict_entries(MultiScaleDiscriminator(VOX256_DISCRIMINATOR)) == official_keys["discriminator"]
 
 
+def test_discriminator_with_keypoints_matches_hand_computation():
+    """vox-adv-256's discriminator (keypoint Gaussians concatenated to the image) at a small width."""
+    from tests.test_baseline_fomm import check_discriminator_against_hand_computation
+
+    config = replace(VOX256_DISCRIMINATOR, block_expansion=8, max_features=32, num_kp=5)
+    kp = Keypoints(value=torch.rand(2, 5, 2, generator=torch.Generator().manual_seed(1)) * 2 - 1, jacobian=None)
+    check_discriminator_against_hand_computation(config, kp)
+
+
 def test_resnet50_depth_network_keys(official_keys):
     encoder = DepthEncoder(50)
     assert state_dict_entries(encoder) == official_keys["depth_encoder_resnet50"]
