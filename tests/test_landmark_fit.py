@@ -38,6 +38,11 @@ def sample_chunk(rng: np.random.Generator, frames: int, yaw_max: float = 45.0, e
     return c
 
 
+def stills(frames: int) -> np.ndarray:
+    """Links for frames of :func:`sample_chunk`: their poses are independent draws, not neighbouring video frames."""
+    return np.zeros(frames - 1, dtype=bool)
+
+
 def truth_landmarks(model, coeffs: np.ndarray, size: int = SIZE) -> np.ndarray:
     points = project_landmarks(model, torch.from_numpy(coeffs).float(), PerspectiveCamera.deep3d(size))
     return points.numpy().astype(np.float64)
@@ -166,7 +171,7 @@ def test_noise_free_mean_face_is_recovered_exactly(small_model):
 def test_noise_free_fit_reaches_subpixel_residuals(small_model):
     rng = np.random.default_rng(7)
     c = sample_chunk(rng, 8, exp_std=0.5)
-    result = lf.fit_landmarks(truth_landmarks(small_model, c), SIZE, small_model)
+    result = lf.fit_landmarks(truth_landmarks(small_model, c), SIZE, small_model, links=stills(8))
     assert np.median(result.rmse) < 0.3, result.rmse
     assert rotation_errors_deg(c, result.coeffs).max() < 1.5
 
@@ -179,7 +184,7 @@ def test_recovers_head_pose_on_synthetic_sequences(full_model, capsys):
     for _ in range(2):
         c = sample_chunk(rng, 32)
         landmarks = truth_landmarks(full_model, c) + rng.normal(0, 1.0, (32, 68, 2))
-        result = lf.fit_landmarks(landmarks, SIZE, full_model)
+        result = lf.fit_landmarks(landmarks, SIZE, full_model, links=stills(32))
         assert (result.coeffs[:, ID] == result.coeffs[:1, ID]).all()          # one identity per chunk
         assert not result.coeffs[:, TEX].any() and not result.coeffs[:, GAMMA].any()
         errors.append(rotation_errors_deg(c, result.coeffs))
@@ -227,7 +232,8 @@ def test_extractor_rows_per_chunk_and_status(extractor, small_model):
     batch = {k: [] for k in ("chunk_id", "frame_index", "landmarks", "status", "error", "image")}
     for chunk_id, c in chunks.items():
         for i, points in enumerate(truth_landmarks(small_model, c) + rng.normal(0, 0.5, (len(c), 68, 2))):
-            for key, value in zip(batch, (chunk_id, i, points.reshape(-1).tolist(), "ok", "", None)):
+            # frame indices two apart: independent poses, not neighbouring frames (no temporal term, no pose-step gate)
+            for key, value in zip(batch, (chunk_id, 2 * i, points.reshape(-1).tolist(), "ok", "", None)):
                 batch[key].append(value)
     # a row failed upstream, a row with neither landmarks nor image, a row with garbage image bytes
     for key, values in (("status", ["decode_error", "ok", "ok"]), ("error", ["truncated", "", ""]),
@@ -259,7 +265,7 @@ def test_extractor_marks_bad_fits(small_model):
     points = truth_landmarks(small_model, c)
     points[2] = rng.uniform(0, SIZE, (68, 2))              # not a face
     strict = LandmarksExtractor(model="procedural-small", config=lf.FitConfig(max_rmse=4.0))
-    out = strict({"chunk_id": ["x#y#000000#000004"] * 4, "frame_index": [0, 1, 2, 3],
+    out = strict({"chunk_id": ["x#y#000000#000004"] * 4, "frame_index": [0, 2, 4, 6],
                   "landmarks": [p.reshape(-1) for p in points]})
     assert out["status"][2] == "fit_error" and "RMSE" in out["error"][2]
     assert out["fit_error"][2] > 4.0 and out["coeffs"][2] is not None
@@ -327,7 +333,7 @@ def test_extractor_runs_as_a_ray_actor(ray_session, small_model):
     rng = np.random.default_rng(10)
     c = sample_chunk(rng, 6)
     points = truth_landmarks(small_model, c)
-    items = [{"chunk_id": "id10001#aaaaaaaaaaa#000000#000006", "frame_index": i, "status": "ok", "error": "",
+    items = [{"chunk_id": "id10001#aaaaaaaaaaa#000000#000006", "frame_index": 2 * i, "status": "ok", "error": "",
               "landmarks": points[i].reshape(-1).astype(np.float32)} for i in range(6)]
     ds = ray.data.from_items(items).map_batches(
         LandmarksExtractor, fn_constructor_kwargs={"model": "procedural-small", "landmark_source": "column"},
