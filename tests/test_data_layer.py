@@ -8,8 +8,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from reenact.data.codec import (decode_image, encode_png, pack_flow, pack_mask, tensor_to_bytes, unpack_flow,
-                                unpack_mask)
+from reenact.data.codec import decode_image, encode_png, pack_flow, pack_mask, tensor_to_bytes, unpack_flow, unpack_mask
 from reenact.data.datasets import FrameDataset, PairDataset, SelfPairDataset
 from reenact.data.manifests import SampledFrom, pairs_table, read_manifest, write_manifest
 from reenact.data.schema import COEFFS, FRAMES, GUIDANCE, frame_key, pair_key

@@ -13,17 +13,16 @@ import json
 import os
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from reenact.data.schema import IMAGE_STORAGE, image_columns, image_field, storage_schema
-
 from reenact.files import atomic_write_bytes, atomic_write_json  # noqa: F401  (the shard writers' own)
-
 
 #: Rows per Parquet row group in shards: the unit a random-access reader (reenact.data.datasets) reads.
 ROW_GROUP_ROWS = 256
