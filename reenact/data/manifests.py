@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from reenact.data.schema import PAIRS, SCHEMA_VERSION, ChunkId
+from reenact.data.schema import PAIRS, SCHEMA_VERSION, ChunkId, parse_frame_key
 from reenact.files import atomic_write_bytes
 
 #: The committed manifests of a source checkout (``<repo>/manifests``).
@@ -93,7 +93,7 @@ def pairs_table(columns: dict[str, list]) -> pa.Table:
 
 def frame_person(key: str) -> str:
     """The person id of a frame key ``<chunk_id>/<frame_index>``."""
-    return ChunkId.parse(key.rsplit("/", 1)[0]).person_id
+    return ChunkId.parse(parse_frame_key(key)[0]).person_id
 
 
 def pair_counts(pairs: pa.Table) -> dict[str, Any]:
@@ -112,8 +112,9 @@ def pair_counts(pairs: pa.Table) -> dict[str, Any]:
     return counts
 
 
-def check_pairs(pairs: pa.Table, protocol: str) -> None:
-    """ValueError unless ``pairs`` is a PAIRS table of ``protocol`` with unique ids and unique (source, driving)."""
+def check_pairs(pairs: pa.Table, protocol: str, allow_repeats: bool = False) -> None:
+    """ValueError unless ``pairs`` is a PAIRS table of ``protocol`` with unique ids and (unless ``allow_repeats``,
+    for imported lists that repeat a pair) unique (source, driving)."""
     if not pairs.schema.equals(PAIRS):
         raise ValueError(f"pairs must have the PAIRS schema; got {pairs.schema}")
     protocols = set(pairs.column("protocol").to_pylist())
@@ -123,7 +124,7 @@ def check_pairs(pairs: pa.Table, protocol: str) -> None:
     if len(set(ids)) != len(ids):
         raise ValueError(f"pair_id repeats in {protocol!r}")
     keys = list(zip(pairs.column("source").to_pylist(), pairs.column("driving").to_pylist()))
-    if len(set(keys)) != len(keys):
+    if not allow_repeats and len(set(keys)) != len(keys):
         raise ValueError(f"a (source, driving) pair repeats in {protocol!r}")
 
 
@@ -142,12 +143,12 @@ def manifest_info(pairs: pa.Table, protocol: str, version: int, data: bytes, sam
 
 
 def write_manifest(pairs: pa.Table, protocol: str, version: int, sampled_from: SampledFrom,
-                   root: str | os.PathLike = MANIFEST_ROOT, notes: str = "") -> Path:
+                   root: str | os.PathLike = MANIFEST_ROOT, notes: str = "", allow_repeats: bool = False) -> Path:
     """Write ``pairs`` as ``<root>/<protocol>/v<version>/`` (pairs.parquet, then manifest.json); the folder.
 
     Rewriting identical pairs is a no-op that leaves byte-identical files. Raises ValueError when the version
     already holds other pairs (a protocol's version is immutable: bump it)."""
-    check_pairs(pairs, protocol)
+    check_pairs(pairs, protocol, allow_repeats)
     folder = manifest_dir(protocol, version, root)
     data = pairs_bytes(pairs)
     info = manifest_info(pairs, protocol, version, data, sampled_from, notes)
