@@ -86,9 +86,10 @@ def pairs_table(columns: dict[str, list]) -> pa.Table:
     missing = [f.name for f in PAIRS if not f.nullable and f.name not in columns]
     if missing:
         raise ValueError(f"pairs need the columns {missing}; got {sorted(columns)}")
-    n = len(columns["pair_id"])
-    table = pa.table({f.name: columns.get(f.name, [None] * n) for f in PAIRS}, schema=PAIRS)
-    return table.sort_by("pair_id")
+    ids = list(columns["pair_id"])
+    order = sorted(range(len(ids)), key=ids.__getitem__)        # (no Table.sort_by: it imports pyarrow's engine)
+    return pa.table({f.name: [columns[f.name][i] for i in order] if f.name in columns else [None] * len(ids)
+                     for f in PAIRS}, schema=PAIRS)
 
 
 def frame_person(key: str) -> str:
