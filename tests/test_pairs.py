@@ -12,9 +12,19 @@ from scipy.spatial.transform import Rotation
 
 from pipelines.pairs import annotate_pose, pose_discrepancy, read_dagan_csv, vox_test_chunks
 from reenact.data.manifests import MANIFEST_ROOT, pairs_bytes, read_manifest
-from reenact.data.pairs import (DAGAN_PROTOCOLS, Chunk, bin_labels, celebv_cross_pairs, dagan_pairs,
-                                filter_available, mark_available, pose_bin, self_pairs_of, vox_cross_pairs,
-                                vox_self_pairs)
+from reenact.data.pairs import (
+    DAGAN_PROTOCOLS,
+    Chunk,
+    bin_labels,
+    celebv_cross_pairs,
+    dagan_pairs,
+    filter_available,
+    mark_available,
+    pose_bin,
+    self_pairs_of,
+    vox_cross_pairs,
+    vox_self_pairs,
+)
 from reenact.data.schema import ChunkId, parse_frame_key
 from reenact.face3d.coeffs import ANGLE
 from reenact.face3d.transforms import matrix_to_euler
