@@ -214,3 +214,22 @@ def test_quickstart_samples_pairs_through_the_data_layer(prepared):
     pairs = sample_pairs(keys, 4, seed=0)
     assert len(pairs) == 4 and all(s.rsplit("/", 1)[0] != d.rsplit("/", 1)[0] for s, d in pairs)
     assert pairs == sample_pairs(keys, 4, seed=0)
+
+
+def test_pairs_command_filters_and_annotates(prepared, tmp_path, capsys):
+    from reenact.app.cli import main
+
+    root, truth = prepared
+    pairs = pa.concat_tables([some_pairs(), pairs_table({"pair_id": [4], "protocol": ["toy"],
+                                                         "source": [frame_key(CHUNKS[0], 2)],
+                                                         "driving": [frame_key(CHUNKS[0], 0)]})])
+    folder = write_manifest(pairs, "toy", 1, SampledFrom("a", "b", "c", "d"), root=tmp_path / "m")
+    assert main(["pairs", "filter", "--manifest", str(folder), "--prepared", str(root), "--out",
+                 str(tmp_path / "f")]) == 0
+    marked = read_manifest("toy", 1, root=tmp_path / "f").pairs
+    assert marked.column("status").to_pylist() == ["ok"] * 4 + ["unavailable"]
+    assert main(["pairs", "pose", "--manifest", str(tmp_path / "f" / "toy" / "v1"), "--coeffs", str(root),
+                 "--out", str(tmp_path / "p")]) == 0
+    posed = read_manifest("toy", 1, root=tmp_path / "p").pairs.to_pylist()
+    assert all(r["extractor"] == "oracle" and r["pose_bin"] is not None for r in posed)
+    assert posed[0]["status"] == "ok" and "toy/v1" in capsys.readouterr().out

@@ -129,14 +129,13 @@ def write_dagan(args, root: Path) -> list[Path]:
 
 
 def write_filtered(args, root: Path) -> list[Path]:
+    from pipelines.pairs import prepared_frames
     from reenact.data.manifests import SampledFrom, read_manifest_dir, write_manifest
     from reenact.data.pairs import filter_available, mark_available
     from reenact.data.schema import frame_key
-    from reenact.data.shards import read_stage
 
     m = read_manifest_dir(args.manifest)
-    table = read_stage(args.prepared, "frames", ["chunk_id", "frame_index", "status"]).to_pydict()
-    have = [frame_key(c, i) for c, i, s in zip(table["chunk_id"], table["frame_index"], table["status"]) if s == "ok"]
+    have = [frame_key(c, i) for c, indices in prepared_frames(args.prepared).items() for i in indices]
     pairs = mark_available(m.pairs, have)
     pairs = filter_available(pairs) if args.drop else pairs
     origin = SampledFrom(f"{m.protocol}/v{m.version}/pairs.parquet", m.info["sha256"],
