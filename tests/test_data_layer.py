@@ -86,11 +86,11 @@ def test_shards_read_back_as_written(prepared):
 
 
 @pytest.mark.slow
-def test_frame_shard_opens_in_hf_datasets_as_pictures(prepared):
+def test_frame_shard_opens_in_hf_datasets_as_pictures(prepared, tmp_path):
     datasets = pytest.importorskip("datasets")
     root, truth = prepared
     for shard in ("frames-00000.parquet", "frames-00001.parquet"):
-        ds = datasets.load_dataset("parquet", data_files=str(root / shard), split="train")
+        ds = datasets.load_dataset("parquet", data_files=str(root / shard), split="train", cache_dir=str(tmp_path))
         assert isinstance(ds.features["image"], datasets.Image)
         for row in ds:
             key = frame_key(row["chunk_id"], row["frame_index"])
