@@ -1,11 +1,13 @@
 # Two commands set up a fresh machine and do the work:
 #   make quickstart   -> venv + pinned deps, then the main job on the embedded synthetic world
+#                        (ARGS="--preset tiny" for a smoke run; OUT=folder)
 #   make test         -> venv + pinned deps, then the test suite
 PY      ?= python3
 VENV    ?= .venv
 STAMP   := $(VENV)/.installed
 BIN     := $(VENV)/bin
 OUT     ?= runs/quickstart
+ARGS    ?=
 
 .PHONY: quickstart test lint perf setup clean-venv
 
@@ -19,7 +21,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 quickstart: $(STAMP)
-	$(BIN)/reenact quickstart --out $(OUT)
+	$(BIN)/reenact quickstart --out $(OUT) $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/lint-imports
