@@ -47,7 +47,6 @@ import pyarrow as pa
 from reenact.config import UserError, save_run_config
 from reenact.data.shards import is_done, merge_parts, part_is_current, part_paths, read_stats, remove_parts
 
-
 # ---------------------------------------------------------------- configuration shared by every dataset
 
 @dataclass
