@@ -85,8 +85,7 @@ BRIGHTNESS = pa.schema([("chunk_id", pa.string()), ("frame_index", pa.int32()), 
 
 def brightness_stage(out: Path) -> Stage:
     return Stage("brightness", FramewiseStage, BRIGHTNESS, num_cpus=1, concurrency=1,
-                 kwargs={"out": str(out.resolve()), "name": "brightness", "schema": BRIGHTNESS,
-                         "make_fn": MeanBrightness})
+                 kwargs={"name": "brightness", "schema": BRIGHTNESS, "make_fn": MeanBrightness})
 
 
 @pytest.fixture(scope="module")
