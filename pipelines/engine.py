@@ -47,7 +47,6 @@ import pyarrow as pa
 from reenact.config import UserError, save_run_config
 from reenact.data.shards import is_done, merge_parts, part_is_current, part_paths, read_stats, remove_parts
 
-
 # ---------------------------------------------------------------- configuration shared by every dataset
 
 @dataclass
@@ -197,8 +196,8 @@ class Stage:
     version: int = 1                # bump when the stage's code changes its outputs
 
     def bound(self, out: str) -> dict[str, Any]:
-        """The keywords of one run: ``out`` (the engine's folder, absolute) plus the stage's own."""
-        return {"out": out, **self.kwargs}
+        """The keywords of one run: the stage's own plus ``out``, the folder the engine writes (absolute)."""
+        return {**self.kwargs, "out": out}
 
     def apply(self, ds, out: str):
         """``ds.map_batches`` with this stage's function and resources, one item per batch."""

@@ -48,7 +48,6 @@ from reenact.config import UserError, add_dataclass_arguments, from_namespace
 from reenact.data.schema import CELEBV_FRAMES, COEFFS, FRAMES, LEDGER, Status
 from reenact.data.shards import ParquetStream, finish_part, is_done, part_paths, write_shard
 
-
 # ---------------------------------------------------------------- configuration
 
 @dataclass
