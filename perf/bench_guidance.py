@@ -92,6 +92,31 @@ def round_robin_ms(fns: dict, repeats: int, warmup: int = 2) -> dict[str, tuple[
     return {name: (1000 * statistics.median(wall[name]), 1000 * statistics.median(cpu[name])) for name in fns}
 
 
+def batch_rows(model: MorphableModel, camera: PerspectiveCamera, b: int, args: argparse.Namespace,
+               g: torch.Generator) -> list[list]:
+    """The table rows of batch ``b``: each timing divided by the pairs (or meshes) of the call, and the ratio."""
+    src, drv = sample_coeffs(b, 0.7, g), sample_coeffs(b, 0.7, g)
+    screen = camera.project(posed_vertices(model, src)[0])
+    settings = RasterSettings(image_size=(args.size, args.size), backend="torch")
+    timings = {
+        "vertices (Eq. 1 + pose + projection), per mesh": lambda: camera.project(posed_vertices(model, src)[0]),
+        "rasterization, per mesh": lambda: rasterize(screen, model.triangles, settings),
+        "guidance F_c+O_c+I_r+mask, per pair": lambda: compute_guidance(model, src, drv, args.size,
+                                                                       with_source_render=False),
+        "naive yardstick of the same, per pair": lambda: naive_guidance(model, src, drv, args.size),
+        "guidance + source render, per pair": lambda: compute_guidance(model, src, drv, args.size),
+    }
+    check = compute_guidance(model, src, drv, args.size, with_source_render=False)
+    gaps = [(a - n).abs().max().item() for a, n in zip((check.flow, check.occlusion, check.render, check.face_mask),
+                                                      naive_guidance(model, src, drv, args.size))]
+    print(f"batch {b}: largest |guidance - naive| of flow, occlusion, render, mask: "
+          + ", ".join(f"{gap:.2g}" for gap in gaps))
+    measured = round_robin_ms(timings, args.repeats)
+    rows = [[name, b, f"{wall / b:.2f}", f"{cpu / b:.2f}"] for name, (wall, cpu) in measured.items()]
+    fast, naive = measured["guidance F_c+O_c+I_r+mask, per pair"], measured["naive yardstick of the same, per pair"]
+    return rows + [["naive / guidance (wall, cpu)", b, f"{naive[0] / fast[0]:.2f}x", f"{naive[1] / fast[1]:.2f}x"]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=256)
@@ -104,28 +129,7 @@ def main() -> None:
     model = procedural_model(args.model)
     camera = PerspectiveCamera.deep3d(args.size)
     g = torch.Generator().manual_seed(0)
-    rows = []
-    for b in args.batches:
-        src, drv = sample_coeffs(b, 0.7, g), sample_coeffs(b, 0.7, g)
-        screen = camera.project(posed_vertices(model, src)[0])
-        settings = RasterSettings(image_size=(args.size, args.size), backend="torch")
-        timings = {
-            "vertices (Eq. 1 + pose + projection), per mesh": lambda: camera.project(posed_vertices(model, src)[0]),
-            "rasterization, per mesh": lambda: rasterize(screen, model.triangles, settings),
-            "guidance F_c+O_c+I_r+mask, per pair": lambda: compute_guidance(model, src, drv, args.size,
-                                                                           with_source_render=False),
-            "naive yardstick of the same, per pair": lambda: naive_guidance(model, src, drv, args.size),
-            "guidance + source render, per pair": lambda: compute_guidance(model, src, drv, args.size),
-        }
-        check = compute_guidance(model, src, drv, args.size, with_source_render=False)
-        gaps = [(a - n).abs().max().item() for a, n in zip((check.flow, check.occlusion, check.render, check.face_mask),
-                                                          naive_guidance(model, src, drv, args.size))]
-        print(f"batch {b}: largest |guidance - naive| of flow, occlusion, render, mask: "
-              + ", ".join(f"{gap:.2g}" for gap in gaps))
-        measured = round_robin_ms(timings, args.repeats)
-        rows += [[name, b, f"{wall / b:.2f}", f"{cpu / b:.2f}"] for name, (wall, cpu) in measured.items()]
-        fast, naive = measured["guidance F_c+O_c+I_r+mask, per pair"], measured["naive yardstick of the same, per pair"]
-        rows.append(["naive / guidance (wall, cpu)", b, f"{naive[0] / fast[0]:.2f}x", f"{naive[1] / fast[1]:.2f}x"])
+    rows = [row for b in args.batches for row in batch_rows(model, camera, b, args, g)]
     print(f"mesh: procedural-{args.model} ({model.num_vertices} vertices, {model.num_triangles} triangles), "
           f"{args.size}x{args.size}, torch threads {args.threads}, {platform.processor() or platform.machine()}")
     print_table(["what", "batch", "median wall ms", "median thread-CPU ms"], rows)
