@@ -7,8 +7,16 @@ import torch
 
 from reenact.assets import MissingAssetError
 from reenact.model import losses
-from reenact.model.networks import (ABLATIONS, CompletionNetwork, MultipleGuidanceModel, ReenactmentNetwork, fuse,
-                                    model_config, resize_flow, warp_and_mask)
+from reenact.model.networks import (
+    ABLATIONS,
+    CompletionNetwork,
+    MultipleGuidanceModel,
+    ReenactmentNetwork,
+    fuse,
+    model_config,
+    resize_flow,
+    warp_and_mask,
+)
 
 
 def _inputs(b: int, size: int, seed: int = 0):
@@ -37,7 +45,7 @@ def test_completion_starts_from_the_computed_guidance():
     cfg = model_config("tiny")
     source, motion, *_ = _inputs(1, cfg.image_size)
     flow_p, occlusion_p, mask_f, mask_o = CompletionNetwork(cfg)(source, motion)
-    assert flow_p.abs().max() == 0 and torch.all(occlusion_p == 0.5) and torch.all(mask_f == 0.5)
+    assert flow_p.abs().max() == 0 and torch.all(occlusion_p == 0.5) and torch.all(mask_f == 0.5) and torch.all(mask_o == 0.5)
 
 
 def test_fuse_is_eqs_6_and_7_exactly():

@@ -21,8 +21,8 @@ import os
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from reenact.assets import ASSETS, MissingAssetError, asset_dir, asset_path
 

@@ -21,8 +21,8 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from reenact.face3d.guidance import warp_with_flow
 

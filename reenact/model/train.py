@@ -32,8 +32,20 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from reenact.config import save_run_config
 from reenact.face3d.coeffs import motion_coeffs
 from reenact.face3d.guidance import compute_guidance
-from reenact.model.losses import LAMBDA_STYLE, LOSSES, PERCEPTUAL, PYRAMID_SCALES, build_loss
-from reenact.model.networks import ABLATIONS, SIZES, ModelConfig, MultipleGuidanceModel, model_config
+from reenact.model.losses import (
+    LAMBDA_STYLE,
+    LOSSES,
+    PERCEPTUAL,
+    PYRAMID_SCALES,
+    build_loss,
+)
+from reenact.model.networks import (
+    ABLATIONS,
+    SIZES,
+    ModelConfig,
+    MultipleGuidanceModel,
+    model_config,
+)
 
 CHECKPOINT = "checkpoint.pt"
 #: Fields that may change between a run and its resumption (everything else must match the checkpoint).
