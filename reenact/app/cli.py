@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("pipelines.runner", "run the preprocessing stages on Ray (download, crop, ...) into Parquet shards; "
                                     "rerun to resume"),
     "inspect": ("pipelines.inspect", "print counts per stage, status histogram and throughput of a prepare folder"),
+    "train": ("reenact.app.train", "train the paper's model or a Table 3 ablation (resumable; Ray Train with --ray-workers)"),
+    "animate": ("reenact.app.animate", "animate a source face with a driving video using a trained paper model -> mp4"),
 }
 
 
