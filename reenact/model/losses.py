@@ -165,7 +165,7 @@ class PaperLoss(nn.Module):
 
     def forward(self, generated: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         l_c, l_s = self.reconstruction(generated, target), self.style(generated, target)
-        return l_c + self.lambda_style * l_s, {"L_c": float(l_c), "L_s": float(l_s)}
+        return l_c + self.lambda_style * l_s, {"L_c": l_c.item(), "L_s": l_s.item()}
 
 
 class WeightFreeLoss(nn.Module):
@@ -179,7 +179,7 @@ class WeightFreeLoss(nn.Module):
 
     def forward(self, generated: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         l1, ms = self.l1(generated, target), self.msssim(generated, target)
-        return l1 + ms, {"L1": float(l1), "1-MS-SSIM": float(ms)}
+        return l1 + ms, {"L1": l1.item(), "1-MS-SSIM": ms.item()}
 
 
 def build_loss(name: str = PERCEPTUAL, *, scales: tuple[float, ...] = PYRAMID_SCALES,

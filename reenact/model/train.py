@@ -182,7 +182,7 @@ def train_step(model, loss_fn, optimizer, scaler, batch: Batch, amp: bool):
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
-    return float(loss), terms
+    return loss.item(), terms
 
 
 # ---------------------------------------------------------------------------------------------------- state
