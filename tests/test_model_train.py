@@ -16,6 +16,7 @@ from reenact.model.networks import ABLATIONS
 from reenact.model.synthetic_pairs import SyntheticPairs, SyntheticSpec
 from reenact.model.train import (
     CHECKPOINT,
+    EpochResampled,
     learning_rate,
     load_checkpoint,
     prepare_batch,
@@ -62,6 +63,25 @@ def test_guidance_is_computed_on_the_fly_unless_the_item_carries_it(pairs):
               "rendered": torch.full((3, 64, 64), 0.5)} for i in items]
     batch = prepare_batch(default_collate(given), morphable, 64, torch.device("cpu"))
     assert torch.all(batch.flow == 1) and torch.all(batch.occlusion == 0) and torch.all(batch.render == 0.5)
+
+
+def test_items_of_another_size_are_resized_and_their_guidance_recomputed(pairs):
+    items = [{**pairs[i], "source": torch.rand(3, 128, 128), "driving": torch.rand(3, 128, 128),
+              "flow": torch.ones(2, 128, 128), "occlusion": torch.zeros(1, 128, 128),
+              "rendered": torch.zeros(3, 128, 128)} for i in range(2)]
+    morphable = load_morphable_model("procedural-small")
+    batch = prepare_batch(default_collate(items), morphable, 64, torch.device("cpu"))
+    assert batch.source.shape == batch.driving.shape == (2, 3, 64, 64)
+    ref = compute_guidance(morphable, torch.stack([i["source_coeffs"] for i in items]),
+                           torch.stack([i["driving_coeffs"] for i in items]), 64, with_source_render=False)
+    assert torch.equal(batch.flow, ref.flow) and torch.equal(batch.render, ref.render)
+
+
+def test_epoch_resampled_reads_a_fresh_slice_each_epoch():
+    view = EpochResampled(list(range(12)), 4)
+    assert len(view) == 4 and [view[i] for i in range(4)] == [0, 1, 2, 3]
+    view.set_epoch(2)
+    assert [view[i] for i in range(4)] == [8, 9, 10, 11]
 
 
 def test_learning_rate_drops_after_60_percent_of_epochs():

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from reenact.config import save_run_config
@@ -115,17 +116,36 @@ def train_config(preset: str = "paper", **overrides: Any) -> TrainConfig:
 
 # ---------------------------------------------------------------------------------------------------- data
 def build_dataset(cfg: TrainConfig) -> Dataset:
-    """The training pairs named by ``cfg.data``."""
+    """The training pairs named by ``cfg.data``: rendered synthetic pairs, or self pairs of a prepared folder (frame
+    and coefficient shards, ``reenact.data.datasets``) with fresh random pairs every epoch, one per chunk."""
     if cfg.data == "synthetic":
         from reenact.model.synthetic_pairs import SyntheticPairs, SyntheticSpec
 
         return SyntheticPairs(SyntheticSpec(size=cfg.model_config().image_size, videos=cfg.synthetic_videos,
                                             frames=cfg.synthetic_frames, seed=cfg.seed))
     try:
-        from reenact.data import datasets
+        from reenact.data.datasets import FrameDataset, SelfPairDataset
     except ImportError as e:
         raise ValueError(f"data={cfg.data!r}: reading prepared folders needs reenact.data.datasets ({e})") from e
-    return datasets.SelfPairs(cfg.data)  # the data layer's self-reenactment pairs
+    frames = FrameDataset(cfg.data)
+    chunks = len(SelfPairDataset(frames, 1, cfg.seed).chunks)
+    return EpochResampled(SelfPairDataset(frames, chunks * cfg.epochs, cfg.seed), chunks)
+
+
+class EpochResampled(Dataset):
+    """Epoch ``e`` of ``base`` (items a function of their index) is its items ``e n .. e n + n - 1``."""
+
+    def __init__(self, base: Dataset, per_epoch: int):
+        self.base, self.per_epoch, self.epoch = base, per_epoch, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.per_epoch
+
+    def __getitem__(self, index: int):
+        return self.base[self.epoch * self.per_epoch + index]
 
 
 def epoch_order(num_items: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[int]:
@@ -158,18 +178,24 @@ class Batch:
 
 
 def prepare_batch(item: dict[str, torch.Tensor], morphable, size: int, device: torch.device) -> Batch:
-    """Move an item batch to ``device`` and complete it with guidance computed there (unless it carries it)."""
-    source, driving = item["source"].to(device), item["driving"].to(device)
-    if tuple(source.shape[-2:]) != (size, size):
-        raise ValueError(f"training images must be {size}x{size} for this model size, got {tuple(source.shape)}")
+    """Move an item batch to ``device`` at the network's ``size`` and complete it with guidance computed there (unless
+    the item carries guidance of that size). Coefficients do not depend on the image size (Deep3D's camera scales)."""
+    source, driving = (_resized(item[k].to(device), size) for k in ("source", "driving"))
     sc, dc = item["source_coeffs"].to(device).float(), item["driving_coeffs"].to(device).float()
-    if all(k in item for k in ("flow", "occlusion", "rendered")):
+    carried = all(k in item and tuple(item[k].shape[-2:]) == (size, size) for k in ("flow", "occlusion", "rendered"))
+    if carried:
         flow, occlusion, render = (item[k].to(device).float() for k in ("flow", "occlusion", "rendered"))
     else:
         with torch.no_grad():
             g = compute_guidance(morphable, sc, dc, size, with_source_render=False)
         flow, occlusion, render = g.flow, g.occlusion, g.render
     return Batch(source, driving, motion_coeffs(dc), flow, occlusion, render)
+
+
+def _resized(images: torch.Tensor, size: int) -> torch.Tensor:
+    if tuple(images.shape[-2:]) == (size, size):
+        return images.float()
+    return F.interpolate(images.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
 def train_step(model, loss_fn, optimizer, scaler, batch: Batch, amp: bool):
@@ -324,6 +350,8 @@ def training_loop(cfg: TrainConfig, dataset: Dataset | None = None, *, distribut
     while step < total:
         epoch, offset = divmod(step, per_epoch)
         order = epoch_order(len(dataset), cfg.seed, epoch, rank, world)[offset * cfg.batch_size:]
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
         loader = DataLoader(Subset(dataset, order), batch_size=cfg.batch_size, shuffle=False, drop_last=True,
                             num_workers=cfg.num_workers)
         for item in loader:
