@@ -146,6 +146,7 @@ def test_training_refuses_without_vgg_weights(tmp_path, pairs, monkeypatch):
 
 @pytest.mark.slow
 def test_ray_train_two_cpu_workers(tmp_path, ray_session):
+    pytest.importorskip("ray.train.torch", reason="Ray Train needs the ray[train] extra (pydantic)")
     from reenact.model.ray_train import train_on_ray
 
     cfg = _cfg(tmp_path, max_steps=2, synthetic_videos=2, synthetic_frames=3)

@@ -20,9 +20,13 @@ def train_on_ray(cfg: TrainConfig, num_workers: int = 1, use_gpu: bool = False, 
     ``address``: a Ray cluster to join (default: the running session, else a local one).
     """
     import ray
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
+    try:
+        from ray.train import RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+    except ImportError as e:  # ray without its train extra (pydantic)
+        raise ImportError(f"Ray Train is not usable here: {e}. Install it with `pip install 'ray[train]'`, or train "
+                          "in one process (without --ray-workers).") from e
     if num_workers < 1:
         raise ValueError(f"num_workers must be at least 1, got {num_workers}")
     if not ray.is_initialized():
