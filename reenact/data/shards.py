@@ -14,6 +14,8 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from reenact.files import atomic_write_bytes, atomic_write_json  # noqa: F401  (the shard writers' own)
+
 
 def shard_name(stage: str, shard: int) -> str:
     return f"{stage}-{shard:05d}"
@@ -27,22 +29,6 @@ def shard_paths(root: str | os.PathLike, stage: str, shard: int) -> tuple[Path, 
 
 def is_done(root: str | os.PathLike, stage: str, shard: int) -> bool:
     return shard_paths(root, stage, shard)[1].is_file()
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
 
 
 def write_shard(root: str | os.PathLike, stage: str, shard: int, table: pa.Table,
@@ -179,15 +165,3 @@ def part_is_current(root: str | os.PathLike, stage: str, key: str, token: str) -
     (the ``input`` its stats recorded)."""
     stats_path = part_paths(root, stage, key)[1]
     return stats_path.is_file() and json.loads(stats_path.read_text()).get("input") == token
-
-
-def check_plan(root: str | os.PathLike, plan: dict[str, Any]) -> None:
-    """Refuse to resume into ``root`` when its earlier run (``config.json`` provenance) had another shard plan:
-    its shards would not match this run's."""
-    path = Path(root) / "config.json"
-    if not path.is_file():
-        return
-    earlier = json.loads(path.read_text()).get("provenance", {}).get("plan")
-    if earlier is not None and earlier != plan:
-        raise ValueError(f"{root} holds a run with another plan ({earlier}); this run's plan is {plan}. "
-                         "Use a new output folder, or the same inputs and shard sizes.")
