@@ -25,7 +25,7 @@ from perf.timing import median_seconds, print_table
 from reenact.config import add_dataclass_arguments, from_namespace
 from reenact.face3d.coeffs import motion_coeffs
 from reenact.face3d.guidance import compute_guidance
-from reenact.face3d.morphable import load_morphable_model
+from reenact.face3d.io import load_morphable_model
 from reenact.model.losses import build_loss
 from reenact.model.networks import MultipleGuidanceModel, model_config
 from reenact.model.reenactor import PaperReenactor

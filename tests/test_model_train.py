@@ -11,7 +11,7 @@ from torch.utils.data import Subset, default_collate
 
 from reenact.assets import MissingAssetError
 from reenact.face3d.guidance import compute_guidance
-from reenact.face3d.morphable import load_morphable_model
+from reenact.face3d.io import load_morphable_model
 from reenact.model.networks import ABLATIONS
 from reenact.model.synthetic_pairs import SyntheticPairs, SyntheticSpec
 from reenact.model.train import (

@@ -2,8 +2,8 @@
 
 Steps: read the source image and decode the driving video (ffmpeg); detect the face (MTCNN) and cut square crops
 around it (the CelebV ingest's crop rule, centres smoothed over frames), or take whole frames with ``--crop none``;
-extract 3DMM coefficients with the configured extractor (``landmarks``: a morphable-model fit to dlib's 68 points;
-``deep3d``: Deep3DFaceRecon, needs its weights); reenact every driving frame (``--mode expression`` or ``pose`` for the
+extract 3DMM coefficients with the configured estimator of ``reenact.faces`` (``landmarks``: a morphable-model fit to
+dlib's 68 points; ``deep3d``: Deep3DFaceRecon, needs its weights); reenact every driving frame (``--mode expression`` or ``pose`` for the
 disentangled edits of Fig. 8) and write an H.264 mp4 at the driving video's frame rate.
 
 Driving frames whose face or coefficients cannot be found reuse the previous frame's coefficients (the count is
@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------------------------------------------- crops
 def square_frames(frames: np.ndarray, size: int) -> np.ndarray:
     """Centre square of each ``(T, H, W, 3)`` frame resized to ``size``: ``(T, size, size, 3)`` uint8."""
-    from pipelines.celebv import crop_square
+    from pipelines.celebv_crop import crop_square
 
     h, w = frames.shape[1:3]
     side = min(h, w)
@@ -64,14 +64,14 @@ def square_frames(frames: np.ndarray, size: int) -> np.ndarray:
 
 
 def face_crops(frames: np.ndarray, size: int, smooth: int = 5) -> tuple[np.ndarray, int]:
-    """Face crops ``(T, size, size, 3)`` of ``(T, H, W, 3)`` frames and the number of frames without a face (they
-    take the nearest found crop box). Raises ``ValueError`` when no frame has a face."""
-    from PIL import Image
+    """Face crops ``(T, size, size, 3)`` of ``(T, H, W, 3)`` frames (MTCNN boxes, the CelebV crop rule) and the
+    number of frames without a face (they take the nearest found box). ``ValueError`` when no frame has a face."""
+    from pipelines.celebv_crop import crop_square, plan_crops
+    from reenact.data.codec import uint8_to_tensor
+    from reenact.faces.detect import detect
 
-    from pipelines.celebv import crop_square, detector, plan_crops
-
-    found = detector("cpu")([Image.fromarray(f) for f in frames])
-    plan = plan_crops([None if d is None else d.box for d in found], smooth=smooth)
+    boxes = detect(uint8_to_tensor(frames), "mtcnn").boxes.numpy()
+    plan = plan_crops([None if not np.isfinite(b).all() else b.tolist() for b in boxes], smooth=smooth)
     kept = [i for i, b in enumerate(plan.boxes) if b is not None]
     if not kept:
         raise ValueError("no face found (MTCNN); pass --crop none for pre-cropped inputs")
@@ -80,32 +80,31 @@ def face_crops(frames: np.ndarray, size: int, smooth: int = 5) -> tuple[np.ndarr
 
 
 # ---------------------------------------------------------------------------------------------------- coefficients
-def extract_coeffs(crops: np.ndarray, extractor, chunk_id: str) -> tuple[np.ndarray, int]:
-    """``(T, 257)`` float32 coefficients of the crops of one video (one identity), and how many frames failed (they
-    copy the previous good frame, the first good one at the start). Raises ``ValueError`` when all fail."""
-    from reenact.data.codec import encode_png
+def extract_coeffs(crops: np.ndarray, estimator, what: str) -> tuple[np.ndarray, int]:
+    """``(T, 257)`` float32 coefficients of the crops of one video (one identity, fitted together), and how many
+    frames failed (they copy the previous good frame, the first good one at the start). ``ValueError`` when all
+    fail."""
+    from reenact.data.codec import uint8_to_tensor
 
-    rows = extractor({"chunk_id": [chunk_id] * len(crops), "frame_index": list(range(len(crops))),
-                      "image": [encode_png(c) for c in crops]})
-    good = [i for i, status in enumerate(rows["status"]) if status == "ok"]
+    estimate = estimator.estimate(uint8_to_tensor(crops))
+    good = [i for i, ok in enumerate(estimate.ok.tolist()) if ok]
     if not good:
-        raise ValueError(f"{chunk_id}: no coefficients for any frame ({rows['error'][0]})")
+        raise ValueError(f"{what}: no coefficients for any frame ({estimate.error[0]})")
     coeffs, last = np.zeros((len(crops), 257), np.float32), good[0]
     for i in range(len(crops)):
         last = i if i in good else last
-        coeffs[i] = np.asarray(rows["coeffs"][last], np.float32)
+        coeffs[i] = estimate.coeffs[last].numpy()
     return coeffs, len(crops) - len(good)
 
 
-def build_extractor(cfg: AnimateConfig):
-    from pipelines.extractors import get_class
+def build_estimator(cfg: AnimateConfig):
+    """The configured coefficient estimator of :mod:`reenact.faces.estimate`."""
+    from reenact.faces.estimate import get_estimator
 
-    cls = get_class(cfg.extractor)
+    cls = get_estimator(cfg.extractor)
     if cfg.extractor == "landmarks":
         return cls(model=cfg.morphable, assets=cfg.assets)
-    if cfg.extractor == "deep3d":
-        return cls(assets=cfg.assets, device=cfg.device)
-    raise ValueError(f"extractor {cfg.extractor!r} cannot read images; use landmarks or deep3d")
+    return cls(assets=cfg.assets, device=cfg.device)
 
 
 # ---------------------------------------------------------------------------------------------------- model
@@ -162,9 +161,9 @@ def run(args: argparse.Namespace) -> int:
         crops, missing_faces = face_crops(frames, cfg.size)
     else:
         source, crops = square_frames(source, cfg.size), square_frames(frames, cfg.size)
-    extractor = build_extractor(cfg)
-    source_coeffs, _ = extract_coeffs(source, extractor, "source")
-    coeffs, missing_coeffs = extract_coeffs(crops, extractor, "driving")
+    estimator = build_estimator(cfg)
+    source_coeffs, _ = extract_coeffs(source, estimator, "source image")
+    coeffs, missing_coeffs = extract_coeffs(crops, estimator, "driving video")
     with Mp4Writer(cfg.out, cfg.size, cfg.size, fps=max(1, round(info.fps))) as writer:
         for batch in reenact_frames(model, source[0], source_coeffs[0], crops, coeffs, cfg):
             writer.write(batch)

@@ -20,7 +20,7 @@ from reenact.assets import MissingAssetError
 from reenact.contract import Motion, ReenactInputs, Reenactor
 from reenact.face3d.coeffs import ANGLE, EXP, TRANS, motion_coeffs
 from reenact.face3d.guidance import compute_guidance
-from reenact.face3d.morphable import load_morphable_model
+from reenact.face3d.io import load_morphable_model
 from reenact.model.networks import ModelConfig, MultipleGuidanceModel, model_config
 
 Mode = Literal["full", "expression", "pose"]

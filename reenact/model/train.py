@@ -394,6 +394,6 @@ def _resume(cfg: TrainConfig, run_dir: Path, model, optimizer, scaler) -> int:
 
 
 def _morphable(cfg: TrainConfig, device: torch.device):
-    from reenact.face3d.morphable import load_morphable_model
+    from reenact.face3d.io import load_morphable_model
 
     return load_morphable_model(cfg.morphable, cfg.assets).to(device)
