@@ -188,8 +188,9 @@ def resize_flow(flow: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def warp_and_mask(features: torch.Tensor, flow: torch.Tensor, occlusion: torch.Tensor) -> torch.Tensor:
     """Encoder features warped by F and masked by O, both brought to the features' resolution."""
     size = features.shape[-2:]
-    mask = F.interpolate(occlusion, size=size, mode="bilinear", align_corners=False)
-    return warp_with_flow(features, resize_flow(flow, size)) * mask
+    mask = F.interpolate(occlusion.float(), size=size, mode="bilinear", align_corners=False)
+    warped = warp_with_flow(features.float(), resize_flow(flow.float(), size))   # float32 sampling, also under AMP
+    return (warped * mask).to(features.dtype)
 
 
 # ---------------------------------------------------------------------------------------------------- F_c

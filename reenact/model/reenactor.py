@@ -94,12 +94,18 @@ class PaperReenactor(Reenactor):
         source_coeffs = inputs.source_coeffs.float()
         driving = driving_for_mode(source_coeffs, inputs.driving_coeffs.float(), self.mode)
         with torch.no_grad():
-            g = compute_guidance(self.morphable.to(inputs.source.device), source_coeffs, driving, size,
+            g = compute_guidance(self._morphable_on(inputs.source.device), source_coeffs, driving, size,
                                  with_source_render=False)
         out = self.network(_resize(inputs.source, size), motion_coeffs(driving), g.flow, g.occlusion, g.render).image
         if tuple(out.shape[-2:]) != tuple(out_size):
             out = F.interpolate(out, size=tuple(out_size), mode="bilinear", align_corners=False).clamp(0, 1)
         return out
+
+
+    def _morphable_on(self, device: torch.device):
+        """The morphable model on ``device`` (moved once per device)."""
+        self.morphable = self.morphable.to(device)
+        return self.morphable
 
 
 class PaperBaseReenactor(PaperReenactor):
