@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                     "rerun to resume"),
     "pairs": ("reenact.app.pairs", "write, import, filter and pose-annotate the benchmark's versioned pair manifests"),
     "inspect": ("pipelines.inspect", "print counts per stage, status histogram and throughput of a prepare folder"),
+    "train": ("reenact.app.train", "train the paper's model or a Table 3 ablation (resumable; Ray Train with --ray-workers)"),
+    "animate": ("reenact.app.animate", "animate a source face with a driving video using a trained paper model -> mp4"),
 }
 
 
