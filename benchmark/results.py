@@ -112,7 +112,7 @@ class BenchResult:
         return Path(path)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "BenchResult":
+    def from_dict(cls, data: dict[str, Any]) -> BenchResult:
         if data.get("schema_version") != SCHEMA_VERSION:
             raise ValueError(f"results schema version {data.get('schema_version')} is not {SCHEMA_VERSION}")
         models = [ModelResult(**{**m, "aggregates": [_aggregate(a) for a in m["aggregates"]],
@@ -121,7 +121,7 @@ class BenchResult:
         return cls(**{**data, "models": models, "records": [PairRecord(**r) for r in data["records"]]})
 
     @classmethod
-    def load(cls, path: str | Path) -> "BenchResult":
+    def load(cls, path: str | Path) -> BenchResult:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 

@@ -7,8 +7,9 @@ Backends are loaded lazily, once, and shared by every metric that uses them.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from benchmark.metrics.base import Kind, Metric, MetricBatch, PairMetric, finite_mean
 

@@ -16,8 +16,9 @@ Frechet distance on the same embedding, AED and APD on the same extractor) compu
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch

@@ -12,8 +12,8 @@ batching and can be recomputed on a bootstrap resample (:meth:`compute_subset`).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -102,7 +102,7 @@ class InceptionFeatures:
     name = "inception-pt_inception-2015-12-05"
 
     def __init__(self, weights: str | Path, device: str = "cpu"):
-        import pytorch_fid.inception as inception
+        from pytorch_fid import inception
 
         state = torch.load(weights, map_location="cpu", weights_only=True)
         original = inception.load_state_dict_from_url

@@ -9,7 +9,7 @@ mean "no face found" and give a NaN value for the pair (counted as missing).
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

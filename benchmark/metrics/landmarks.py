@@ -3,7 +3,7 @@ landmarks of the generated image and of the driving frame, both detected by the 
 ``images -> (B, 68, 2)`` with a ``name``; NaN rows where no face is found give a NaN pair value)."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

@@ -17,7 +17,8 @@ runs it on the driving frame too, so that extractor bias cancels (copy-driving s
 """
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 import torch

