@@ -31,10 +31,11 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """``|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2))`` (pytorch-fid's implementation, scipy's sqrtm)."""
+    """``|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2))`` (pytorch-fid's implementation, scipy's sqrtm), clamped at
+    0 (equal distributions give round-off of either sign)."""
     from pytorch_fid.fid_score import calculate_frechet_distance
 
-    return float(calculate_frechet_distance(mu1, np.atleast_2d(sigma1), mu2, np.atleast_2d(sigma2)))
+    return max(0.0, float(calculate_frechet_distance(mu1, np.atleast_2d(sigma1), mu2, np.atleast_2d(sigma2))))
 
 
 def features_frechet(a: np.ndarray, b: np.ndarray) -> float:
