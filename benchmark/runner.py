@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -106,10 +106,10 @@ class BenchConfig:
     synth_size: int = _opt(256, "synthetic protocols: image side")
     embedder: str = _opt("dlib", "CSIM / FD identity embedding backend")
     extractor: str = _opt("landmarks", "AED / APD coefficient extractor (pipelines.extractors registry)")
-    aed_reduce: str = _opt("sum", "AED: sum | mean over the 64 expression coefficients")
-    apd_reduce: str = _opt("mean", "APD: sum | mean over the pose values")
-    apd_pose: str = _opt("angles+trans", "APD: angles | angles+trans")
-    motion_driving: str = _opt("extracted", "AED / APD driving coefficients: extracted | dataset")
+    aed_reduce: Literal["sum", "mean"] = _opt("sum", "AED: sum | mean over the 64 expression coefficients")
+    apd_reduce: Literal["sum", "mean"] = _opt("mean", "APD: sum | mean over the pose values")
+    apd_pose: Literal["angles", "angles+trans"] = _opt("angles+trans", "APD: angles | angles+trans")
+    motion_driving: Literal["extracted", "dataset"] = _opt("extracted", "AED / APD driving coefficients: extracted | dataset")
     assets: str | None = _opt(None, "asset folder (FID weights, checkpoints)")
     progress: bool = _opt(True, "show progress bars")
 

@@ -21,6 +21,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("pipelines.runner", "run the preprocessing stages on Ray (download, crop, ...) into Parquet shards; "
                                     "rerun to resume"),
     "inspect": ("pipelines.inspect", "print counts per stage, status histogram and throughput of a prepare folder"),
+    "bench": ("reenact.app.bench", "run models over a protocol's pairs and score them into results JSON; rerun to resume"),
+    "leaderboard": ("reenact.app.leaderboard", "render the seed's Tables 1-3 (markdown, CSV, LaTeX) from results JSON"),
+    "report": ("reenact.app.report", "write a self-contained HTML pose-discrepancy report (Fig. 6) from results JSON"),
 }
 
 
