@@ -25,6 +25,7 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -292,6 +293,7 @@ class Scored:
     statuses: dict[int, tuple[str, str]]
     order: list[int]                       # pair ids in the order the metrics saw them
     metrics: dict[str, Metric]
+    seconds: dict[str, float] = field(default_factory=dict)   # where scoring time went: decode, each metric
 
 
 def score(cfg: BenchConfig, name: str, root: Path, pairs: Sequence[dict], by_id: dict[int, int],
@@ -303,21 +305,42 @@ def score(cfg: BenchConfig, name: str, root: Path, pairs: Sequence[dict], by_id:
 
     metrics = create_metrics(cfg.metrics or None, protocol_kind(cfg.protocol), backends)
     scored = Scored({}, {}, [], metrics)
+    clock = _Clock(scored.seconds)
     rows = list(generated_rows(root))
     for row in rows:
         scored.statuses[row["pair_id"]] = (row["status"], row["error"])
     ok = [row for row in rows if row["status"] == "ok"]
     for batch_rows in tqdm(list(_batches(iter(ok), cfg.batch_size)), desc=f"score {name}", disable=not cfg.progress):
-        items = [pairs[by_id[row["pair_id"]]] for row in batch_rows]
-        batch = MetricBatch(generated=torch.stack([bytes_to_tensor(row["image"]) for row in batch_rows]),
-                            source=_stack(items, "source"), driving=_stack(items, "driving"),
-                            source_coeffs=_stack(items, "source_coeffs"), driving_coeffs=_stack(items, "driving_coeffs"))
-        per_metric = {m.recorded_name: m.update(batch) for m in metrics.values()}
+        with clock("decode"):
+            items = [pairs[by_id[row["pair_id"]]] for row in batch_rows]
+            batch = MetricBatch(generated=torch.stack([bytes_to_tensor(row["image"]) for row in batch_rows]),
+                                source=_stack(items, "source"), driving=_stack(items, "driving"),
+                                source_coeffs=_stack(items, "source_coeffs"),
+                                driving_coeffs=_stack(items, "driving_coeffs"))
+        per_metric = {}
+        for m in metrics.values():
+            with clock(m.recorded_name):
+                per_metric[m.recorded_name] = m.update(batch)
         for j, row in enumerate(batch_rows):
             scored.order.append(row["pair_id"])
             scored.values[row["pair_id"]] = {n: _finite(v[j]) for n, v in per_metric.items()
                                              if metrics_by_name(metrics)[n].per_pair}
     return scored
+
+
+class _Clock:
+    """``with clock(name):`` adds the block's wall seconds to ``totals[name]``."""
+
+    def __init__(self, totals: dict[str, float]):
+        self.totals = totals
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - start
 
 
 def metrics_by_name(metrics: dict[str, Metric]) -> dict[str, Metric]:
