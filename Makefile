@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 BIN     := $(VENV)/bin
 OUT     ?= runs/quickstart
 
-.PHONY: quickstart test perf setup clean-venv
+.PHONY: quickstart test lint perf setup clean-venv
 
 setup: $(STAMP)
 
@@ -21,7 +21,10 @@ $(STAMP): requirements.txt pyproject.toml
 quickstart: $(STAMP)
 	$(BIN)/reenact quickstart --out $(OUT)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/lint-imports
+
+test: lint
 	$(BIN)/python -m pytest -q tests
 
 perf: $(STAMP)

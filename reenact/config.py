@@ -86,7 +86,7 @@ def to_jsonable(cfg: Any) -> Any:
 
 def save_run_config(cfg: Any, run_dir: str | Path, **extra: Any) -> Path:
     """Write ``config.json`` (config + provenance) into ``run_dir`` and return its path."""
-    from reenact.data.shards import atomic_write_json
+    from reenact.files import atomic_write_json
 
     path = Path(run_dir) / "config.json"
     atomic_write_json(path, {"config": to_jsonable(cfg), "provenance": provenance(**extra)})

@@ -48,7 +48,7 @@ def encode_png(image: np.ndarray, compress_level: int = 1) -> bytes:
 
 
 def save_png(image: np.ndarray, path: str | Path) -> Path:
-    from reenact.data.shards import atomic_write_bytes
+    from reenact.files import atomic_write_bytes
 
     atomic_write_bytes(path, encode_png(image, compress_level=6))
     return Path(path)

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from reenact import assets
-from reenact.assets_table import asset_table
+from reenact.app.assets_table import asset_table
 from tests.conftest import REPO
 
 
@@ -45,4 +45,4 @@ def test_sha256_is_checked_when_known(tmp_path, monkeypatch):
 
 def test_readme_asset_table_is_generated_from_the_registry():
     readme = (REPO / "README.md").read_text()
-    assert asset_table() in readme, "regenerate with: python -m reenact.assets_table"
+    assert asset_table() in readme, "regenerate with: python -m reenact.app.assets_table"

@@ -14,6 +14,8 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from reenact.files import atomic_write_bytes, atomic_write_json  # noqa: F401  (the shard writers' own)
+
 
 def shard_name(stage: str, shard: int) -> str:
     return f"{stage}-{shard:05d}"
@@ -27,22 +29,6 @@ def shard_paths(root: str | os.PathLike, stage: str, shard: int) -> tuple[Path, 
 
 def is_done(root: str | os.PathLike, stage: str, shard: int) -> bool:
     return shard_paths(root, stage, shard)[1].is_file()
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
 
 
 def write_shard(root: str | os.PathLike, stage: str, shard: int, table: pa.Table,

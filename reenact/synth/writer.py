@@ -44,7 +44,7 @@ from reenact.face3d.morphable import NUM_EXP, NUM_ID, MorphableModel
 from reenact.face3d.transforms import euler_to_matrix, rigid_transform
 from reenact.ffmpeg import ffmpeg_exe
 from reenact.data.schema import SYNTH_TRUTH, ChunkId
-from reenact.data.shards import atomic_write_bytes
+from reenact.files import atomic_write_bytes
 from reenact.synth.world import CROP_SIZE, FPS, Sequence, World
 
 VOX_HEADER = "video_id,start,end,bbox,fps,width,height,partition,person_id"

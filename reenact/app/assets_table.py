@@ -1,4 +1,4 @@
-"""Render the README's asset table from :data:`reenact.assets.ASSETS` (``python -m reenact.assets_table``)."""
+"""Render the README's asset table from :data:`reenact.assets.ASSETS` (``python -m reenact.app.assets_table``)."""
 from __future__ import annotations
 
 from reenact.assets import ASSETS
