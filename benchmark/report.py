@@ -98,12 +98,12 @@ def bin_figure(result: BenchResult, metric: str) -> bytes:
 
 # ---------------------------------------------------------------------------------------------------- examples
 def example_pairs(result: BenchResult, per_bin: int = EXAMPLES_PER_BIN) -> dict[str, list[int]]:
-    """Per bin label, the first ``per_bin`` pair ids (by id) every model generated."""
+    """Per bin label, the first ``per_bin`` pair indices every model generated."""
     ok: dict[int, int] = {}
     discrepancy: dict[int, float | None] = {}
     for r in result.records:
-        ok[r.pair_id] = ok.get(r.pair_id, 0) + (r.status == "ok")
-        discrepancy[r.pair_id] = r.pose_discrepancy
+        ok[r.index] = ok.get(r.index, 0) + (r.status == "ok")
+        discrepancy[r.index] = r.pose_discrepancy
     complete = sorted(p for p, count in ok.items() if count == len(result.models))
     return {b.label: [p for p in complete if discrepancy[p] is not None and b.low <= discrepancy[p] < b.high][:per_bin]
             for b in _bins_of(result)}
@@ -117,25 +117,24 @@ def _thumbnail(rgb: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def example_images(run_dir: Path, result: BenchResult, pair_ids: set[int]) -> dict[tuple[int, str], bytes]:
-    """Thumbnails keyed by (pair id, "source" | "driving" | model name), read from the run folder."""
+def example_images(run_dir: Path, result: BenchResult, indices: set[int]) -> dict[tuple[int, str], bytes]:
+    """Thumbnails keyed by (pair index, "source" | "driving" | model name), read from the run folder."""
     import json
 
     from benchmark.runner import STAGE, BenchConfig, generated_rows, load_pairs
     from reenact.data.codec import decode_image, tensor_to_uint8
 
     recorded = json.loads((run_dir / "config.json").read_text())["config"]
-    cfg = BenchConfig(**{**recorded, "out": str(run_dir), "progress": False})
+    cfg = BenchConfig(**{**recorded, "out": str(run_dir), "progress": False, "executor": "local"})
     pairs, _ = load_pairs(cfg)
     out = {}
-    for item in pairs:
-        if int(item["pair_id"]) in pair_ids:
-            for role in ("source", "driving"):
-                out[(int(item["pair_id"]), role)] = _thumbnail(tensor_to_uint8(item[role]))
+    for index in sorted(indices):
+        for role in ("source", "driving"):
+            out[(index, role)] = _thumbnail(tensor_to_uint8(pairs[index][role]))
     for model in result.models:
         for row in generated_rows(run_dir / STAGE / model.model):
-            if row["pair_id"] in pair_ids and row["status"] == "ok":
-                out[(row["pair_id"], model.model)] = _thumbnail(decode_image(row["image"]))
+            if row["index"] in indices and row["status"] == "ok":
+                out[(row["index"], model.model)] = _thumbnail(decode_image(row["image"]))
     return out
 
 

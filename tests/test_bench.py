@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark import runner
+from benchmark import generate, runner
 from benchmark.leaderboard import leaderboard_tables, to_csv, to_latex, to_markdown
 from benchmark.metrics import Backends
 from benchmark.results import BenchResult, comparable
@@ -112,15 +112,15 @@ def test_a_failing_model_leaves_status_rows(tmp_path, toy_world, monkeypatch):
                 raise RuntimeError("flaky failure")
             return inputs.source.clone()
 
-    monkeypatch.setattr(runner, "build_model", lambda name, path, cfg: Flaky())
+    monkeypatch.setattr(generate, "build_model", lambda *args: Flaky())
     result = run_bench(toy_config(tmp_path, models=["copy-source"]), toy_backends())
-    failed = [r for r in result.records if r.status == runner.MODEL_ERROR]
+    failed = [r for r in result.records if r.status == generate.MODEL_ERROR]
     expected = sum(float(p["source"][0, 0, 0]) > 0.5 for p in toy_world)
     assert len(failed) == expected > 0
     assert all("flaky failure" in r.error and r.values == {} for r in failed)
     csim = result.model("copy-source").aggregate("csim")
     assert csim.n == len(toy_world) - expected and csim.n_missing == expected
-    assert result.model("copy-source").statuses == {"ok": len(toy_world) - expected, runner.MODEL_ERROR: expected}
+    assert result.model("copy-source").statuses == {"ok": len(toy_world) - expected, generate.MODEL_ERROR: expected}
 
 
 # ---------------------------------------------------------------------------------------------------- leaderboard
