@@ -6,10 +6,11 @@ Layout of ``--out``::
     config.json                                 the run's config and provenance (plan: manifest, shard size)
     pairs/<protocol>.pt                         synthetic protocols only: the rendered pairs (uint8), reused on rerun
     generated/<model>/config.json               the model's plan (checkpoint identity), checked on resume
-    generated/<model>/generated-<shard:05d>.parquet (+ .stats.json, the done-marker)
+    generated/<model>/generated-<shard:05d>.parquet (+ .stats.json, the done-marker; :mod:`benchmark.generate`)
     results.json                                :class:`benchmark.results.BenchResult`
 
-A rerun computes only the shards that are missing (a killed run loses at most the shards in flight) and then
+Generation runs on the pipeline engine (:mod:`pipelines.engine`; ``--executor local`` or ``ray``). A rerun computes
+only the blocks of pairs that are missing (a killed run loses at most the blocks in flight) and then
 re-scores everything from the cached images, so an interrupted and resumed run gives the same results JSON as an
 uninterrupted one (timestamps aside). A model that fails on a pair leaves a ``model_error`` row with the error.
 
@@ -76,6 +77,7 @@ class BenchConfig(RunConfig):
     model_gpus: float = _opt(0.0, "GPUs per model actor (Ray; use with --device cuda)")
     data: str | None = _opt(None, "prepared data folder (frames + coefficients) for manifest protocols")
     manifests: str = _opt("manifests", "folder of the versioned pair manifests")
+    manifest_version: int = _opt(0, "manifest version of the protocol (0: the latest)")
     checkpoints: list[str] = field(default_factory=list, metadata={
         "help": "per-model weights as name=path (default: the asset folder)"})
     random_weights: bool = _opt(False, "build models with random weights (speed and plumbing checks only)")
@@ -120,6 +122,10 @@ class BenchConfig(RunConfig):
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in run_options}
 
 
+#: protocols rendered straight from the synthetic world (benchmark.synthetic), no manifest or prepared data needed
+SYNTHETIC = ("synth-self", "synth-cross")
+
+
 def protocol_kind(protocol: str) -> str:
     return "self" if "self" in protocol.split("-") else "cross"
 
@@ -127,8 +133,12 @@ def protocol_kind(protocol: str) -> str:
 # ---------------------------------------------------------------------------------------------------- pairs
 def load_pairs(cfg: BenchConfig) -> tuple[Sequence[dict], str]:
     """The protocol's pair items (``PairDataset`` contract) and the manifest's sha256."""
-    pairs, sha = (_synthetic_pairs(cfg) if cfg.protocol.startswith("synth-") else _manifest_pairs(cfg))
-    return (pairs[:cfg.limit] if cfg.limit else pairs), sha
+    pairs, sha = _synthetic_pairs(cfg) if cfg.protocol in SYNTHETIC else _manifest_pairs(cfg)
+    if cfg.limit and cfg.limit < len(pairs):
+        from torch.utils.data import Subset
+
+        pairs = Subset(pairs, range(cfg.limit))
+    return pairs, sha
 
 
 def _synthetic_pairs(cfg: BenchConfig) -> tuple[list[dict], str]:
@@ -169,8 +179,14 @@ def _manifest_pairs(cfg: BenchConfig) -> tuple[Sequence[dict], str]:
                          f"which is not installed here ({err}); use synth-self / synth-cross") from err
     if cfg.data is None:
         raise ValueError(f"protocol {cfg.protocol!r} reads prepared frames: pass --data <prepare folder>")
-    dataset = PairDataset(cfg.protocol, cfg.data, manifests=cfg.manifests)
-    return dataset, str(getattr(dataset, "manifest_sha256", "unknown"))
+    from reenact.data.manifests import manifest_dir, read_manifest_dir, versions
+
+    found = versions(cfg.protocol, cfg.manifests)
+    if not found:
+        raise ValueError(f"no manifest for protocol {cfg.protocol!r} under {cfg.manifests}/ (committed protocols live "
+                         f"there as <protocol>/v<N>/); the synthetic stand-ins are {', '.join(SYNTHETIC)}")
+    manifest = read_manifest_dir(manifest_dir(cfg.protocol, cfg.manifest_version or found[-1], cfg.manifests))
+    return PairDataset(manifest, cfg.data), manifest.info["sha256"]
 
 
 # ---------------------------------------------------------------------------------------------------- scoring

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 
-from reenact.config import add_dataclass_arguments, from_namespace
+from reenact.config import add_dataclass_arguments, dump, from_namespace
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +36,9 @@ def run(args: argparse.Namespace) -> int:
     from benchmark.runner import BenchConfig, run_bench
 
     cfg = from_namespace(BenchConfig, args)
+    if cfg.dry_run:
+        print(dump(cfg))
+        return 0
     result = run_bench(cfg)
     print(to_markdown(leaderboard_tables([result])[:-3]))
     print(f"results: {cfg.out}/results.json")
