@@ -8,7 +8,7 @@ import torch
 from benchmark.metrics import Backends, MetricBatch, MetricOptions, create_metrics
 from benchmark.metrics.frechet import FID, FrechetDistance, features_frechet
 from benchmark.metrics.identity import CSIM, cosine_similarity
-from benchmark.metrics.image import PSNR, SSIM, L1, psnr, ssim
+from benchmark.metrics.image import L1, PSNR, SSIM, psnr, ssim
 from benchmark.metrics.landmarks import AKD, keypoint_distance
 from benchmark.metrics.motion import AED, APD, expression_distance, pose_distance
 
