@@ -150,7 +150,7 @@ def generate(cfg, name: str, pairs: Sequence[dict], fingerprint: dict[str, Any])
                                          cfg.assets)
     plan = generation_plan(name, identity, len(pairs), cfg.batch_size, cfg.shard_size, fingerprint)
     config = dataclasses.asdict(cfg)
-    kwargs: dict[str, Any] = {"out": str(root), "name": name, "path": path, "identity": identity, "config": config}
+    kwargs: dict[str, Any] = {"name": name, "path": path, "identity": identity, "config": config}
     if cfg.executor == "local":
         kwargs["pairs"] = pairs
     stage = Stage(STAGE, GenerateStage, GENERATED, num_cpus=1.0, num_gpus=cfg.model_gpus, kwargs=kwargs)

@@ -97,8 +97,10 @@ class BenchConfig(RunConfig):
     synth_pairs: int = _opt(32, "synthetic protocols: number of pairs")
     synth_preset: str = _opt("tiny", "synthetic protocols: world preset")
     synth_size: int = _opt(256, "synthetic protocols: image side")
-    embedder: str = _opt("dlib", "CSIM / FD identity embedding backend")
-    extractor: str = _opt("landmarks", "AED / APD coefficient extractor (pipelines.extractors registry)")
+    embedder: Literal["dlib", "facenet", "arcface"] = _opt(
+        "dlib", "CSIM / FD identity embedding (reenact.faces.embed; facenet / arcface need their weight files)")
+    extractor: Literal["landmarks", "deep3d"] = _opt(
+        "landmarks", "AED / APD coefficient estimator (reenact.faces.estimate; deep3d needs epoch_20.pth)")
     aed_reduce: Literal["sum", "mean"] = _opt("sum", "AED: sum | mean over the 64 expression coefficients")
     apd_reduce: Literal["sum", "mean"] = _opt("mean", "APD: sum | mean over the pose values")
     apd_pose: Literal["angles", "angles+trans"] = _opt("angles+trans", "APD: angles | angles+trans")
@@ -339,7 +341,7 @@ def package_versions() -> dict[str, str]:
 def run_bench(cfg: BenchConfig, backends: Backends | None = None) -> BenchResult:
     """Generate what is missing, score every model, write ``<out>/results.json`` and return the result."""
     from reenact.config import provenance, save_run_config
-    from reenact.data.shards import check_plan
+    from pipelines.engine import check_fingerprint
 
     if not cfg.models:
         raise ValueError("no models given (--models copy-source copy-driving ...)")
@@ -349,7 +351,7 @@ def run_bench(cfg: BenchConfig, backends: Backends | None = None) -> BenchResult
         raise ValueError(f"protocol {cfg.protocol!r} has no pairs")
     plan = {"protocol": cfg.protocol, "manifest_sha256": manifest_sha, "shard_size": cfg.shard_size,
             "pairs": len(pairs)}
-    check_plan(out, plan)
+    check_fingerprint(out, json.loads(json.dumps(plan)))
     save_run_config(cfg, out, plan=plan)
     backends = backends or Backends(cfg.metric_options())
     discrepancy = {i: pose_discrepancy(pairs[i]) for i in range(len(pairs))}

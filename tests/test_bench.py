@@ -230,3 +230,21 @@ def test_killed_and_resumed_bench_gives_identical_results(synth_run, tmp_path):
     assert done < 8                                                  # interrupted mid-generation
     resumed = run_bench(BenchConfig(out=str(killed_dir), **kwargs))
     assert comparable(json.loads(resumed.to_json())) == comparable(json.loads(reference.to_json()))
+
+
+@pytest.mark.slow
+def test_ray_executor_gives_the_local_results(tmp_path, ray_session):
+    """Generation on Ray actors (pairs loaded in the worker from the run's pair cache) equals the local run."""
+    from benchmark.runner import _to_uint8
+
+    results = {}
+    for executor in ("local", "ray"):
+        out = tmp_path / executor
+        cfg = toy_config(out, protocol="synth-cross", synth_pairs=6, synth_size=32, executor=executor,
+                         models=["copy-driving"], metrics=["csim", "aed"])
+        spec = {"preset": cfg.synth_preset, "seed": cfg.seed, "size": cfg.synth_size, "pairs": cfg.synth_pairs}
+        (out / "pairs").mkdir(parents=True)
+        torch.save({"spec": spec, "items": [_to_uint8(i) for i in toy_pairs()]}, out / "pairs" / "synth-cross.pt")
+        results[executor] = json.loads(run_bench(cfg, toy_backends()).to_json())
+    assert results["ray"]["records"] == results["local"]["records"]
+    assert results["ray"]["models"] == results["local"]["models"]

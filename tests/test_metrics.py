@@ -51,10 +51,10 @@ def test_cosine_similarity_matches_scipy():
 
 
 def test_csim_of_an_image_with_itself_is_one_dlib():
-    from benchmark.metrics.backends import DlibEmbedder
+    from benchmark.metrics.backends import FaceEmbedder
 
     x = _images(2, 0, 96)
-    values = CSIM(DlibEmbedder(), "self").update(MetricBatch(generated=x, source=_images(2, 5, 96), driving=x))
+    values = CSIM(FaceEmbedder("dlib"), "self").update(MetricBatch(generated=x, source=_images(2, 5, 96), driving=x))
     np.testing.assert_allclose(values, 1.0, atol=1e-9)
 
 
@@ -214,11 +214,11 @@ def test_registry_builds_the_defaults_with_injected_backends(tmp_path, monkeypat
 # ---------------------------------------------------------------------------------------------------- synthetic world
 @pytest.mark.slow
 def test_dlib_csim_ranks_same_identity_above_different_on_the_synthetic_world():
-    from benchmark.metrics.backends import DlibEmbedder
+    from benchmark.metrics.backends import FaceEmbedder
     from benchmark.synthetic import synthetic_pairs
 
     pairs = synthetic_pairs("self", 6, seed=3, size=160) + synthetic_pairs("cross", 6, seed=3, size=160)
-    embedder = DlibEmbedder()
+    embedder = FaceEmbedder("dlib")
     src = embedder(torch.stack([p["source"] for p in pairs]))
     drv = embedder(torch.stack([p["driving"] for p in pairs]))
     values = cosine_similarity(src, drv)

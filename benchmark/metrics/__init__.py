@@ -18,8 +18,8 @@ from benchmark.metrics.base import Kind, Metric, MetricBatch, PairMetric, finite
 class MetricOptions:
     """Every disputed choice, with its default (recorded in each result)."""
 
-    embedder: str = "dlib"                   # CSIM / FD backend: dlib (reenact.faces.embed when it lands)
-    extractor: str = "landmarks"             # AED / APD coefficient extractor (pipelines.extractors registry)
+    embedder: str = "dlib"                   # CSIM / FD backend: dlib | facenet | arcface (reenact.faces.embed)
+    extractor: str = "landmarks"             # AED / APD coefficients: landmarks | deep3d (reenact.faces.estimate)
     aed_reduce: str = "sum"                  # sum | mean over the 64 expression coefficients
     apd_reduce: str = "mean"                 # sum | mean over the pose values
     apd_pose: str = "angles+trans"           # angles | angles+trans
@@ -47,11 +47,9 @@ class Backends:
         from benchmark.metrics import backends
 
         if what == "embedder":
-            if self.options.embedder != "dlib":
-                raise ValueError(f"unknown identity embedder {self.options.embedder!r}; available: dlib")
-            return backends.DlibEmbedder()
+            return backends.FaceEmbedder(self.options.embedder, self.options.assets)
         if what == "extractor":
-            return backends.RowExtractor(self.options.extractor, **self.options.extractor_kwargs)
+            return backends.CoefficientExtractor(self.options.extractor, **self.options.extractor_kwargs)
         if what == "landmarks":
             return backends.Landmarks68Batch()
         raise ValueError(f"unknown backend {what!r}")
