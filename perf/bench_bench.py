@@ -30,7 +30,6 @@ from perf.timing import print_table
 
 def measure(cfg: BenchConfig) -> list[dict]:
     pairs, sha = load_pairs(cfg)                                   # renders once, cached under cfg.out/pairs
-    by_id = {int(p["pair_id"]): i for i, p in enumerate(pairs)}
     backends = Backends(cfg.metric_options())
     plan = {"protocol": cfg.protocol, "manifest_sha256": sha, "shard_size": cfg.shard_size, "pairs": len(pairs)}
     for what in ("embedder", "extractor"):                         # load the backends before timing
@@ -42,7 +41,7 @@ def measure(cfg: BenchConfig) -> list[dict]:
         root = generate(cfg, name, pairs, plan)
         generated = time.perf_counter() - start
         start = time.perf_counter()
-        scored = score(cfg, name, root, pairs, by_id, backends)
+        scored = score(cfg, name, root, pairs, backends)
         scoring = time.perf_counter() - start
         n = len(pairs)
         rows.append({"model": name, "pairs": n, "pairs_per_s": n / (generated + scoring),
