@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 from pipelines.crop import CropSettings, crop_video
 from pipelines.download import DEFAULT_URL_TEMPLATE, DownloadSettings, check_url_template, download_stage
 from pipelines.engine import Plan, RunConfig, RunResult, Stage, WorkItem, ensure_part, log, run_plan, shard_items
+from pipelines.guidance import GuidanceConfig, prepare_guidance
 from pipelines.metadata import VideoJob, metadata_table, read_metadata, video_jobs
 from reenact.config import UserError, add_dataclass_arguments, from_namespace
 from reenact.data.schema import CELEBV_FRAMES, COEFFS, FRAMES, LEDGER, Status
@@ -337,10 +338,12 @@ def prepare_celebv(cfg: CelebVConfig) -> RunResult:
 # ---------------------------------------------------------------- command line
 
 #: dataset -> (config, prepare function, one-line help)
-DATASETS: dict[str, tuple[type[ExtractorConfig], Callable[[Any], RunResult], str]] = {
+DATASETS: dict[str, tuple[type[RunConfig], Callable[[Any], RunResult], str]] = {
     "vox": (VoxConfig, prepare_vox, "VoxCeleb: vox-metadata.csv + video URLs -> ledger, frames (, coeffs) shards"),
     "synth": (SynthConfig, prepare_vox, "the synthetic world's VoxCeleb-style videos (--world), oracle coefficients"),
     "celebv": (CelebVConfig, prepare_celebv, "CelebV identity folders (or a zip) -> MTCNN crops (, coeffs) shards"),
+    "guidance": (GuidanceConfig, prepare_guidance, "a pair manifest + prepared coefficients -> guidance shards "
+                                                   "(F_c, O_c, I_r, face mask per pair)"),
 }
 
 
