@@ -1,0 +1,224 @@
+"""Failure classes, the shared rate limiter and the retry selection of the download stage (pipelines/download.py),
+against the local HTTP server failing on purpose (503 first, 429 for a while, a permanent 404).
+"""
+from __future__ import annotations
+
+import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pyarrow as pa
+import pytest
+
+from pipelines.download import (
+    DownloadSettings,
+    LocalLimiter,
+    RateLimit,
+    diagnose,
+    download_video,
+    failure_class,
+    get_limiter,
+    ledger_table,
+    retry_keys,
+    show_pauses,
+)
+from pipelines.media import ffmpeg_exe
+from reenact.data.schema import LEDGER
+from tests.http_server import LocalServer
+
+HEIGHT = 120
+VIDEOS = [f"v{k}" for k in range(12)]
+
+
+@pytest.fixture(scope="module")
+def video_bytes(tmp_path_factory) -> bytes:
+    path = tmp_path_factory.mktemp("src") / "v.mp4"
+    subprocess.run([ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "lavfi", "-i", f"testsrc=size=160x{HEIGHT}:rate=25",
+                    "-frames:v", "10", "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path)], check=True)
+    return path.read_bytes()
+
+
+@pytest.fixture
+def server(video_bytes):
+    with LocalServer({f"{v}.mp4": video_bytes for v in VIDEOS}) as srv:
+        yield srv
+
+
+def fast(template: str, **kw) -> DownloadSettings:
+    return DownloadSettings(url_template=template, **{"retries": 0, "backoff": 0.0, "socket_timeout": 5.0,
+                                                      "verify": False} | kw)
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+# ---------------------------------------------------------------- failure classes
+
+@pytest.mark.parametrize("message, status, failure, throttled", [
+    ("Unable to download webpage: HTTP Error 429: Too Many Requests", "download_error", "transient", True),
+    ("[youtube] abc: Sign in to confirm you're not a bot. Use --cookies-from-browser", "download_error", "transient",
+     True),
+    ("[youtube] abc: Sign in to confirm your age; The provided YouTube account cookies are no longer valid.",
+     "download_error", "transient", False),                   # expired cookies, not an age gate
+    ("Unable to download webpage: HTTP Error 503: Service Unavailable", "download_error", "transient", False),
+    ("Unable to download webpage: <urlopen error [Errno -3] Temporary failure in name resolution>",
+     "download_error", "transient", False),
+    ("Failed to resolve 'www.youtube.com' ([Errno -2] Name or service not known)", "download_error", "transient",
+     False),
+    ("Read timed out. (read timeout=30.0)", "timeout", "transient", False),
+    ("[youtube] abc: Private video. Sign in if you've been granted access", "private", "permanent", False),
+    ("[youtube] abc: Video unavailable. This video has been removed by the uploader", "unavailable", "permanent",
+     False),
+    ("[youtube] abc: This video is no longer available because the YouTube account has been terminated.",
+     "unavailable", "permanent", False),
+    ("[youtube] abc: Video unavailable. This video contains content from X, who has blocked it on copyright grounds",
+     "unavailable", "permanent", False),
+    ("[generic] abc: Unable to download webpage: HTTP Error 404: Not Found", "unavailable", "permanent", False),
+    ("Unsupported URL: https://example.com/not-a-video", "unavailable", "permanent", False),
+    ("something nobody has seen before", "download_error", "transient", False),
+])
+def test_diagnose(message, status, failure, throttled):
+    d = diagnose(message)
+    assert (d.status, d.failure, d.throttled) == (status, failure, throttled)
+    assert failure_class(status) == failure                   # the class follows from the status alone
+
+
+def test_failure_class_of_every_download_status():
+    assert [failure_class(s) for s in ("ok", "download_error", "timeout", "decode_error", "unavailable", "private")] \
+        == ["", "transient", "transient", "transient", "permanent", "permanent"]
+
+
+def test_retry_keys():
+    statuses = ["ok", "download_error", "unavailable", "timeout", "private", "decode_error"]
+    ledger = pa.Table.from_pydict({"video_id": [f"v{k}" for k in range(6)], "status": statuses})
+    assert retry_keys(ledger, "none") == []
+    assert retry_keys(ledger, "transient") == ["v1", "v3", "v5"]
+    assert retry_keys(ledger, "all") == ["v1", "v2", "v3", "v4", "v5"]
+    with pytest.raises(ValueError, match="retry mode"):
+        retry_keys(ledger, "some")
+
+
+# ---------------------------------------------------------------- the rate limit rule (fake clock)
+
+def test_rate_limit_spaces_requests_and_pauses_with_exponential_backoff():
+    rule = RateLimit(rate=4.0, pause=1.0, max_pause=3.0)
+    assert rule.reserve(0.0) == 0.0 and rule.reserve(0.1) == pytest.approx(0.15)   # 0.25 s apart
+    assert rule.reserve(0.25) == 0.0
+    assert rule.throttled(1.0, "429") == 1.0 and rule.reserve(1.5) == pytest.approx(0.5)   # nothing starts
+    assert rule.throttled(1.5, "429 again") == pytest.approx(0.5)          # same episode: unchanged
+    assert rule.reserve(2.0) == 0.0
+    assert rule.throttled(2.1, "429") == pytest.approx(2.0)                 # next one doubles
+    assert rule.throttled(4.2, "429") == pytest.approx(3.0)                 # capped
+    rule.succeeded(7.3)
+    assert rule.state(7.3).level == 0 and rule.throttled(7.3, "429") == pytest.approx(1.0)   # a success resets the backoff
+    state = rule.state(7.8)
+    assert (state.paused, state.level, state.reason, state.requests) == (pytest.approx(0.5), 1, "429", 3)
+    with pytest.raises(ValueError):
+        RateLimit(rate=-1, pause=1, max_pause=2)
+
+
+def test_local_limiter_blocks_until_its_slot():
+    clock = FakeClock()
+    limiter = LocalLimiter(RateLimit(rate=2.0, pause=5.0, max_pause=5.0), clock=clock, sleep=clock.sleep)
+    starts = []
+    for _ in range(3):
+        limiter.acquire()
+        starts.append(clock.now)
+    limiter.throttled("bot check")
+    limiter.acquire()
+    starts.append(clock.now)
+    assert starts == pytest.approx([100.0, 100.5, 101.0, 106.0])
+
+
+# ---------------------------------------------------------------- real downloads from the failing server
+
+def test_first_run_records_transient_and_permanent_failures(server, tmp_path):
+    server.script = {"v1.mp4": [503], "v2.mp4": [429]}
+    s = fast(server.template("good"), throttle_pause=0.2, max_throttle_pause=0.2)
+    limiter = LocalLimiter(RateLimit(0.0, 0.2, 0.2))
+    rows = [download_video(v, HEIGHT, tmp_path, s, limiter=limiter) for v in ("v0", "v1", "v2", "gone")]
+    assert [(r["status"], r["failure"]) for r in rows] == [
+        ("ok", ""), ("download_error", "transient"), ("download_error", "transient"), ("unavailable", "permanent")]
+    assert "503" in rows[1]["error"] and "429" in rows[2]["error"] and "404" in rows[3]["error"]
+    assert limiter.state().reason == rows[2]["error"]                       # the 429 paused the limiter
+    assert ledger_table(rows).schema.equals(LEDGER)
+
+
+def test_transient_failure_is_retried_within_the_run_after_the_pause(server, tmp_path):
+    server.script = {"v0.mp4": [429, 503]}
+    sleeps = []
+    s = fast(server.template("good"), retries=3, backoff=0.01)
+    row = download_video("v0", HEIGHT, tmp_path, s, sleep=sleeps.append, limiter=LocalLimiter(RateLimit(0, .1, .1)))
+    assert (row["status"], row["failure"], row["attempts"]) == ("ok", "", 3)
+    assert sleeps == [0.0, 0.01, 0.02]                                      # the video's own backoff
+
+
+def _download_all(server, tmp_path, settings, limiter, workers=4, videos=VIDEOS):
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda v: download_video(v, HEIGHT, tmp_path, settings, limiter=limiter), videos))
+
+
+#: Stated tolerance of the rate test: a request reaches the server at most JITTER seconds after it took its slot
+#: (the server shares this process and the 2 busy cores with 4 downloading threads).
+JITTER = 0.5
+
+
+def rate_stats(times: list[float]) -> tuple[int, float]:
+    """(most requests in any 1 s window, mean rate from first to last request)."""
+    times = sorted(times)
+    return (max(sum(1 for u in times if t <= u < t + 1.0) for t in times),
+            (len(times) - 1) / (times[-1] - times[0]))
+
+
+def test_rate_limiter_holds_the_request_rate_across_parallel_tasks(server, tmp_path):
+    """4 threads, 2 requests per video, RATE requests/s for all: slots start >= 1/RATE apart, so the server sees at
+    most floor(RATE * (1 + JITTER)) + 1 requests in any 1 s window and a mean rate of at most
+    (n - 1) / ((n - 1) / RATE - JITTER); unlimited, the same threads make ~6 requests/s here."""
+    rate = 4.0
+    s = fast(server.template("good"), requests_per_second=rate, limiter="test-rate")
+    rows = _download_all(server, tmp_path, s, get_limiter(s), videos=VIDEOS[:8])
+    assert all(r["status"] == "ok" for r in rows)
+    times = [t for t, _, _ in server.log]
+    n = len(times)
+    busiest, mean_rate = rate_stats(times)
+    assert n == 16 and busiest <= int(rate * (1 + JITTER)) + 1, (busiest, mean_rate)
+    assert 0.6 * rate <= mean_rate <= (n - 1) / ((n - 1) / rate - JITTER), (busiest, mean_rate)
+
+
+def test_a_429_pauses_every_task(server, tmp_path):
+    """v0's first request gets 429: from then on no request of any thread starts until the pause is over."""
+    pause = 1.5
+    server.script = {"v0.mp4": [429]}
+    limiter = LocalLimiter(RateLimit(0.0, pause, pause))
+    lines = []
+    with show_pauses("test-pause", every=0.05, log=lines.append):
+        import pipelines.download as dl
+
+        dl._LIMITERS["local:test-pause"] = limiter
+        rows = _download_all(server, tmp_path, fast(server.template("good"), retries=1), limiter)
+        dl._LIMITERS.pop("local:test-pause")
+    assert [r["status"] for r in rows] == ["ok"] * len(VIDEOS) and rows[0]["attempts"] == 2
+    (t429,) = [t for t, _, code in server.log if code == 429]
+    during = [t - t429 for t, _, _ in server.log if t429 + 0.25 < t < t429 + pause - 0.05]
+    after = [t for t, _, _ in server.log if t >= t429 + pause - 0.05]
+    assert not during and len(after) >= 2, (during, len(after))             # all paused, then all resumed
+    assert any(line.startswith("downloads paused") and "429" in line for line in lines), lines
+    assert any(line.startswith("downloads resumed") for line in lines), lines
+
+
+def test_limiter_is_thread_safe():
+    limiter = LocalLimiter(RateLimit(0.0, 1.0, 1.0))
+    threads = [threading.Thread(target=lambda: [limiter.acquire() for _ in range(200)]) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert limiter.state().requests == 800
