@@ -222,3 +222,30 @@ def test_limiter_is_thread_safe():
     for t in threads:
         t.join()
     assert limiter.state().requests == 800
+
+
+@pytest.mark.slow
+def test_ray_tasks_share_one_limiter(ray_session, server, tmp_path):
+    """Two Ray tasks downloading at once take their slots from the run's one named actor: the rate holds for both
+    together, and the driver sees the same actor (its request count) until close_limiter removes it."""
+    from pipelines.download import close_limiter, find_limiter
+
+    ray = ray_session
+    rate, name = 4.0, f"test-ray-{tmp_path.name}"
+    s = fast(server.template("good"), requests_per_second=rate, limiter=name, throttle_pause=0.5,
+             max_throttle_pause=0.5)
+
+    @ray.remote(num_cpus=1)
+    def download(videos: list[str]) -> list[str]:
+        return [download_video(v, HEIGHT, tmp_path, s)["status"] for v in videos]
+
+    statuses = ray.get([download.remote(VIDEOS[:4]), download.remote(VIDEOS[4:8])])
+    assert statuses == [["ok"] * 4] * 2
+    times = [t for t, _, _ in server.log]
+    busiest, mean_rate = rate_stats(times)
+    assert len(times) == 16 and busiest <= int(rate * (1 + JITTER)) + 1
+    assert 0.6 * rate <= mean_rate <= (len(times) - 1) / ((len(times) - 1) / rate - JITTER), (busiest, mean_rate)
+    driver_view = find_limiter(name)
+    assert driver_view is not None and driver_view.state().requests == 16
+    close_limiter(name)
+    assert find_limiter(name) is None
