@@ -14,6 +14,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipelines import availability
+
 _SHARD_STATS = re.compile(r"^(?P<stage>.+)-(?P<shard>\d{5})\.stats\.json$")
 
 
@@ -96,4 +98,5 @@ def run(args: argparse.Namespace) -> int:
                          indent=2, sort_keys=True))
     else:
         print(render(args.dir, summaries))
+        print(availability.report(args.dir), end="")    # vox folders: per split and failure class, test chunk list
     return 0
