@@ -19,6 +19,7 @@ Ledger rows follow :data:`reenact.data.schema.LEDGER`; ``path`` is relative to t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import re
@@ -453,6 +454,17 @@ def _http_statuses(exc: BaseException) -> list[int]:
     return codes
 
 
+def private_cookies(settings: DownloadSettings, copy: Path) -> DownloadSettings:
+    """``settings`` with the cookies file copied to ``copy`` for one attempt: yt-dlp writes its cookie jar back on
+    close, so parallel attempts sharing the user's file would race, and one still running when the user refreshes
+    the file would overwrite the fresh cookies. With a copy per attempt the user's file is only ever read, and a new
+    one takes effect at the next attempt."""
+    if not settings.cookies:
+        return settings
+    shutil.copyfile(settings.cookies, copy)
+    return dataclasses.replace(settings, cookies=str(copy))
+
+
 def _attempt(video_id: str, url: str, min_height: int, settings: DownloadSettings, root: Path,
              limiter: Limiter | None) -> tuple[Diagnosis, str, dict[str, Any]]:
     """One download attempt: (diagnosis, error, ledger fields)."""
@@ -460,6 +472,10 @@ def _attempt(video_id: str, url: str, min_height: int, settings: DownloadSetting
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     log = _Log()
+    try:
+        settings = private_cookies(settings, root / ".partial" / f"{video_id}.cookies.txt")
+    except OSError as e:                            # being replaced right now (refresh): try again later
+        return Diagnosis(Status.DOWNLOAD_ERROR.value, _T), f"cookies file {settings.cookies} unreadable: {e}", {}
     opts = ydl_options(settings, str(partial / f"{video_id}.%(ext)s"), min_height, log)
     try:
         with _youtube_dl(limiter)(opts) as ydl:
@@ -527,6 +543,7 @@ def download_video(video_id: str, min_height: int, root: str | os.PathLike,
         if diagnosis.status == Status.OK.value or diagnosis.failure != _T:
             break
     shutil.rmtree(root / ".partial" / video_id, ignore_errors=True)
+    (root / ".partial" / f"{video_id}.cookies.txt").unlink(missing_ok=True)
     return _ledger_row(video_id, url, **fields, attempts=attempts, status=diagnosis.status, error=error,
                        failure=diagnosis.failure, seconds=time.perf_counter() - t0)
 

@@ -14,7 +14,8 @@ Files named in :attr:`LocalServer.hold` wait for the gate in every mode. ``hits`
 
 Failing on purpose, in every mode: :attr:`LocalServer.script` maps a file name to the status codes its first
 requests get (e.g. ``[503, 503]``, then it is served); :meth:`LocalServer.throttle` answers 429 to every request
-for a while. ``log`` records ``(time.monotonic(), path, status)`` of every request (status 200 when served).
+for a while. ``log`` records ``(time.monotonic(), path, status)`` of every request (200 unless the script, the
+throttle or a 404 answered), ``cookies`` the ``(path, Cookie header)`` of every request.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class LocalServer:
         self.script: dict[str, list[int]] = {}
         self.throttled_until = 0.0
         self.log: list[tuple[float, str, int]] = []
+        self.cookies: list[tuple[str, str]] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -93,6 +95,7 @@ class LocalServer:
 
             def _serve(self, body: bool) -> None:
                 n = server._count(self.path)
+                server.cookies.append((self.path, self.headers.get("Cookie", "")))
                 parts = self.path.lstrip("/").split("/", 1)
                 mode, name = (parts + [""])[:2]
                 data = server.files.get(name)

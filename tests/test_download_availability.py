@@ -2,8 +2,14 @@
 available test chunks, from a metadata table and ledger statuses made here (counted by hand)."""
 from __future__ import annotations
 
-from pipelines.availability import (CLASSES, count_availability, read_chunk_list, render, video_class,
-                                    write_available_chunks)
+from pipelines.availability import (
+    CLASSES,
+    count_availability,
+    read_chunk_list,
+    render,
+    video_class,
+    write_available_chunks,
+)
 from pipelines.metadata import metadata_table, parse_csv_text, video_jobs
 
 CSV = """video_id,start,end,bbox,fps,width,height,partition,person_id

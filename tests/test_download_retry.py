@@ -249,3 +249,24 @@ def test_ray_tasks_share_one_limiter(ray_session, server, tmp_path):
     assert driver_view is not None and driver_view.state().requests == 16
     close_limiter(name)
     assert find_limiter(name) is None
+
+
+def test_cookies_refreshed_mid_run_take_effect_at_the_next_attempt(server, tmp_path):
+    """The user's cookies file is only read (yt-dlp's write-back goes to a per-attempt copy); replacing it between
+    two downloads changes the Cookie header of the second."""
+    cookies = tmp_path / "cookies.txt"
+
+    def write_cookie(value: str) -> bytes:
+        text = f"# Netscape HTTP Cookie File\n127.0.0.1\tFALSE\t/\tFALSE\t2000000000\tsession\t{value}\n"
+        cookies.write_text(text)
+        return text.encode()
+
+    old = write_cookie("old")
+    s = fast(server.template("good"), cookies=str(cookies))
+    assert download_video("v0", HEIGHT, tmp_path / "dl", s, limiter=LocalLimiter(RateLimit(0, 1, 1)))["status"] == "ok"
+    assert cookies.read_bytes() == old                                      # never written back
+    write_cookie("new")
+    assert download_video("v1", HEIGHT, tmp_path / "dl", s, limiter=LocalLimiter(RateLimit(0, 1, 1)))["status"] == "ok"
+    sent = {path: header for path, header in server.cookies}
+    assert sent["/good/v0.mp4"] == "session=old" and sent["/good/v1.mp4"] == "session=new"
+    assert not list((tmp_path / "dl" / ".partial").glob("*cookies*"))
