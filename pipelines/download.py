@@ -7,11 +7,21 @@
   (``note: ...``, status stays ok). Audio is never needed.
 * Each attempt downloads into ``<root>/.partial/<video_id>/``, is probed and its tail decoded
   (:func:`pipelines.media.check_decodable`), then renamed to ``<root>/<video_id>.<ext>``.
-* Retryable failures (``timeout``, ``download_error``, ``decode_error``) are retried with exponential backoff
-  (``backoff * 2**k`` seconds, capped); ``unavailable`` and ``private`` are final. yt-dlp's own retries are
-  off, so the ledger's ``attempts`` counts real attempts.
-* Politeness: ``rate_limit`` (bytes/s per download, e.g. ``2M``) and ``sleep_interval`` seconds before each video;
-  the runner caps how many downloads run at once. Cookies file and proxy are passed through.
+* Failures are diagnosed from yt-dlp's message, its warnings and the HTTP status codes along the exception chain
+  (:func:`diagnose`): *permanent* (private, removed, copyright, terminated account, not a video: ``private`` /
+  ``unavailable``) or *transient* (network, DNS, timeout, HTTP 5xx, 429, bot check, expired cookies, a download
+  that does not decode: ``download_error`` / ``timeout`` / ``decode_error``); the class is the ledger's
+  ``failure`` column. Transient failures are retried with exponential backoff (``backoff * 2**k`` seconds,
+  capped), permanent ones are final. yt-dlp's own retries are off, so ``attempts`` counts real attempts. A rerun
+  with ``--retry-failed`` downloads the transient failures of finished shards again (:func:`shards_to_retry`).
+* Politeness: one :class:`Limiter` per run shared by every download task (a named Ray actor when Ray is
+  initialised, else one per process): every HTTP request yt-dlp makes waits for it, at most
+  ``requests_per_second`` for all tasks together; a 429 or a bot check pauses *every* task for ``throttle_pause``
+  seconds, doubling while the site keeps refusing (capped at ``max_throttle_pause``), reset by a success;
+  :func:`show_pauses` logs the pauses in the driver. Also ``rate_limit`` (bytes/s per download) and
+  ``sleep_interval`` before each video; the engine caps how many downloads run at once.
+* Cookies file and proxy are passed through; each attempt reads a fresh copy of the cookies file
+  (:func:`private_cookies`), so it can be replaced mid-run.
 * Rerun: a video whose ledger part says ok and whose file exists is not downloaded again.
 
 Ledger rows follow :data:`reenact.data.schema.LEDGER`; ``path`` is relative to the download root.
