@@ -54,6 +54,7 @@ from reenact.data.shards import done_shards, part_done, part_paths, shard_paths,
 
 STAGE = "ledger"
 DEFAULT_URL_TEMPLATE = "https://www.youtube.com/watch?v={video_id}"
+RETRY_MODES = ("none", "transient", "all")    # which recorded failures a rerun fetches again
 RETRYABLE = frozenset({Status.TIMEOUT.value, Status.DOWNLOAD_ERROR.value, Status.DECODE_ERROR.value})
 
 
@@ -75,6 +76,11 @@ class DownloadSettings:
     throttle_pause: float = 30.0    # seconds every download pauses after a 429 / bot check, doubling while it lasts
     max_throttle_pause: float = 1800.0
     limiter: str = "reenact-download"  # name of the run's shared rate limiter (one per run: see limiter_name)
+    retry_failed: str = "none"      # failures recorded in ledger parts fetched again: none, transient, all
+
+    def __post_init__(self):
+        if self.retry_failed not in RETRY_MODES:
+            raise ValueError(f"retry_failed must be one of {RETRY_MODES}, got {self.retry_failed!r}")
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -564,9 +570,6 @@ def ledger_table(rows: list[dict[str, Any]]) -> pa.Table:
 
 # ---------------------------------------------------------------- retrying failures on a rerun
 
-RETRY_MODES = ("none", "transient", "all")
-
-
 def retry_keys(ledger: pa.Table, mode: str) -> list[str]:
     """Video ids of the ledger rows a rerun downloads again: none, the transient failures, or every failure.
 
@@ -594,26 +597,29 @@ def shards_to_retry(out: str | os.PathLike, mode: str) -> dict[int, list[str]]:
 
 # ---------------------------------------------------------------- the stage
 
-def reusable_row(out: str | os.PathLike, root: str | os.PathLike, video_id: str) -> dict[str, Any] | None:
-    """The ledger row of an earlier run when it says ok and its file is still there, else None."""
+def reusable_row(out: str | os.PathLike, root: str | os.PathLike, video_id: str,
+                 retry: str = "none") -> dict[str, Any] | None:
+    """The ledger part of an earlier run, unless it must be fetched again: ok but its file is gone, or a failure
+    the ``retry`` mode (:data:`RETRY_MODES`) covers. A resume never retries a failure by itself."""
     if not part_done(out, STAGE, video_id):
         return None
     (row,) = pq.read_table(part_paths(out, STAGE, video_id)[0]).to_pylist()
-    if row["status"] == Status.OK.value and row["path"] and (Path(root) / row["path"]).is_file():
-        return row
-    return None
+    if row["status"] == Status.OK.value:
+        return row if row["path"] and (Path(root) / row["path"]).is_file() else None
+    return None if retry_keys(pa.Table.from_pylist([row]), retry) else row
 
 
 def download_stage(batch: dict[str, np.ndarray], *, out: str, root: str,
                    settings: DownloadSettings) -> dict[str, np.ndarray]:
-    """Ray Data stage: for each video row (``job`` JSON) fetch the video, write its ledger part.
+    """Engine stage: for each video row (``job`` JSON) fetch the video, write its ledger part (reused on a rerun
+    as :func:`reusable_row` says).
 
     Adds ``download_status``, ``download_error`` and ``download_path`` (absolute, "" when failed).
     """
     status, error, path = [], [], []
     for job_json in batch["job"]:
         job = VideoJob.from_json(job_json)
-        row = reusable_row(out, root, job.video_id)
+        row = reusable_row(out, root, job.video_id, settings.retry_failed)
         if row is None:
             row = download_video(job.video_id, job.ref_height, root, settings)
             write_part(out, STAGE, job.video_id, ledger_table([row]),

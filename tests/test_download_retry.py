@@ -270,3 +270,29 @@ def test_cookies_refreshed_mid_run_take_effect_at_the_next_attempt(server, tmp_p
     sent = {path: header for path, header in server.cookies}
     assert sent["/good/v0.mp4"] == "session=old" and sent["/good/v1.mp4"] == "session=new"
     assert not list((tmp_path / "dl" / ".partial").glob("*cookies*"))
+
+
+def test_stage_reuses_recorded_failures_unless_the_retry_mode_covers_them(server, tmp_path):
+    import numpy as np
+
+    from pipelines.download import download_stage
+    from pipelines.metadata import Clip, VideoJob
+
+    server.script = {"v1.mp4": [503]}
+    jobs = [VideoJob(v, "id1", "test", 25.0, 160, HEIGHT, (Clip(0, 5, (0, 0, 10, 10), 2),)) for v in ("v0", "v1", "gone")]
+    batch = {"key": np.array([j.video_id for j in jobs], dtype=object),
+             "job": np.array([j.to_json() for j in jobs], dtype=object)}
+
+    def run(retry: str) -> list[str]:
+        s = fast(server.template("good"), retry_failed=retry, limiter=f"stage-{tmp_path.name}")
+        return list(download_stage(dict(batch), out=str(tmp_path / "out"), root=str(tmp_path / "dl"),
+                                   settings=s)["download_status"])
+
+    assert run("none") == ["ok", "download_error", "unavailable"]
+    hits = dict(server.hits)
+    assert run("none") == ["ok", "download_error", "unavailable"] and server.hits == hits   # a resume: no requests
+    assert run("transient") == ["ok", "ok", "unavailable"]
+    assert server.hits["/good/v1.mp4"] > hits["/good/v1.mp4"] and server.hits["/good/gone.mp4"] == 1
+    assert run("all") == ["ok", "ok", "unavailable"] and server.hits["/good/gone.mp4"] == 2
+    with pytest.raises(ValueError, match="retry_failed"):
+        fast("x/{video_id}", retry_failed="some")
