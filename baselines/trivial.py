@@ -39,14 +39,14 @@ class CopyDriving(CopySource):
 
 
 class RenderGuidance(CopySource):
-    """I_r over the source image. ``model``: a morphable-model spec for ``reenact.face3d.morphable``."""
+    """I_r over the source image. ``model``: a morphable-model spec for ``reenact.face3d.io.load_morphable_model``."""
 
     name = "render"
     needs_coeffs = True
 
     def __init__(self, model: str = "procedural-full", paste_on_source: bool = True):
         super().__init__()
-        from reenact.face3d.morphable import load_morphable_model
+        from reenact.face3d.io import load_morphable_model
 
         self.morphable = load_morphable_model(model)
         self.paste_on_source = paste_on_source
@@ -60,13 +60,16 @@ class RenderGuidance(CopySource):
         return cls(model="procedural-small" if small else "procedural-full")
 
     def reenact(self, inputs: ReenactInputs, motion: Motion = "absolute") -> torch.Tensor:
-        from reenact.face3d.guidance import compute_guidance
+        from reenact.face3d.camera import PerspectiveCamera
+        from reenact.face3d.coeffs import check_coeffs, target_coeffs
+        from reenact.face3d.face import render_face
 
         self.check_inputs(inputs, motion)
         if inputs.source_coeffs is None:
             raise ValueError("render needs source_coeffs as well as driving_coeffs")
-        size = inputs.source.shape[-1]
-        g = compute_guidance(self.morphable.to(inputs.source.device), inputs.source_coeffs, inputs.driving_coeffs,
-                             size, with_source_render=False)
-        render = g.render.clamp(0, 1)
-        return render * g.face_mask + inputs.source * (1 - g.face_mask) if self.paste_on_source else render
+        check_coeffs(inputs.source_coeffs, inputs.driving_coeffs, name="source and driving coefficients")
+        target = target_coeffs(inputs.source_coeffs, inputs.driving_coeffs).float()
+        face = render_face(self.morphable.to(inputs.source.device), target,
+                           PerspectiveCamera.deep3d(inputs.source.shape[-1]), backend="torch")
+        render = face.image.clamp(0, 1)
+        return render * face.mask + inputs.source * (1 - face.mask) if self.paste_on_source else render

@@ -1,4 +1,5 @@
-"""CelebV ingest (pipelines/celebv.py): listing and rejection, the crop policy, statuses, crops against the synthetic
+"""CelebV ingest (pipelines/celebv.py, celebv_listing.py, celebv_crop.py; run by the engine, executor local):
+listing and rejection, the crop policy, statuses, crops against the synthetic
 world's ground truth, zip input, resume, and the Ray Data stage.
 
 The tree is made from the session's tiny synthetic world (``synth_tiny``: 3 of its CelebV identities, copied) plus
@@ -20,13 +21,21 @@ import pytest
 from PIL import Image
 
 from pipelines import celebv
-from pipelines.celebv import (CelebVSettings, IdentityJob, crop_square, ingest_celebv, list_identities, plan_crops,
-                              smooth_centres)
+from pipelines.celebv import CelebVSettings
+from pipelines.celebv_crop import crop_square, plan_crops, smooth_centres
+from pipelines.celebv_listing import IdentityJob, list_identities
+from pipelines.prepare import CelebVConfig, prepare_celebv
 from reenact.data.schema import CELEBV_FRAMES, ChunkId
 from reenact.data.shards import done_shards, part_paths, read_stage, shard_paths
 
 IDENTITIES = ("Jack_Ma", "Kathleen", "Theresa_May")
 IMAGES = 8                                  # the tiny preset's images per identity
+
+
+def ingest_celebv(root, out, identities_per_shard: int = 1):
+    """The CelebV stage on the engine, locally (no Ray), without coefficients."""
+    return prepare_celebv(CelebVConfig(celebv=str(root), out=str(out), extractor="none", executor="local",
+                                       identities_per_shard=identities_per_shard, progress=False))
 
 
 def _noise_jpeg(path, seed: int, size=(240, 300)) -> None:
@@ -165,7 +174,7 @@ def test_settings_are_checked():
 
 def test_rows_statuses_and_counts(ingested):
     out, result, frames = ingested
-    assert result.shards == 6 and result.shards_skipped == 0 and result.identities == 7
+    assert result.shards == 6 and result.shards_skipped == 0 and result.items == 7
     assert done_shards(out, "frames") == list(range(6))
     assert pq.read_schema(shard_paths(out, "frames", 0)[0]).equals(CELEBV_FRAMES, check_metadata=False)
     by = {name: g.sort_values("frame_index") for name, g in frames.groupby("video_id")}
@@ -302,14 +311,14 @@ def test_stage_on_batch_dicts_and_ray(tree, tmp_path, ray_session):
 
     root, _ = tree
     jobs = [j for j in list_identities(root) if j.status != "ok"]
-    items = [{"video_id": j.key, "shard": 0, "job": j.to_json()} for j in jobs]
+    items = [{"key": j.key, "shard": 0, "job": j.to_json()} for j in jobs]
     settings = CelebVSettings()
     direct = celebv.celebv_stage({k: np.array([it[k] for it in items]) for k in items[0]}, out=str(tmp_path / "a"),
                                  settings=settings)
-    assert list(direct["frames"]) == [0, 0, 0] and list(direct["video_id"]) == [j.key for j in jobs]
+    assert list(direct["frames"]) == [0, 0, 0] and list(direct["key"]) == [j.key for j in jobs]
     ds = ray.data.from_items(items).map_batches(celebv.celebv_stage, batch_size=1, batch_format="numpy",
                                                 fn_kwargs={"out": str(tmp_path / "b"), "settings": settings})
-    assert sorted(r["video_id"] for r in ds.take_all()) == sorted(j.key for j in jobs)
+    assert sorted(r["key"] for r in ds.take_all()) == sorted(j.key for j in jobs)
     for job in jobs:
         a, b = (pq.read_table(part_paths(tmp_path / d, "frames", job.key)[0]) for d in "ab")
         assert a.equals(b) and a.num_rows == 1 and a["status"][0].as_py() in ("rejected", "decode_error")

@@ -37,6 +37,15 @@ def test_coeffs_round_trip_and_target_recombination():
         C.Coeffs.from_vector(torch.zeros(3, 256))
 
 
+@pytest.mark.parametrize("bad", [torch.zeros(3, 256), torch.zeros(257), torch.zeros(2, 257, dtype=torch.int64)])
+def test_check_coeffs_names_what_it_got(bad):
+    with pytest.raises(ValueError, match=r"\(B, 257\).*got"):
+        C.check_coeffs(bad)
+    C.check_coeffs(torch.zeros(2, 257), torch.zeros(2, 257, dtype=torch.float64))   # any float dtype is fine
+    with pytest.raises(ValueError, match="of one shape"):
+        C.check_coeffs(torch.zeros(2, 257), torch.zeros(3, 257))
+
+
 def test_convention_euler_is_extrinsic_xyz_like_deep3d():
     angles = torch.tensor([[0.3, -0.7, 1.1], [-1.2, 0.4, -2.5]], dtype=torch.float64)
     expected = Rotation.from_euler("xyz", angles.numpy()).as_matrix()   # extrinsic x, then y, then z = Rz Ry Rx
@@ -184,3 +193,40 @@ def test_procedural_expressions_do_what_their_names_say(small_model):
     uv = torch.from_numpy(grid_uv(41))
     upper_lids = [int(((uv - torch.tensor([cu, 0.26])) ** 2).sum(1).argmin()) for cu in (-0.36, 0.36)]
     assert (blink[upper_lids, 1] < neutral[upper_lids, 1] - 0.03).all()        # the painted upper lids drop
+
+
+def _finite_difference_normals(verts: torch.Tensor, side: int) -> torch.Tensor:
+    """Unit surface normals ``(side - 2, side - 2, 3)`` of a grid mesh ``(side * side, 3)`` (row-major, rows going
+    down the face, columns to its right) by central differences at the interior vertices, pointing out of the
+    face (towards the camera when frontal)."""
+    grid = verts.reshape(side, side, 3).double()
+    down = grid[2:, 1:-1] - grid[:-2, 1:-1]
+    right = grid[1:-1, 2:] - grid[1:-1, :-2]
+    return torch.nn.functional.normalize(torch.linalg.cross(down, right, dim=-1), dim=-1)
+
+
+def test_shading_uses_the_posed_surface_normals(small_model):
+    """The normals the renderer lights are those of the posed surface: read back from the lit colours of a light
+    that is linear in the normal, against finite-difference normals of the posed vertices (independent of the
+    mesh's face normals and of the rotation convention)."""
+    from reenact.face3d.face import build_face
+    from reenact.face3d.procedural import GRID_SIDES
+
+    side = GRID_SIDES["small"]
+    v = torch.zeros(1, 257, dtype=torch.float64)
+    v[0, C.ANGLE] = torch.tensor([0.35, -0.55, 0.25])                 # pitch, yaw, roll: a real pose
+    v[0, C.TRANS] = torch.tensor([0.1, -0.05, -1.0])
+    # light per channel = one first-band SH term: R = -a1 c1 y, G = a1 c1 z, B = -a1 c1 x (Deep3D's basis), plus
+    # Deep3D's constant ambient 0.8 a0 c0
+    a0c0, a1c1 = math.pi / math.sqrt(4 * math.pi), 2 * math.pi / math.sqrt(3) * math.sqrt(3) / math.sqrt(4 * math.pi)
+    v[0, C.GAMMA.start + 0 * 9 + 1] = v[0, C.GAMMA.start + 1 * 9 + 2] = v[0, C.GAMMA.start + 2 * 9 + 3] = 1.0
+    m = small_model
+    face = build_face(m, v.float(), PerspectiveCamera.deep3d(256))
+    irradiance = (face.colors[0] / m.albedo(v[0, C.TEX].float())).double() - 0.8 * a0c0
+    shaded = torch.stack([-irradiance[:, 2], -irradiance[:, 0], irradiance[:, 1]], -1) / a1c1    # (x, y, z)
+    shaded = shaded.reshape(side, side, 3)[1:-1, 1:-1]
+    truth = _finite_difference_normals(face.verts[0], side)
+    rest = _finite_difference_normals(m.mean_shape, side)
+    assert (rest[..., 2] > 0).float().mean() > 0.99                     # the difference normals point outwards
+    angle = torch.rad2deg(torch.acos((shaded * truth).sum(-1).clamp(-1, 1)))
+    assert angle.median() < 1.0 and torch.quantile(angle.flatten(), 0.95) < 4.0, (angle.median(), angle.max())

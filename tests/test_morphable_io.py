@@ -7,7 +7,8 @@ import torch
 from scipy.io import savemat
 
 from reenact.assets import MissingAssetError
-from reenact.face3d.morphable import adjacent_triangles, convert_bfm09, load_deep3d_mat, load_morphable_model, read_exp_pca
+from reenact.face3d.io import convert_bfm09, load_deep3d_mat, load_morphable_model, read_exp_pca
+from reenact.face3d.morphable import adjacent_triangles
 
 N_FULL, N_EXP, N_FRONT = 30, 25, 20
 

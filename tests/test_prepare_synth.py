@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.runner import PrepareConfig, prepare_vox
+from pipelines.prepare import CelebVConfig, SynthConfig, prepare_celebv, prepare_vox
 from reenact.face3d.camera import PerspectiveCamera
 from reenact.face3d.face import project_landmarks
 from reenact.face3d.procedural import procedural_model
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def prepared(synth_tiny, ray_session, tmp_path_factory):
     out = tmp_path_factory.mktemp("prepared")
-    cfg = PrepareConfig(out=str(out), world=str(synth_tiny.root), extractor="oracle", progress=False)
+    cfg = SynthConfig(out=str(out), world=str(synth_tiny.root), extractor="oracle", progress=False)
     return out, prepare_vox(cfg), cfg
 
 
@@ -62,9 +62,7 @@ def test_rerun_skips_everything_and_changes_nothing(prepared):
 
 
 def test_prepare_celebv_ingests_every_image_with_oracle_coefficients(synth_tiny, ray_session, tmp_path):
-    from pipelines.runner import prepare_celebv
-
-    cfg = PrepareConfig(out=str(tmp_path), world=str(synth_tiny.root), dataset="celebv", progress=False)
+    cfg = CelebVConfig(out=str(tmp_path), world=str(synth_tiny.root), progress=False)
     result = prepare_celebv(cfg)
     images = sorted(synth_tiny.root.glob("CelebV/*/Image/*.jpg"))
     assert result.frames == len(images) and result.status == {"ok": len(images)}

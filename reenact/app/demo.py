@@ -45,7 +45,7 @@ def sample_coeffs(n: int, max_yaw: float, generator: torch.Generator) -> torch.T
 
 def run_demo(cfg: DemoConfig) -> dict:
     from reenact.face3d.guidance import compute_guidance, warp_with_flow
-    from reenact.face3d.morphable import load_morphable_model
+    from reenact.face3d.io import load_morphable_model
     from reenact.viz import flow_to_rgb, grid_image, save_png
 
     out = Path(cfg.out)

@@ -51,11 +51,11 @@ def make_world(cfg: QuickstartConfig, root: Path) -> dict:
 
 def prepare(cfg: QuickstartConfig, world: Path, out: Path):
     """Step 2: download -> crop -> coefficients on Ray."""
-    from pipelines.runner import PrepareConfig, prepare_vox
+    from pipelines.prepare import SynthConfig, prepare_vox
 
     print(f"[2/3] prepare: download -> crop -> {cfg.extractor} coefficients into {out}")
-    return prepare_vox(PrepareConfig(out=str(out), world=str(world), extractor=cfg.extractor,
-                                     num_cpus=cfg.num_cpus, progress=cfg.progress))
+    return prepare_vox(SynthConfig(out=str(out), world=str(world), extractor=cfg.extractor,
+                                   num_cpus=cfg.num_cpus, progress=cfg.progress))
 
 
 def sample_pairs(frames, coeffs, count: int, seed: int) -> list[tuple[int, int]]:

@@ -63,6 +63,17 @@ class Coeffs:
         return torch.cat([self.angle, self.trans], dim=-1)
 
 
+def check_coeffs(*batches: torch.Tensor, name: str = "coefficients") -> None:
+    """Raise a ``ValueError`` naming what was received unless every batch is a floating ``(B, 257)`` tensor and
+    all share one shape (the check at the public entry points of the 3D core)."""
+    shapes = [tuple(v.shape) for v in batches]
+    ok = all(v.ndim == 2 and v.shape[1] == NUM_COEFFS and v.is_floating_point() for v in batches)
+    if not ok or len(set(shapes)) > 1:
+        got = " and ".join(f"{v.dtype} {shape}" for v, shape in zip(batches, shapes))
+        raise ValueError(f"expected {name} as {len(batches)} floating (B, {NUM_COEFFS}) tensor(s) of one shape, "
+                         f"got {got}")
+
+
 def target_coeffs(source: torch.Tensor, driving: torch.Tensor) -> torch.Tensor:
     """v_t = (alpha_s, beta_d, delta_s, gamma_s, p_d): source identity, texture and light; driving expression and pose.
 

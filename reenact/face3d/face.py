@@ -1,5 +1,7 @@
-"""From coefficients to posed vertices, lit vertex colours and projected landmarks (paper Eqs. 1-2 before
-rasterization)."""
+"""The one face renderer: coefficients -> posed mesh (Eq. 1) -> projection -> lit vertex colours -> rasterize ->
+image. Guidance (:mod:`reenact.face3d.guidance`), the synthetic scene (:mod:`reenact.synth.scene`) and the ``render``
+reference model all go through :func:`build_face` (and :func:`render_face` when a plain render is all they need).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,17 +9,43 @@ from dataclasses import dataclass
 import torch
 
 from reenact.face3d.camera import PerspectiveCamera
-from reenact.face3d.coeffs import Coeffs
+from reenact.face3d.coeffs import Coeffs, check_coeffs
 from reenact.face3d.morphable import MorphableModel
+from reenact.face3d.raster import Fragments, RasterSettings, interpolate, rasterize
 from reenact.face3d.shading import shade
 from reenact.face3d.transforms import euler_to_matrix, rigid_transform
 
 
+@dataclass(frozen=True)
+class FaceMesh:
+    """A posed face of B meshes with V vertices.
+
+    Fields:
+        rest: ``(B, V, 3)`` the shape of Eq. 1 before pose (model space).
+        rotation: ``(B, 3, 3)`` R of the pose; ``verts = rest @ R^T + t``.
+        verts: ``(B, V, 3)`` posed vertices, model space.
+        screen: ``(B, V, 3)`` = (x, y_down, depth) in pixels of the camera.
+        colors: ``(B, V, 3)`` lit albedo (unclamped), or None when not requested.
+    """
+
+    rest: torch.Tensor
+    rotation: torch.Tensor
+    verts: torch.Tensor
+    screen: torch.Tensor
+    colors: torch.Tensor | None
+
+
+def _pose(model: MorphableModel, c: Coeffs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eq. 1 and the pose: (rest ``(B, V, 3)``, rotation ``(B, 3, 3)``, posed vertices ``(B, V, 3)``)."""
+    rotation = euler_to_matrix(c.angle)
+    rest = model.shape(c.id, c.exp)
+    return rest, rotation, rigid_transform(rest, rotation, c.trans)
+
+
 def posed_vertices(model: MorphableModel, coeffs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 1: (vertices ``(B, V, 3)``, rotation ``(B, 3, 3)``) from coefficients ``(B, 257)``."""
-    c = Coeffs.from_vector(coeffs)
-    rotation = euler_to_matrix(c.angle)
-    return rigid_transform(model.shape(c.id, c.exp), rotation, c.trans), rotation
+    _, rotation, verts = _pose(model, Coeffs.from_vector(coeffs))
+    return verts, rotation
 
 
 def lit_colors(model: MorphableModel, rest: torch.Tensor, rotation: torch.Tensor, tex: torch.Tensor,
@@ -25,32 +53,40 @@ def lit_colors(model: MorphableModel, rest: torch.Tensor, rotation: torch.Tensor
     """Lit vertex colours ``(N, V, 3)``: albedo from ``tex``, normals of the unposed shape ``rest (N, V, 3)``
     rotated into camera space, SH light ``gamma (N, 27)``. ``tex`` is ``(B, 80)`` with N = k B (meshes that share
     one albedo, e.g. a source and its target, are stacked k at a time)."""
+    # row vectors: n @ R^T = (R n)^T, the rotation the vertices get
     normals = model.vertex_normals(rest) @ rotation.transpose(-1, -2)       # camera space, N x V x 3
     albedo = model.albedo(tex)                                               # B x V x 3
     return shade(albedo.repeat(rest.shape[0] // tex.shape[0], 1, 1), normals, gamma)
 
 
-@dataclass(frozen=True)
-class FaceMesh:
-    """A posed face: ``verts (B, V, 3)`` model space after Eq. 1, ``screen (B, V, 3)`` = (x, y_down, depth) in pixels
-    of the camera, ``colors (B, V, 3)`` lit albedo (unclamped) or None when not requested."""
-
-    verts: torch.Tensor
-    screen: torch.Tensor
-    colors: torch.Tensor | None
-
-
 def build_face(model: MorphableModel, coeffs: torch.Tensor, camera: PerspectiveCamera,
                with_colors: bool = True) -> FaceMesh:
     """Pose, project and (optionally) shade the face of ``coeffs (B, 257)``."""
-    if coeffs.ndim != 2 or coeffs.shape[-1] != 257:
-        raise ValueError(f"expected coefficients of shape (B, 257), got {tuple(coeffs.shape)}")
+    check_coeffs(coeffs)
     c = Coeffs.from_vector(coeffs)
-    rotation = euler_to_matrix(c.angle)
-    rest = model.shape(c.id, c.exp)
-    verts = rigid_transform(rest, rotation, c.trans)
+    rest, rotation, verts = _pose(model, c)
     colors = lit_colors(model, rest, rotation, c.tex, c.gamma) if with_colors else None
-    return FaceMesh(verts=verts, screen=camera.project(verts), colors=colors)
+    return FaceMesh(rest=rest, rotation=rotation, verts=verts, screen=camera.project(verts), colors=colors)
+
+
+@dataclass(frozen=True)
+class FaceRender:
+    """A rendered face: ``image (B, 3, H, W)`` lit colours (unclamped, 0 outside), ``mask (B, 1, H, W)`` float in
+    {0, 1} where the mesh covers the pixel, the raster's ``fragments`` and the ``mesh`` it came from."""
+
+    image: torch.Tensor
+    mask: torch.Tensor
+    fragments: Fragments
+    mesh: FaceMesh
+
+
+def render_face(model: MorphableModel, coeffs: torch.Tensor, camera: PerspectiveCamera,
+                backend: str = "auto") -> FaceRender:
+    """Render the faces of ``coeffs (B, 257)`` seen by ``camera``: :func:`build_face`, rasterize, interpolate."""
+    mesh = build_face(model, coeffs, camera)
+    frags = rasterize(mesh.screen, model.triangles, RasterSettings((camera.height, camera.width), backend=backend))
+    image = interpolate(frags, model.triangles, mesh.colors).permute(0, 3, 1, 2)   # B x 3 x H x W
+    return FaceRender(image=image, mask=frags.mask.unsqueeze(1).float(), fragments=frags, mesh=mesh)
 
 
 def project_landmarks(model: MorphableModel, coeffs: torch.Tensor, camera: PerspectiveCamera) -> torch.Tensor:

@@ -27,11 +27,10 @@ import torch
 import torch.nn.functional as F
 
 from reenact.face3d.camera import PerspectiveCamera, pixel_grid, pixel_to_grid
-from reenact.face3d.coeffs import Coeffs, target_coeffs
-from reenact.face3d.face import lit_colors
+from reenact.face3d.coeffs import Coeffs, check_coeffs, target_coeffs
+from reenact.face3d.face import build_face, lit_colors
 from reenact.face3d.morphable import MorphableModel
 from reenact.face3d.raster import Fragments, RasterSettings, interpolate, rasterize
-from reenact.face3d.transforms import euler_to_matrix, rigid_transform
 
 #: Depth slack (decimetres, i.e. 1 mm) for the depth-tested occlusion rule: far below the depth gap of any real
 #: self-occlusion (nose over cheek, the far cheek at large yaw), above the sub-pixel depth variation of a surface.
@@ -51,14 +50,6 @@ class Guidance:
     face_mask: torch.Tensor             # B x 1 x H x W in {0, 1}
     source_render: torch.Tensor | None = None   # B x 3 x H x W
     source_mask: torch.Tensor | None = None     # B x 1 x H x W
-
-
-def _posed_pair(model: MorphableModel, source: torch.Tensor, target: torch.Tensor):
-    """Rest shapes, rotations and posed vertices of the stacked batch [source; target] (2B)."""
-    both = Coeffs.from_vector(torch.cat([source, target]))
-    rest = model.shape(both.id, both.exp)                      # 2B x V x 3
-    rotation = euler_to_matrix(both.angle)                     # 2B x 3 x 3
-    return rest, rotation, rigid_transform(rest, rotation, both.trans), both
 
 
 def visible_triangles(fragments: Fragments, num_triangles: int) -> torch.Tensor:
@@ -140,14 +131,16 @@ def compute_guidance(model: MorphableModel, source_coeffs: torch.Tensor, driving
     """F_c, O_c, I_r (and the source render) for ``B`` pairs of ``(B, 257)`` coefficients at ``size`` x ``size``.
 
     ``camera`` defaults to Deep3D's camera scaled to ``size`` (the contract for coefficients in the suite).
+    Coefficients of any floating dtype are accepted and computed in the model's dtype (float32).
     """
-    if source_coeffs.shape != driving_coeffs.shape or source_coeffs.ndim != 2 or source_coeffs.shape[1] != 257:
-        raise ValueError(f"expected two (B, 257) coefficient batches, got {tuple(source_coeffs.shape)} and "
-                         f"{tuple(driving_coeffs.shape)}")
+    check_coeffs(source_coeffs, driving_coeffs, name="source and driving coefficients")
     camera = camera or PerspectiveCamera.deep3d(size)
+    dtype = model.mean_shape.dtype
+    source_coeffs, driving_coeffs = source_coeffs.to(dtype), driving_coeffs.to(dtype)
     b, faces = source_coeffs.shape[0], model.triangles
-    rest, rotation, verts, both = _posed_pair(model, source_coeffs, target_coeffs(source_coeffs, driving_coeffs))
-    screen = camera.project(verts)                                           # 2B x V x 3: [source; target]
+    both = torch.cat([source_coeffs, target_coeffs(source_coeffs, driving_coeffs)])   # 2B: [source; target]
+    mesh = build_face(model, both, camera, with_colors=False)
+    rest, rotation, screen, both = mesh.rest, mesh.rotation, mesh.screen, Coeffs.from_vector(both)
     frags = rasterize(screen, faces, RasterSettings(image_size=(camera.height, camera.width), backend=backend))
     frag_s, frag_t = split_fragments(frags, b)
     visible = depth_tested_triangles(frag_s, faces, screen[:b]) if occlusion_rule == "depth_test" else None

@@ -9,7 +9,8 @@ mask of the morphable model, each identity gets three (super)ellipsoid meshes bu
 * a neck and shoulders (clothes) below.
 
 Every frame poses all of them with the frame's rotation and translation (the same ``V @ R^T + t`` as the face, so
-they move rigidly with the head), lights them with the frame's SH ``gamma`` (:func:`reenact.face3d.shading.shade`),
+they move rigidly with the head; the face itself through the one face renderer :func:`reenact.face3d.face.build_face`),
+lights them with the frame's SH ``gamma`` (:func:`reenact.face3d.shading.shade`),
 rasterizes face and body together (:func:`reenact.face3d.raster.rasterize`, one z-buffer; triangle ids below the
 face's triangle count are the face) and composites the result over a static textured background.
 """
@@ -23,11 +24,11 @@ import torch.nn.functional as F
 
 from reenact.face3d.camera import PerspectiveCamera
 from reenact.face3d.coeffs import Coeffs
-from reenact.face3d.face import lit_colors
+from reenact.face3d.face import FaceMesh, build_face
 from reenact.face3d.morphable import MorphableModel
 from reenact.face3d.raster import RasterSettings, interpolate, rasterize
 from reenact.face3d.shading import shade
-from reenact.face3d.transforms import euler_to_matrix, rigid_transform
+from reenact.face3d.transforms import rigid_transform
 
 
 @dataclass(frozen=True, eq=False)
@@ -262,34 +263,34 @@ class Frames:
     face_screen: torch.Tensor
 
 
-def posed_scene(model: MorphableModel, coeffs: torch.Tensor, body: Mesh):
-    """Pose face and body alike (Eq. 1's ``V R^T + t`` with the frame's angle and trans).
+def posed_body(face: FaceMesh, coeffs: torch.Tensor, body: Mesh) -> torch.Tensor:
+    """Pose the body like the face (Eq. 1's ``V R^T + t`` with the frame's rotation and trans): ``(B, Vb, 3)``."""
+    return rigid_transform(body.verts, face.rotation, Coeffs.from_vector(coeffs).trans)
+
+
+def posed_scene(model: MorphableModel, coeffs: torch.Tensor, body: Mesh, camera: PerspectiveCamera | None = None):
+    """Pose face and body alike.
 
     Returns (rest face ``(B, V, 3)``, posed face ``(B, V, 3)``, posed body ``(B, Vb, 3)``, rotation ``(B, 3, 3)``).
     """
-    c = Coeffs.from_vector(coeffs)
-    rotation = euler_to_matrix(c.angle)                                            # B x 3 x 3
-    rest = model.shape(c.id, c.exp)                                                # B x V x 3
-    return rest, rigid_transform(rest, rotation, c.trans), rigid_transform(body.verts, rotation, c.trans), rotation
+    face = build_face(model, coeffs, camera or PerspectiveCamera(), with_colors=False)
+    return face.rest, face.verts, posed_body(face, coeffs, body), face.rotation
 
 
 def render_frames(model: MorphableModel, coeffs: torch.Tensor, camera: PerspectiveCamera, body: Mesh,
                   backdrop: torch.Tensor) -> Frames:
     """Render ``coeffs (B, 257)`` (face + body posed alike) over ``backdrop (H, W, 3)`` for ``camera``."""
-    if coeffs.ndim != 2 or coeffs.shape[1] != 257:
-        raise ValueError(f"expected coefficients (B, 257), got {tuple(coeffs.shape)}")
     if tuple(backdrop.shape) != (camera.height, camera.width, 3):
         raise ValueError(f"backdrop must be ({camera.height}, {camera.width}, 3), got {tuple(backdrop.shape)}")
-    c = Coeffs.from_vector(coeffs)
-    rest, face_verts, body_verts, rotation = posed_scene(model, coeffs, body)
-    face_colors = lit_colors(model, rest, rotation, c.tex, c.gamma)
-    body_colors = shade(body.albedo, body.normals @ rotation.transpose(-1, -2), c.gamma)
+    face = build_face(model, coeffs, camera)                                       # checks the coefficients
+    rotation = face.rotation
+    body_colors = shade(body.albedo, body.normals @ rotation.transpose(-1, -2), Coeffs.from_vector(coeffs).gamma)
     faces = torch.cat([model.triangles, body.faces + model.num_vertices])
-    screen = camera.project(torch.cat([face_verts, body_verts], 1))               # B x (V + Vb) x 3
+    screen = torch.cat([face.screen, camera.project(posed_body(face, coeffs, body))], 1)   # B x (V + Vb) x 3
     x0, y0, x1, y1 = covered_window(screen, camera.height, camera.width)
     frags = rasterize(screen - screen.new_tensor([x0, y0, 0.0]), faces,
                       RasterSettings(image_size=(y1 - y0, x1 - x0), cull_backfaces=True))
-    colors = interpolate(frags, faces, torch.cat([face_colors, body_colors], 1)).clamp(0, 1)
+    colors = interpolate(frags, faces, torch.cat([face.colors, body_colors], 1)).clamp(0, 1)
     images = backdrop.expand(coeffs.shape[0], -1, -1, -1).clone()
     images[:, y0:y1, x0:x1] = torch.where(frags.mask.unsqueeze(-1), colors, backdrop[y0:y1, x0:x1])
     face_mask, foreground = (torch.zeros(images.shape[:3], dtype=torch.bool) for _ in range(2))

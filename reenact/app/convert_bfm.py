@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from reenact.assets import ASSETS, asset_dir
-    from reenact.face3d.morphable import convert_bfm09, load_deep3d_mat
+    from reenact.face3d.io import convert_bfm09, load_deep3d_mat
 
     bfm_dir = Path(args.bfm_dir)
     needed = ["01_MorphableModel.mat", "Exp_Pca.bin", "BFM_front_idx.mat", "BFM_exp_idx.mat", "facemodel_info.mat",

@@ -1,0 +1,276 @@
+"""The one pipeline engine: a plan of work items in shards, stages that write one *part* per item, done markers,
+resume, and a local or a Ray (Ray Data) executor.
+
+Work item. A :class:`WorkItem` is one unit of work with a ``key`` (a safe id: it names the item's part files) and
+its input ``job`` (JSON text: a video's clips, an identity folder's images, a block of pairs, ...). A
+:class:`Plan` groups the items into shards (shard ``s`` becomes ``<stage>-<s:05d>.parquet``) and carries a
+``fingerprint``: what its shards depend on (a rerun into the same folder must have the same one).
+
+Stage. A function from a batch dict to a batch dict (the executors run it task-wise), or a small class with
+``__init__``/``__call__`` when it holds state such as weights (actors). Each row of a batch is one item:
+``key``, ``shard``, ``job`` plus the columns earlier stages added. For each item a stage writes the item's part
+(``parts/<stage>/<key>.parquet`` + ``.stats.json`` done marker, :mod:`reenact.data.shards`) and may add columns
+for later stages. :func:`ensure_part` is the resume rule for one item: the part is written again unless it is done
+*and* was made from the same input token (the ``input`` its stats recorded).
+
+Engine. :func:`run_plan` skips shards whose done marker exists for every stage, runs the pending items through the
+stages, and as soon as every item of a shard has passed the last stage merges each stage's parts into the shard
+(stats last, as the done marker) and removes the parts. A killed run loses at most the items in flight.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from reenact.config import save_run_config
+from reenact.data.shards import check_plan, is_done, merge_parts, part_is_current, part_paths, read_stats, remove_parts
+
+
+# ---------------------------------------------------------------- configuration shared by every dataset
+
+@dataclass
+class RunConfig:
+    """Where a run writes and what it runs on (shared by every dataset's config)."""
+
+    out: str | None = field(default=None, metadata={"help": "output folder (rerun to resume)", "required": True})
+    executor: Literal["ray", "local"] = field(default="ray", metadata={
+        "help": "ray: stages on Ray Data with their resources; local: one item after another in this process"})
+    address: str | None = field(default=None, metadata={"help": "Ray cluster address (default: a local Ray)"})
+    num_cpus: int | None = field(default=None, metadata={"help": "CPUs of the local Ray (default: all)"})
+    keep_parts: bool = field(default=False, metadata={"help": "keep per-item parts after merging"})
+    progress: bool = field(default=True, metadata={"help": "progress bars"})
+    dry_run: bool = field(default=False, metadata={"help": "print the config and plan, run nothing"})
+
+
+# ---------------------------------------------------------------- work items, plans, stages
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One unit of work: ``key`` names its parts (a safe id), ``job`` is its input as JSON text."""
+
+    key: str
+    job: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Work items in shards, and the fingerprint a rerun into the same folder must match."""
+
+    name: str                                        # what is prepared (logged, saved in config.json)
+    shards: tuple[tuple[WorkItem, ...], ...]
+    fingerprint: dict[str, Any]
+
+    @property
+    def items(self) -> int:
+        return sum(map(len, self.shards))
+
+
+def shard_items(items: Sequence[WorkItem], per_shard: int) -> tuple[tuple[WorkItem, ...], ...]:
+    """Items in order, ``per_shard`` per shard (the last one may be smaller)."""
+    if per_shard < 1:
+        raise ValueError(f"items per shard must be >= 1, got {per_shard}")
+    return tuple(tuple(items[i:i + per_shard]) for i in range(0, len(items), per_shard))
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One per-item stage: writes ``parts/<name>/<key>`` for every item and shards ``<name>-*.parquet``."""
+
+    name: str
+    fn: Callable | type             # batch dict -> batch dict; a class is built once per actor (or once locally)
+    schema: pa.Schema
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    concurrency: int | None = None  # at most this many tasks (actors for a class) at once
+    kwargs: dict[str, Any] = field(default_factory=dict)   # fn keywords, or constructor keywords for a class
+    collect: tuple[str, ...] = ()   # part stats gathered, in item order, as lists into the shard's stats
+
+    def apply(self, ds):
+        """``ds.map_batches`` with this stage's function and resources, one item per batch."""
+        import ray.data
+
+        args: dict[str, Any] = {"batch_size": 1, "num_cpus": self.num_cpus, "batch_format": "numpy"}
+        if self.num_gpus:
+            args["num_gpus"] = self.num_gpus
+        if isinstance(self.fn, type):
+            return ds.map_batches(self.fn, fn_constructor_kwargs=self.kwargs,
+                                  compute=ray.data.ActorPoolStrategy(size=self.concurrency or 1), **args)
+        compute = ray.data.TaskPoolStrategy(size=self.concurrency) if self.concurrency else None
+        return ds.map_batches(self.fn, fn_kwargs=self.kwargs, compute=compute, **args)
+
+    def local(self) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+        """The batch function for the local executor (a class is built here, once)."""
+        if isinstance(self.fn, type):
+            return self.fn(**self.kwargs)
+        return lambda batch: self.fn(batch, **self.kwargs)
+
+
+def read_part_stats(out: str | Path, stage: str, key: str) -> dict[str, Any]:
+    return json.loads(part_paths(out, stage, key)[1].read_text())
+
+
+def ensure_part(out: str | Path, stage: str, key: str, token: str, write: Callable[[], Any]) -> dict[str, Any]:
+    """The resume rule for one item: call ``write()`` (which writes the part of ``key`` in ``stage`` with ``token``
+    as the ``input`` of its stats) unless that part is done and was made from ``token``; return the part's stats."""
+    if not part_is_current(out, stage, key, token):
+        write()
+    return read_part_stats(out, stage, key)
+
+
+# ---------------------------------------------------------------- executors
+
+Row = dict[str, Any]
+
+
+def init_ray(address: str | None, num_cpus: int | None) -> bool:
+    """Connect to ``address`` or start a local Ray unless one is running; True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"address": address} if address else {"num_cpus": num_cpus}
+    ray.init(**kwargs, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    return True
+
+
+def run_ray(items: list[Row], stages: Sequence[Stage], on_item: Callable[[Row], None], cfg: RunConfig) -> None:
+    """Stream ``items`` through ``stages`` on Ray Data; call ``on_item`` as each one finishes the last stage."""
+    started = init_ray(cfg.address, cfg.num_cpus)
+    try:
+        import ray.data
+
+        ray.data.DataContext.get_current().enable_progress_bars = cfg.progress
+        ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+        for stage in stages:
+            ds = stage.apply(ds)
+        for row in ds.iter_rows():
+            on_item(row)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def run_local(items: list[Row], stages: Sequence[Stage], on_item: Callable[[Row], None], cfg: RunConfig) -> None:
+    """Run ``items`` one after another through ``stages`` in this process (no Ray); same parts, same shards."""
+    fns = [stage.local() for stage in stages]
+    for item in items:
+        batch = {k: np.array([v], dtype=object) for k, v in item.items()}
+        for fn in fns:
+            batch = fn(batch)
+        on_item({k: v[0] for k, v in batch.items()})
+
+
+EXECUTORS: dict[str, Callable[[list[Row], Sequence[Stage], Callable[[Row], None], RunConfig], None]] = {
+    "ray": run_ray, "local": run_local}
+
+
+# ---------------------------------------------------------------- the engine
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run left in its folder (counted over every done shard, skipped ones included)."""
+
+    shards: int
+    shards_skipped: int
+    items: int
+    frames: int                     # ok frame rows in all shards of the reported stage
+    status: dict[str, int]          # status histogram of all rows of the reported stage
+    seconds: float
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def shard_done(out: str | Path, stages: Sequence[Stage], shard: int) -> bool:
+    return all(is_done(out, stage.name, shard) for stage in stages)
+
+
+def remove_stale_temps(out: Path) -> int:
+    """Delete temporary files a killed run left (``.<name>.<pid>.tmp`` beside shards and parts); one run per folder."""
+    folders = [out, *(out / "parts").glob("*"), *(out / "clips").glob("*")]
+    stale = [p for d in folders for p in d.glob(".*.tmp*") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
+def run_plan(cfg: RunConfig, plan: Plan, stages: Sequence[Stage], report: str = "frames",
+             before: Callable[[Path], None] | None = None, t0: float | None = None) -> RunResult:
+    """Run (or resume) the pending shards of ``plan`` through ``stages`` into ``cfg.out``.
+
+    ``before(out)`` runs once the folder is checked and ready (e.g. writes a plan-wide shard); ``report`` names the
+    stage whose frames and statuses the result and the log count.
+    """
+    t0 = time.time() if t0 is None else t0
+    out = Path(cfg.out)
+    pending = [s for s in range(len(plan.shards)) if not shard_done(out, stages, s)]
+    if cfg.dry_run:
+        print(json.dumps({"config": dataclasses.asdict(cfg), "plan": plan.fingerprint, "shards": len(plan.shards),
+                          "pending_shards": len(pending), "stages": [s.name for s in stages]}, indent=2))
+        return RunResult(len(plan.shards), len(plan.shards) - len(pending), plan.items, 0, {}, 0.0)
+    check_plan(out, plan.fingerprint)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)
+    save_run_config(cfg, out, plan=plan.fingerprint, stages=[s.name for s in stages], dataset=plan.name)
+    if before is not None:
+        before(out)
+    if pending:
+        _run_pending(cfg, plan, pending, stages, report, t0)
+    return summary(out, plan, len(pending), report, time.time() - t0)
+
+
+def _run_pending(cfg: RunConfig, plan: Plan, pending: list[int], stages: Sequence[Stage], report: str,
+                 t0: float) -> None:
+    out = Path(cfg.out)
+    items = [{"key": item.key, "shard": s, "job": item.job} for s in pending for item in plan.shards[s]]
+    remaining = {s: {item.key for item in plan.shards[s]} for s in pending}
+
+    def on_item(row: Row) -> None:
+        shard = int(row["shard"])
+        remaining[shard].discard(row["key"])
+        if not remaining[shard]:
+            finalize_shard(out, stages, shard, [item.key for item in plan.shards[shard]], cfg.keep_parts, t0, report)
+
+    EXECUTORS[cfg.executor](items, stages, on_item, cfg)
+
+
+def finalize_shard(out: Path, stages: Sequence[Stage], shard: int, keys: list[str], keep_parts: bool,
+                   started_at: float, report: str = "frames") -> None:
+    """Merge the parts of one finished shard, stage by stage (stats last), then drop the parts."""
+    for stage in stages:
+        extra: dict[str, Any] = {"run_started_at": started_at}
+        for name in stage.collect:
+            extra[name] = [read_part_stats(out, stage.name, k).get(name) for k in keys]
+        stats = merge_parts(out, stage.name, shard, keys, stage.schema, extra_stats=extra)
+        if stage.name == report:
+            log(f"shard {shard:05d} done: {len(keys)} items, {stats.get('frames', 0)} frames, "
+                f"status {stats['status']}")
+    if not keep_parts:
+        for stage in stages:
+            remove_parts(out, stage.name, keys)
+
+
+def summary(out: Path, plan: Plan, pending: int, report: str, seconds: float) -> RunResult:
+    """Totals of the ``report`` stage over every done shard; logged in one line."""
+    stats = read_stats(out, report)
+    status: dict[str, int] = {}
+    for s in stats:
+        for k, v in s["status"].items():
+            status[k] = status.get(k, 0) + v
+    frames = sum(s.get("frames", 0) for s in stats)
+    shards = len(plan.shards)
+    log(f"prepare {plan.name}: {shards} shards ({shards - pending} skipped), {frames} frames, "
+        f"{report} status {status}, {seconds:.1f} s")
+    return RunResult(shards, shards - pending, plan.items, frames, status, seconds)
