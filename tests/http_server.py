@@ -14,7 +14,7 @@ Files named in :attr:`LocalServer.hold` wait for the gate in every mode. ``hits`
 
 Failing on purpose, in every mode: :attr:`LocalServer.script` maps a file name to the status codes its first
 requests get (e.g. ``[503, 503]``, then it is served); :meth:`LocalServer.throttle` answers 429 to every request
-for a while. ``log`` records ``(time.monotonic(), path, status)`` of every request (200 unless the script, the
+for a while, starting with the next one. ``log`` records ``(time.monotonic(), path, status)`` of every request (200 unless the script, the
 throttle or a 404 answered), ``cookies`` the ``(path, Cookie header)`` of every request.
 """
 from __future__ import annotations
@@ -33,6 +33,7 @@ class LocalServer:
         self.hold: set[str] = set()
         self.script: dict[str, list[int]] = {}
         self.throttled_until = 0.0
+        self.throttle_armed: float | None = None
         self.log: list[tuple[float, str, int]] = []
         self.cookies: list[tuple[str, str]] = []
         self._stop = threading.Event()
@@ -60,8 +61,9 @@ class LocalServer:
         self.httpd.server_close()
 
     def throttle(self, seconds: float) -> None:
-        """Answer 429 to every request for the next ``seconds``."""
-        self.throttled_until = time.monotonic() + seconds
+        """Answer 429 to every request for ``seconds`` from the next request on."""
+        with self._lock:
+            self.throttle_armed = seconds
 
     def _count(self, path: str) -> int:
         with self._lock:
@@ -71,6 +73,8 @@ class LocalServer:
     def _scripted(self, name: str) -> int | None:
         """The forced status of this request (429 while throttled, then the file's script), or None."""
         with self._lock:
+            if self.throttle_armed is not None:
+                self.throttled_until, self.throttle_armed = time.monotonic() + self.throttle_armed, None
             if time.monotonic() < self.throttled_until:
                 return 429
             codes = self.script.get(name)
