@@ -403,8 +403,8 @@ def show_pauses(name: str, every: float = 1.0, log: Callable[[str], None] | None
                 limiter, state = None, None
             if state is not None and (state.paused > 0) != paused:
                 paused = state.paused > 0
-                log(f"downloads paused {state.paused:.0f} s (pause {state.level} in a row): {state.reason}" if paused
-                    else f"downloads resumed after {state.level} pause(s); {state.requests} requests so far")
+                log(f"downloads paused {state.paused:.1f} s (pause {state.level} in a row): {state.reason}" if paused
+                    else f"downloads resumed ({state.requests} requests so far)")
 
     thread = threading.Thread(target=watch, daemon=True, name=f"show-pauses-{name}")
     thread.start()
