@@ -278,19 +278,33 @@ def reopen_shard(out: Path, stages: Sequence[Stage], shard: int, keys: list[str]
     if any(parts is None or [p.get("key") for p in parts] != keys for parts in recorded.values()):
         return False
     for stage in stages:
-        table, offset = pq.read_table(shard_paths(out, stage.name, shard)[0]).cast(stage.schema), 0
-        for key, stats in zip(keys, recorded[stage.name]):
-            rows, offset = table.slice(offset, stats["rows"]), offset + stats["rows"]
-            if key in redo:
-                remove_parts(out, stage.name, [key])
-                continue
-            stream = ParquetStream(part_paths(out, stage.name, key)[0], stage.schema)
-            stream.write(rows)
-            stream.close()
-            atomic_write_json(part_paths(out, stage.name, key)[1], stats)
+        split_shard(out, stage, shard, recorded[stage.name], redo)
     for stage in stages:
         shard_paths(out, stage.name, shard)[1].unlink(missing_ok=True)
     return True
+
+
+def split_shard(out: Path, stage: Stage, shard: int, parts: list[dict[str, Any]], skip: set[str],
+                batch_size: int = 256) -> None:
+    """Stream one stage's shard back into the parts it was merged from (``parts``: their stats, in order), except
+    the keys in ``skip``, whose parts are removed."""
+    batches = pq.ParquetFile(shard_paths(out, stage.name, shard)[0]).iter_batches(batch_size=batch_size)
+    rest = stage.schema.empty_table()
+    for stats in parts:
+        key, need = stats["key"], stats["rows"]
+        stream = None if key in skip else ParquetStream(part_paths(out, stage.name, key)[0], stage.schema)
+        while need:
+            if rest.num_rows == 0:
+                rest = pa.Table.from_batches([next(batches)]).cast(stage.schema)
+            take = min(need, rest.num_rows)
+            if stream is not None:
+                stream.write(rest.slice(0, take))
+            rest, need = rest.slice(take), need - take
+        if stream is None:
+            remove_parts(out, stage.name, [key])
+        else:
+            stream.close()
+            atomic_write_json(part_paths(out, stage.name, key)[1], stats)
 
 
 def reopen_shards(out: Path, plan: Plan, stages: Sequence[Stage], redo: dict[int, Sequence[str]]) -> list[int]:

@@ -227,3 +227,27 @@ def test_retry_failed_option():
         "none", "transient", "all", "none"]
     with pytest.raises(SystemExit):
         parser.parse_args(base + ["--retry-failed=some"])
+
+
+def test_split_shard_restores_the_parts_it_was_merged_from(tmp_path):
+    """Parts of 30, 0 and 20 rows merged into a shard come back byte for byte (rows and stats) in batches of 7 that
+    straddle them; a skipped key's part is removed."""
+    from pipelines.engine import split_shard
+    from reenact.data.shards import merge_parts, part_paths, write_part
+
+    schema = pa.schema([("key", pa.string()), ("i", pa.int32()), ("status", pa.string())])
+    sizes = {"a": 30, "b": 0, "c": 20}
+    tables = {k: pa.table({"key": [k] * n, "i": list(range(n)), "status": ["ok"] * n}, schema=schema)
+              for k, n in sizes.items()}
+    stats = {k: write_part(tmp_path, "toy", k, t, extra_stats={"seconds": 0.5, "input": f"token-{k}"})
+             for k, t in tables.items()}
+    merge_parts(tmp_path, "toy", 0, list(sizes), schema)
+    for k in sizes:
+        for path in part_paths(tmp_path, "toy", k):
+            path.unlink()
+    write_part(tmp_path, "toy", "c", tables["c"].slice(0, 1))               # a stale part of the skipped key
+    split_shard(tmp_path, Stage("toy", lambda b: b, schema), 0, [stats[k] for k in sizes], {"c"}, batch_size=7)
+    for k in ("a", "b"):
+        assert pq.read_table(part_paths(tmp_path, "toy", k)[0]).equals(tables[k])
+        assert json.loads(part_paths(tmp_path, "toy", k)[1].read_text()) == stats[k]
+    assert not any(p.exists() for p in part_paths(tmp_path, "toy", "c"))
