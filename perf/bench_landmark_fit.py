@@ -5,7 +5,7 @@
 Chunks are synthetic sequences drawn from the procedural model (one identity per chunk, expressions N(0, 0.7^2),
 yaw uniform in +-45 degrees, pitch +-15, roll +-10, depth 2.4-3.6 dm in front of the model origin), whose 68
 landmarks are projected with ``PerspectiveCamera.deep3d(256)`` plus Gaussian noise. Each repeat fits every chunk
-once (:func:`pipelines.extractors.landmark_fit.fit_landmarks`, one optimisation per chunk); the figure is the
+once (:func:`reenact.faces.landmark_fit.fit_landmarks`, one optimisation per chunk); the figure is the
 median over repeats of frames / wall seconds, with one torch intra-op thread (``FitConfig.threads = 1``, the
 default) and with torch's default thread count (``threads = 0``).
 Landmark detection (dlib) is not included. Accuracy: geodesic rotation error against the truth (median, p90, max)
@@ -25,12 +25,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from perf.timing import print_table  # noqa: E402
-from pipelines.extractors.landmark_fit import FitConfig, fit_landmarks, landmark_bases  # noqa: E402
 from reenact.face3d.camera import PerspectiveCamera  # noqa: E402
 from reenact.face3d.coeffs import ANGLE, EXP, ID, TRANS  # noqa: E402
 from reenact.face3d.face import project_landmarks  # noqa: E402
 from reenact.face3d.procedural import procedural_model  # noqa: E402
 from reenact.face3d.transforms import euler_to_matrix, rotation_angle_between  # noqa: E402
+from reenact.faces.landmark_fit import FitConfig, fit_landmarks, landmark_bases  # noqa: E402
 
 
 def sample_chunk(rng: np.random.Generator, frames: int) -> np.ndarray:

@@ -22,7 +22,7 @@ mean shape is symmetric) and rounded to 3 decimals; it is printed as Python to p
 Evaluation, before (the table in :mod:`reenact.face3d.procedural`) and after (the new table): the VoxCeleb-style
 videos of ``sample_world("tiny", eval_seed)`` (yaw up to +-45 degrees, speech-like mouth motion, blinks) are
 rendered in the crop camera (every ``eval_stride``-th frame), dlib's 68 points are detected, each video is fitted
-as one chunk (:func:`pipelines.extractors.landmark_fit.fit_landmarks`, default :class:`FitConfig`) and the fitted
+as one chunk (:func:`reenact.faces.landmark_fit.fit_landmarks`, default :class:`FitConfig`) and the fitted
 rotation is compared with the truth (:func:`reenact.face3d.transforms.rotation_angle_between`): median / p90 /
 max degrees, overall and by |yaw| bin. Also the pixel distance between dlib's points and the model landmarks
 projected with the true coefficients (median per iBUG group). The renders are the same for both tables: only the
@@ -204,7 +204,7 @@ def rotation_errors_deg(truth: np.ndarray, fitted: np.ndarray) -> np.ndarray:
 
 def evaluate(model: MorphableModel, videos: list[tuple[np.ndarray, np.ndarray]]) -> dict:
     """Rotation errors of the landmark fit to dlib's points, and dlib-to-model pixel distances."""
-    from pipelines.extractors.landmark_fit import fit_landmarks
+    from reenact.faces.landmark_fit import fit_landmarks
 
     errors, yaws, distances = [], [], []
     for coeffs, points in videos:

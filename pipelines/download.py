@@ -49,7 +49,7 @@ import pyarrow.parquet as pq
 
 from pipelines.media import MediaError, check_decodable, ffmpeg_exe
 from pipelines.metadata import VideoJob
-from reenact.data.schema import LEDGER, Failure, Status, is_safe_id
+from reenact.data.schema import LEDGER, Failure, Status, clean_error, is_safe_id
 from reenact.data.shards import done_shards, part_done, part_paths, shard_paths, write_part
 
 STAGE = "ledger"
@@ -530,7 +530,7 @@ def _finish(video_id: str, file: Path, min_height: int, settings: DownloadSettin
 
 
 def _clean(message: str) -> str:
-    return re.sub(r"\x1b\[[0-9;]*m", "", message).removeprefix("ERROR: ").strip()
+    return clean_error(re.sub(r"\x1b\[[0-9;]*m", "", message).removeprefix("ERROR: ")).strip()
 
 
 def download_video(video_id: str, min_height: int, root: str | os.PathLike,
@@ -609,13 +609,14 @@ def reusable_row(out: str | os.PathLike, root: str | os.PathLike, video_id: str,
     return None if retry_keys(pa.Table.from_pylist([row]), retry) else row
 
 
-def download_stage(batch: dict[str, np.ndarray], *, out: str, root: str,
+def download_stage(batch: dict[str, np.ndarray], *, out: str, root: str | None,
                    settings: DownloadSettings) -> dict[str, np.ndarray]:
-    """Engine stage: for each video row (``job`` JSON) fetch the video, write its ledger part (reused on a rerun
-    as :func:`reusable_row` says).
+    """Engine stage: for each video row (``job`` JSON) fetch the video into ``root`` (default ``<out>/videos``),
+    write its ledger part (reused on a rerun as :func:`reusable_row` says).
 
     Adds ``download_status``, ``download_error`` and ``download_path`` (absolute, "" when failed).
     """
+    root = root or str(Path(out) / "videos")
     status, error, path = [], [], []
     for job_json in batch["job"]:
         job = VideoJob.from_json(job_json)

@@ -26,6 +26,7 @@ shards, items whose parts are current are skipped, and a download whose ledger s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import hashlib
 import time
@@ -43,7 +44,7 @@ from pipelines.download import (DEFAULT_URL_TEMPLATE, DownloadSettings, check_ur
                                 limiter_name, shards_to_retry, show_pauses)
 from pipelines.engine import Plan, RunConfig, RunResult, Stage, WorkItem, ensure_part, log, run_plan, shard_items
 from pipelines.metadata import VideoJob, metadata_table, read_metadata, video_jobs
-from reenact.config import add_dataclass_arguments, from_namespace
+from reenact.config import UserError, add_dataclass_arguments, from_namespace
 from reenact.data.schema import CELEBV_FRAMES, COEFFS, FRAMES, LEDGER, Status
 from reenact.data.shards import ParquetStream, finish_part, is_done, part_paths, write_shard
 
@@ -130,8 +131,6 @@ class VoxConfig(ExtractorConfig):
     def crop_settings(self) -> CropSettings:
         return CropSettings(image_format=self.image_format, write_mp4=self.write_mp4)
 
-    def download_root(self) -> Path:
-        return Path(self.download_dir) if self.download_dir else Path(self.out) / "videos"
 
 
 @dataclass
@@ -269,27 +268,42 @@ def extractor_kwargs(cfg: ExtractorConfig) -> dict[str, Any]:
     return {}
 
 
-def coefficient_stage(cfg: ExtractorConfig, out: str) -> Stage:
+def extractor_settings(cfg: ExtractorConfig) -> dict[str, Any]:
+    """What the coefficients depend on: the extractor, its model, the checksum of the ground truth it reads."""
+    settings: dict[str, Any] = {"extractor": cfg.extractor}
+    if cfg.extractor == "landmarks":
+        settings["morphable_model"] = cfg.morphable_model
+    if cfg.extractor == "oracle":
+        settings["truth_sha256"] = _sha256(cfg.truth())
+    return settings
+
+
+def coefficient_stage(cfg: ExtractorConfig) -> Stage:
     """frames -> coeffs shards with the configured extractor; whole chunks per call (shared identity)."""
     make_fn = functools.partial(build_extractor, cfg.extractor, extractor_kwargs(cfg))
     return Stage("coeffs", FramewiseStage, COEFFS, num_cpus=cfg.extractor_cpus, num_gpus=cfg.extractor_gpus,
-                 concurrency=cfg.extractor_actors,
-                 kwargs={"out": out, "name": "coeffs", "schema": COEFFS, "make_fn": make_fn, "by_chunk": True})
+                 concurrency=cfg.extractor_actors, settings=extractor_settings(cfg),
+                 kwargs={"name": "coeffs", "schema": COEFFS, "make_fn": make_fn, "by_chunk": True})
 
 
 def with_coefficients(cfg: ExtractorConfig, stages: list[Stage]) -> list[Stage]:
-    return stages + ([coefficient_stage(cfg, str(Path(cfg.out).resolve()))] if cfg.extractor != "none" else [])
+    return stages + ([coefficient_stage(cfg)] if cfg.extractor != "none" else [])
+
+
+#: crop settings that do not change the outputs (left out of the fingerprint)
+_CROP_RUNTIME = ("threads", "timeout")
 
 
 def vox_stages(cfg: VoxConfig) -> list[Stage]:
     """download -> ledger shards, crop -> frames shards (-> coeffs shards)."""
-    out = str(Path(cfg.out).resolve())
+    crop = cfg.crop_settings()
+    root = str(Path(cfg.download_dir).resolve()) if cfg.download_dir else None
     return with_coefficients(cfg, [
         Stage("ledger", download_stage, LEDGER, num_cpus=cfg.download_cpus, concurrency=cfg.download_concurrency,
-              kwargs={"out": out, "root": str(cfg.download_root().resolve()),
-                      "settings": cfg.download_settings()}),
-        Stage("frames", crop_stage, FRAMES, num_cpus=cfg.crop_cpus,
-              kwargs={"out": out, "settings": cfg.crop_settings()}),
+              kwargs={"root": root, "settings": cfg.download_settings()},
+              settings={"url_template": cfg.url_template}),
+        Stage("frames", crop_stage, FRAMES, num_cpus=cfg.crop_cpus, kwargs={"settings": crop},
+              settings={k: v for k, v in dataclasses.asdict(crop).items() if k not in _CROP_RUNTIME}),
     ])
 
 
@@ -335,9 +349,9 @@ def prepare_celebv(cfg: CelebVConfig) -> RunResult:
     plan = Plan(cfg.dataset, shards, {"celebv": str(Path(cfg.celebv).resolve()),
                                       "shards": [[item.key for item in s] for s in shards]})
     log(f"prepare celebv: {len(jobs)} identities, {len(shards)} shards")
-    out = str(Path(cfg.out).resolve())
+    settings = CelebVSettings(image_format=cfg.image_format)
     stages = [Stage(STAGE, celebv_stage, CELEBV_FRAMES, num_cpus=cfg.crop_cpus, collect=("crop",),
-                    kwargs={"out": out, "settings": CelebVSettings(image_format=cfg.image_format)})]
+                    kwargs={"settings": settings}, settings=settings.outputs())]
     return run_plan(cfg, plan, with_coefficients(cfg, stages), t0=t0)
 
 
@@ -361,7 +375,7 @@ def run(args: argparse.Namespace) -> int:
     cls, prepare, _ = DATASETS[args.dataset]
     try:
         cfg = from_namespace(cls, args)
-    except ValueError as err:
-        raise SystemExit(f"prepare: {err}") from None
+    except ValueError as err:                       # a bad option: the user's to fix
+        raise UserError(str(err)) from None
     prepare(cfg)
     return 0

@@ -6,8 +6,17 @@ import pytest
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
-from reenact.faces.align import (AlignTransform, align_image, align_transform, five_from_68, flip_y,
-                             image_to_tensor_input, load_lm3d, pos, warp_image)
+from reenact.faces.align import (
+    AlignTransform,
+    align_image,
+    align_transform,
+    five_from_68,
+    flip_y,
+    image_to_tensor_input,
+    load_lm3d,
+    pos,
+    warp_image,
+)
 from tests.conftest import fixture_path
 
 EXAMPLES = ("deep3d", "examples")

@@ -10,17 +10,31 @@ import pytest
 import torch
 from PIL import Image
 
-from reenact.faces.align import (AlignedFace, AlignTransform, align_transform, image_to_tensor_input, load_lm3d,
-                             warp_image)
-from pipelines.extractors import deep3d
-from pipelines.extractors.deep3d import (Deep3DExtractor, ReconNet, aligned_camera, build_recon_net,
-                                         checkpoint_filter_fn, coeffs_to_aligned, coeffs_to_frame, frame_camera,
-                                         read_net_recon)
-from reenact.faces.landmarks5 import Landmarks5
+from pipelines.extractors.deep3d import Deep3DExtractor
 from reenact.assets import MissingAssetError
+from reenact.data.schema import COEFFS
 from reenact.face3d.camera import PerspectiveCamera
 from reenact.face3d.coeffs import LAYOUT, TRANS
-from reenact.data.schema import COEFFS
+from reenact.faces import deep3d
+from reenact.faces.align import (
+    AlignedFace,
+    AlignTransform,
+    align_transform,
+    image_to_tensor_input,
+    load_lm3d,
+    warp_image,
+)
+from reenact.faces.deep3d import (
+    ReconNet,
+    aligned_camera,
+    build_recon_net,
+    checkpoint_filter_fn,
+    coeffs_to_aligned,
+    coeffs_to_frame,
+    frame_camera,
+    read_net_recon,
+)
+from reenact.faces.landmarks5 import Landmarks5
 from tests.conftest import fixture_path, state_dict_entries
 
 EXAMPLES = ("deep3d", "examples")
@@ -249,6 +263,12 @@ def test_extractor_end_to_end_on_a_real_photo(random_weights, lm3d_path, detecto
     assert coeffs.shape == (1, 257) and raw.abs().max() > 0.01
     # (batch of 2 there, of 1 here: the convolutions differ by ~1e-5)
     torch.testing.assert_close(coeffs_to_aligned(coeffs, face.transform), raw, atol=1e-4, rtol=1e-4)
+    # the tensor API: the same coefficients, NaN where no face
+    from reenact.data.codec import uint8_to_tensor
+
+    tensor = extractor.estimator.estimate_coeffs([uint8_to_tensor(np.array(decoded)), torch.full((3, 64, 80), 0.4)])
+    assert tensor.shape == (2, 257) and torch.isnan(tensor[1]).all()
+    torch.testing.assert_close(tensor[0], coeffs[0], atol=1e-4, rtol=1e-4)
     # JPEG and PNG of the same photo align to nearly the same crop
     jpeg = np.array(out["align"][0]) / np.array(out["align"][4])
     np.testing.assert_allclose(jpeg, 1, atol=0.02)

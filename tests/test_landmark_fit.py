@@ -9,13 +9,17 @@ import pyarrow as pa
 import pytest
 import torch
 
-from pipelines.extractors import landmark_fit as lf
+from pipelines.extractors.landmark_fit import LandmarksExtractor
+from reenact.data.schema import COEFFS
 from reenact.face3d.camera import PerspectiveCamera
 from reenact.face3d.coeffs import ANGLE, EXP, GAMMA, ID, TEX, TRANS
 from reenact.face3d.face import project_landmarks
 from reenact.face3d.procedural import procedural_model
 from reenact.face3d.transforms import euler_to_matrix, rotation_angle_between
-from reenact.data.schema import COEFFS
+from reenact.faces import landmark_fit as lf
+from reenact.faces.landmarks68 import dlib68
+from reenact.synth import world as synth_world
+from reenact.synth import writer
 from tests.conftest import fixture_path
 
 SIZE = 256
@@ -32,6 +36,11 @@ def sample_chunk(rng: np.random.Generator, frames: int, yaw_max: float = 45.0, e
     c[:, TRANS] = np.stack([rng.uniform(-0.1, 0.1, frames), rng.uniform(-0.05, 0.15, frames),
                             rng.uniform(-3.6, -2.4, frames)], -1)
     return c
+
+
+def stills(frames: int) -> np.ndarray:
+    """Links for frames of :func:`sample_chunk`: their poses are independent draws, not neighbouring video frames."""
+    return np.zeros(frames - 1, dtype=bool)
 
 
 def truth_landmarks(model, coeffs: np.ndarray, size: int = SIZE) -> np.ndarray:
@@ -162,7 +171,7 @@ def test_noise_free_mean_face_is_recovered_exactly(small_model):
 def test_noise_free_fit_reaches_subpixel_residuals(small_model):
     rng = np.random.default_rng(7)
     c = sample_chunk(rng, 8, exp_std=0.5)
-    result = lf.fit_landmarks(truth_landmarks(small_model, c), SIZE, small_model)
+    result = lf.fit_landmarks(truth_landmarks(small_model, c), SIZE, small_model, links=stills(8))
     assert np.median(result.rmse) < 0.3, result.rmse
     assert rotation_errors_deg(c, result.coeffs).max() < 1.5
 
@@ -175,7 +184,7 @@ def test_recovers_head_pose_on_synthetic_sequences(full_model, capsys):
     for _ in range(2):
         c = sample_chunk(rng, 32)
         landmarks = truth_landmarks(full_model, c) + rng.normal(0, 1.0, (32, 68, 2))
-        result = lf.fit_landmarks(landmarks, SIZE, full_model)
+        result = lf.fit_landmarks(landmarks, SIZE, full_model, links=stills(32))
         assert (result.coeffs[:, ID] == result.coeffs[:1, ID]).all()          # one identity per chunk
         assert not result.coeffs[:, TEX].any() and not result.coeffs[:, GAMMA].any()
         errors.append(rotation_errors_deg(c, result.coeffs))
@@ -188,8 +197,10 @@ def test_recovers_head_pose_on_synthetic_sequences(full_model, capsys):
         print(f"\nlandmark fit, 64 frames, yaw <= 45 deg, 1 px noise: rotation error median {np.median(errors):.2f} "
               f"deg, p90 {np.percentile(errors, 90):.2f}, max {errors.max():.2f}; translation error median "
               f"{np.median(trans_errors):.3f} dm (relative depth error median {np.median(depth_errors):.3f})")
-    assert np.median(errors) <= 3.0          # the acceptance threshold (measured ~0.8)
-    assert np.percentile(errors, 90) <= 3.0
+    # about 1.5x the figures measured here (median 0.75 deg, p90 1.38), so that a constant 2 deg yaw or pitch bias
+    # fails (issue 15); the issue's acceptance threshold was 3 deg
+    assert np.median(errors) <= 1.15
+    assert np.percentile(errors, 90) <= 2.1
     assert np.median(depth_errors) < 0.08    # depth and face size trade off through identity: a few percent
 
 
@@ -211,7 +222,7 @@ def test_frame_camera_is_deep3d_scaled_to_the_short_side():
 
 @pytest.fixture(scope="module")
 def extractor():
-    return lf.LandmarksExtractor(model="procedural-small")
+    return LandmarksExtractor(model="procedural-small")
 
 
 def test_extractor_rows_per_chunk_and_status(extractor, small_model):
@@ -221,7 +232,8 @@ def test_extractor_rows_per_chunk_and_status(extractor, small_model):
     batch = {k: [] for k in ("chunk_id", "frame_index", "landmarks", "status", "error", "image")}
     for chunk_id, c in chunks.items():
         for i, points in enumerate(truth_landmarks(small_model, c) + rng.normal(0, 0.5, (len(c), 68, 2))):
-            for key, value in zip(batch, (chunk_id, i, points.reshape(-1).tolist(), "ok", "", None)):
+            # frame indices two apart: independent poses, not neighbouring frames (no temporal term, no pose-step gate)
+            for key, value in zip(batch, (chunk_id, 2 * i, points.reshape(-1).tolist(), "ok", "", None)):
                 batch[key].append(value)
     # a row failed upstream, a row with neither landmarks nor image, a row with garbage image bytes
     for key, values in (("status", ["decode_error", "ok", "ok"]), ("error", ["truncated", "", ""]),
@@ -252,12 +264,12 @@ def test_extractor_marks_bad_fits(small_model):
     c = sample_chunk(rng, 4)
     points = truth_landmarks(small_model, c)
     points[2] = rng.uniform(0, SIZE, (68, 2))              # not a face
-    strict = lf.LandmarksExtractor(model="procedural-small", config=lf.FitConfig(max_rmse=4.0))
-    out = strict({"chunk_id": ["x#y#000000#000004"] * 4, "frame_index": [0, 1, 2, 3],
+    strict = LandmarksExtractor(model="procedural-small", config=lf.FitConfig(max_rmse=4.0))
+    out = strict({"chunk_id": ["x#y#000000#000004"] * 4, "frame_index": [0, 2, 4, 6],
                   "landmarks": [p.reshape(-1) for p in points]})
     assert out["status"][2] == "fit_error" and "RMSE" in out["error"][2]
     assert out["fit_error"][2] > 4.0 and out["coeffs"][2] is not None
-    column_only = lf.LandmarksExtractor(model="procedural-small", landmark_source="column")
+    column_only = LandmarksExtractor(model="procedural-small", landmark_source="column")
     assert column_only({"chunk_id": ["x#y#000000#000004"], "frame_index": [0], "landmarks": [None]})["status"] == \
         ["no_face"]
 
@@ -270,7 +282,7 @@ def test_extractor_on_a_real_photo_with_dlib(extractor):
     data = path.read_bytes()
     out = extractor({"chunk_id": ["p#v#000000#000001"], "frame_index": [0], "image": [data]})
     assert out["status"] == ["ok"], out["error"]
-    expected = extractor._dlib(Image.open(io.BytesIO(data)))        # the detector the extractor loaded
+    expected = dlib68()(Image.open(io.BytesIO(data)))               # the detector the extractor uses
     np.testing.assert_allclose(np.reshape(out["landmarks"][0], (68, 2)), expected, atol=1e-4)
     # the procedural face is not a real face: a few pixels of residual on a 250x262 photo
     assert out["fit_error"][0] < 8.0
@@ -282,8 +294,6 @@ def test_extractor_on_a_real_photo_with_dlib(extractor):
 @pytest.fixture(scope="module")
 def tiny_world_truth():
     """The tiny world's ground truth without rendering: SYNTH_TRUTH rows of every VoxCeleb-style video."""
-    synth_world = pytest.importorskip("reenact.synth.world")
-    writer = pytest.importorskip("reenact.synth.writer")
     world = synth_world.sample_world("tiny", seed=0)
     model = procedural_model(world.preset.model)
     rows = [row for seq in world.videos for row in writer.truth_rows(seq, writer.frame_truth(model, seq.coeffs,
@@ -292,12 +302,12 @@ def tiny_world_truth():
 
 
 def test_recovers_head_pose_on_the_tiny_synthetic_world(tiny_world_truth, capsys):
-    """Acceptance: fit every chunk of the tiny world from its crop landmarks (+0.5 px noise) through the extractor;
-    median rotation error vs the ground truth <= 3 degrees."""
+    """Fit every chunk of the tiny world from its crop landmarks (+0.5 px noise) through the extractor; the rotation
+    error vs the ground truth stays near what was measured (median 0.59 deg, p90 1.00)."""
     world, truth = tiny_world_truth
     rng = np.random.default_rng(0)
     landmarks = np.asarray(truth["crop_landmarks"].to_pylist()) + rng.normal(0, 0.5, (truth.num_rows, 136))
-    extractor = lf.LandmarksExtractor(model=f"procedural-{world.preset.model}", landmark_source="column")
+    extractor = LandmarksExtractor(model=f"procedural-{world.preset.model}", landmark_source="column")
     out = extractor({"chunk_id": truth["chunk_id"].to_pylist(), "frame_index": truth["frame_index"].to_pylist(),
                      "landmarks": list(landmarks), "width": [256] * truth.num_rows, "height": [256] * truth.num_rows})
     assert out["status"] == ["ok"] * truth.num_rows
@@ -310,8 +320,10 @@ def test_recovers_head_pose_on_the_tiny_synthetic_world(tiny_world_truth, capsys
               f"{yaw.max():.0f} deg), truth landmarks + 0.5 px: rotation error median {np.median(errors):.2f} deg, "
               f"p90 {np.percentile(errors, 90):.2f}, max {errors.max():.2f}; relative depth error median "
               f"{np.median(depth):.3f}; landmark RMSE median {np.median(out['fit_error']):.2f} px")
-    assert np.median(errors) <= 3.0
-    assert np.percentile(errors, 90) <= 3.0
+    # about 1.5x the figures measured here (median 0.59 deg, p90 1.00), so that a constant 2 deg yaw or pitch bias
+    # fails (issue 15)
+    assert np.median(errors) <= 0.9
+    assert np.percentile(errors, 90) <= 1.5
 
 
 def test_extractor_runs_as_a_ray_actor(ray_session, small_model):
@@ -321,10 +333,10 @@ def test_extractor_runs_as_a_ray_actor(ray_session, small_model):
     rng = np.random.default_rng(10)
     c = sample_chunk(rng, 6)
     points = truth_landmarks(small_model, c)
-    items = [{"chunk_id": "id10001#aaaaaaaaaaa#000000#000006", "frame_index": i, "status": "ok", "error": "",
+    items = [{"chunk_id": "id10001#aaaaaaaaaaa#000000#000006", "frame_index": 2 * i, "status": "ok", "error": "",
               "landmarks": points[i].reshape(-1).astype(np.float32)} for i in range(6)]
     ds = ray.data.from_items(items).map_batches(
-        lf.LandmarksExtractor, fn_constructor_kwargs={"model": "procedural-small", "landmark_source": "column"},
+        LandmarksExtractor, fn_constructor_kwargs={"model": "procedural-small", "landmark_source": "column"},
         batch_size=6, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1)
     rows = sorted(ds.take_all(), key=lambda r: r["frame_index"])
     assert [r["status"] for r in rows] == ["ok"] * 6 and {r["extractor"] for r in rows} == {"landmarks"}

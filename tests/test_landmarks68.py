@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reenact.faces import landmarks68 as l68
 from reenact.assets import MissingAssetError
+from reenact.faces import landmarks68 as l68
 from tests.conftest import fixture_path
 
 #: small photos (245-294 px wide) keep the HOG detector fast

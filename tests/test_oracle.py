@@ -10,11 +10,13 @@ import pytest
 import torch
 
 from pipelines.extractors import oracle
+from reenact.data.schema import COEFFS, SYNTH_TRUTH
 from reenact.face3d.camera import PerspectiveCamera
 from reenact.face3d.coeffs import ANGLE, EXP, ID, TRANS
 from reenact.face3d.face import project_landmarks
 from reenact.face3d.procedural import procedural_model
-from reenact.data.schema import COEFFS, SYNTH_TRUTH
+from reenact.synth import world as synth_world
+from reenact.synth import writer
 
 VOX_CHUNK = "id10001#abcdefghijk#000002#000005"
 CELEBV_CHUNK = "Jack_Ma#Jack_Ma#000000#000004"
@@ -135,8 +137,6 @@ def test_non_square_or_missing_crop_is_a_status_row(truth):
 def test_oracle_on_the_tiny_synthetic_world():
     """The synthetic world's own truth rows: vox frames give their crop coefficients; CelebV images, cropped around
     the face, give coefficients whose landmarks re-project onto the cropped ground-truth landmarks."""
-    synth_world = pytest.importorskip("reenact.synth.world")
-    writer = pytest.importorskip("reenact.synth.writer")
     world = synth_world.sample_world("tiny", seed=0)
     model = procedural_model(world.preset.model)
     seqs = [world.videos[0], world.celebv[0]]
@@ -146,8 +146,8 @@ def test_oracle_on_the_tiny_synthetic_world():
     vox = truth.filter(pc.and_(is_vox, pc.is_valid(truth["chunk_id"])))         # frames inside a chunk
     celeb = truth.filter(pc.invert(is_vox))
     boxes = []
-    for l, t, r, b in celeb["face_bbox"].to_pylist():          # a square box 1.4x the face, centred on it
-        side, cx, cy = 1.4 * max(r - l, b - t), (l + r) / 2, (t + b) / 2
+    for left, t, r, b in celeb["face_bbox"].to_pylist():          # a square box 1.4x the face, centred on it
+        side, cx, cy = 1.4 * max(r - left, b - t), (left + r) / 2, (t + b) / 2
         boxes.append([round(cx - side / 2), round(cy - side / 2), round(cx - side / 2) + round(side),
                       round(cy - side / 2) + round(side)])
     out = oracle.OracleExtractor(truth)({

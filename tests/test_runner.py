@@ -1,4 +1,5 @@
-"""The pipeline engine (pipelines/engine.py) running ``prepare vox`` (pipelines/prepare.py), and ``reenact inspect``: plan, end to end on a tiny world, kill and resume.
+"""The pipeline engine (pipelines/engine.py) running ``prepare vox`` (pipelines/prepare.py), and ``reenact
+inspect``: plan, end to end on a tiny world, kill and resume.
 
 Two tests use Ray (the shared ``ray_session``, which a killed driver subprocess joins); the rest are pure.
 """
@@ -20,10 +21,10 @@ import pytest
 from pipelines.inspect import collect, render
 from pipelines.media import ffmpeg_exe
 from pipelines.metadata import VideoJob
-from pipelines.engine import Stage, remove_stale_temps
+from pipelines.engine import Stage, check_fingerprint, remove_stale_temps
 from pipelines.prepare import FramewiseStage, VoxConfig, prepare_vox, shard_plan
 from reenact.data.schema import FRAMES
-from reenact.data.shards import check_plan, part_paths, read_stage, write_part
+from reenact.data.shards import part_paths, read_stage, write_part
 from tests.conftest import REPO
 from tests.http_server import LocalServer
 
@@ -109,9 +110,9 @@ def test_shard_plan_groups_videos_in_metadata_order():
 
 def test_rerun_with_another_plan_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"provenance": {"plan": {"videos_per_shard": 2}}}))
-    check_plan(tmp_path, {"videos_per_shard": 2})
-    with pytest.raises(ValueError, match="another plan"):
-        check_plan(tmp_path, {"videos_per_shard": 3})
+    check_fingerprint(tmp_path, {"videos_per_shard": 2})
+    with pytest.raises(ValueError, match="another plan .*videos_per_shard: 2 there, 3 now"):
+        check_fingerprint(tmp_path, {"videos_per_shard": 3})
 
 
 def test_config_rejects_bad_values():

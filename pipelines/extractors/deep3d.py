@@ -1,168 +1,19 @@
-"""The ``deep3d`` coefficient extractor: MTCNN 5 points -> 224^2 alignment -> Deep3DFaceRecon ``net_recon`` -> 257.
+"""The ``deep3d`` row adapter: frame rows -> :class:`reenact.faces.deep3d.Deep3DEstimator` -> coefficient rows.
 
-Conventions (stated once):
-
-* :class:`ReconNet` is Deep3DFaceRecon's ``ReconNetWrapper('resnet50', use_last_fc=False)``: ``backbone.*`` is a
-  torchvision ResNet-50 without ``fc`` (output ``(B, 2048, 1, 1)`` after global average pooling) and
-  ``final_layers.0..6`` are 1x1 convolutions 2048 -> 80 (id), 64 (exp), 80 (tex), 3 (angle), 27 (gamma), 2 (trans xy),
-  1 (trans z), concatenated into the layout of :mod:`reenact.face3d.coeffs`. Its state dict equals the official one
-  key for key, so ``epoch_20.pth``'s ``net_recon`` loads strictly.
-* Input: float32 RGB ``(B, 3, 224, 224)`` in [0, 1], aligned by :mod:`reenact.faces.align` from MTCNN's 5 landmarks.
-* Cameras. The network's coefficients are in Deep3D's camera on the *aligned* 224^2 crop. Coefficient rows hold
-  them in the *frame's* Deep3D camera instead (``reenact.face3d.camera``: coefficients are expressed for the image
-  they were extracted from; for a W x H frame that camera has focal ``1015 min(W, H) / 224`` and its principal point
-  at the frame centre, which is ``PerspectiveCamera.deep3d(S)`` for square S x S frames). Only ``trans`` changes
-  (:func:`coeffs_to_frame`). Each row's ``align`` column holds Deep3D's ``trans_params`` ``(w0, h0, s, tx, ty)``;
-  :func:`coeffs_to_aligned` and :class:`reenact.faces.align.AlignTransform` recover the network's own output and the
-  pixel map between the frame and the aligned crop from them.
+Coefficients are in the frame's Deep3D camera; each row's ``align`` column holds Deep3D's ``trans_params``
+``(w0, h0, s, tx, ty)`` (see :mod:`reenact.faces.deep3d` for the cameras).
 """
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
-from torch import nn
-from torchvision.models.resnet import Bottleneck, ResNet
 
-from reenact.faces.align import AlignTransform, align_image, image_to_tensor_input, load_lm3d
-from reenact.face3d.camera import PerspectiveCamera, reframe_translation
-from reenact.face3d.coeffs import LAYOUT, NUM_COEFFS, TRANS
-from pipelines.extractors.rows import empty_rows, fail, to_batch
+from pipelines.extractors.rows import decode_rows, empty_rows, fill_estimate, to_batch
 from reenact.data.schema import Status
-
-NAME = "deep3d"
-#: final_layers in order: (part, width); trans is split into xy and z heads.
-HEADS: tuple[tuple[str, int], ...] = (("id", 80), ("exp", 64), ("tex", 80), ("angle", 3), ("gamma", 27),
-                                      ("trans_xy", 2), ("trans_z", 1))
-FEATURES = 2048
-INPUT_SIZE = 224
-
-
-# ---------------------------------------------------------------- network
-class ResNet50Backbone(ResNet):
-    """torchvision ResNet-50 without ``fc``: ``(B, 3, H, W) -> (B, 2048, 1, 1)``."""
-
-    def __init__(self):
-        super().__init__(Bottleneck, [3, 4, 6, 3])
-        del self.fc
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.avgpool(x)  # B x 2048 x 1 x 1
-
-
-class ReconNet(nn.Module):
-    """Deep3DFaceRecon's ``net_recon``: aligned face ``(B, 3, 224, 224)`` in [0, 1] -> coefficients ``(B, 257)``.
-
-    The heads are zero-initialised as in the official constructor (an untrained net predicts the mean face).
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.backbone = ResNet50Backbone()
-        self.final_layers = nn.ModuleList([nn.Conv2d(FEATURES, width, 1, bias=True) for _, width in HEADS])
-        for layer in self.final_layers:
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feature = self.backbone(x)                                                  # B x 2048 x 1 x 1
-        return torch.cat([head(feature) for head in self.final_layers], dim=1).flatten(1)  # B x 257
-
-
-def _check_layout() -> None:
-    widths = dict(HEADS)
-    assert sum(widths.values()) == NUM_COEFFS
-    assert widths["trans_xy"] + widths["trans_z"] == TRANS.stop - TRANS.start
-    assert all(widths[name] == s.stop - s.start for name, s in LAYOUT.items() if name != "trans")
-
-
-_check_layout()
-
-
-# ---------------------------------------------------------------- checkpoints
-def checkpoint_filter_fn(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map a saved ``net_recon`` state dict onto :class:`ReconNet`: drop a DDP ``module.`` prefix and fill
-    BatchNorm ``num_batches_tracked`` where an older torch did not save it."""
-    out = {k.removeprefix("module."): v for k, v in state.items()}
-    for key in [k for k in out if k.endswith(".running_var")]:
-        out.setdefault(key.removesuffix("running_var") + "num_batches_tracked", torch.zeros((), dtype=torch.int64))
-    return out
-
-
-def read_net_recon(path: str | Path) -> dict[str, torch.Tensor]:
-    """The ``net_recon`` state dict of a Deep3DFaceRecon checkpoint (``{'net_recon', 'opt_00', 'sched_00'}``)."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # weights_only refuses pickled code; the official format has none
-        raise ValueError(f"{path}: cannot read as a Deep3DFaceRecon checkpoint with weights_only=True: {exc}") from exc
-    if not isinstance(checkpoint, Mapping) or "net_recon" not in checkpoint:
-        keys = sorted(checkpoint) if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
-        raise ValueError(f"{path}: expected a Deep3DFaceRecon checkpoint with key 'net_recon', found {keys}")
-    return checkpoint_filter_fn(checkpoint["net_recon"])
-
-
-def build_recon_net(checkpoint: str | Path | None = None, *, assets: str | Path | None = None,
-                    weights: Mapping[str, torch.Tensor] | None = None) -> ReconNet:
-    """:class:`ReconNet` in eval mode with ``weights`` (a state dict), else ``checkpoint`` (default: the ``deep3d``
-    asset, ``epoch_20.pth``). A missing checkpoint raises :class:`reenact.assets.MissingAssetError`."""
-    if weights is None:
-        from reenact.assets import asset_path
-
-        weights = read_net_recon(asset_path(NAME, assets, path=checkpoint))
-    net = ReconNet()
-    net.load_state_dict(checkpoint_filter_fn(weights), strict=True)
-    return net.eval()
-
-
-# ---------------------------------------------------------------- cameras
-def frame_camera(width: int, height: int) -> PerspectiveCamera:
-    """Deep3D's camera for a ``width`` x ``height`` frame (``PerspectiveCamera.deep3d`` for square frames)."""
-    reference = PerspectiveCamera.deep3d(min(width, height))
-    return PerspectiveCamera(width=width, height=height, focal=reference.focal, cx=width / 2, cy=height / 2)
-
-
-def aligned_camera(transform: AlignTransform) -> PerspectiveCamera:
-    """Deep3D's camera of the aligned crop, expressed in the frame's pixels (continuous, y down).
-
-    The crop shows frame pixels ``x`` at ``u = k x - (left, up)`` (continuous coordinates), so the camera is the
-    crop's camera scaled back by ``1 / k`` and shifted by the box; ``.crop(left / k, up / k, T / k, T)`` of it is
-    ``PerspectiveCamera.deep3d(T)`` again.
-    """
-    reference = PerspectiveCamera.deep3d(transform.target_size)
-    (kx, ky), (left, up) = transform.scale, transform.box
-    return PerspectiveCamera(width=transform.w0, height=transform.h0, focal=reference.focal / ((kx + ky) / 2),
-                             cx=(reference.cx + left) / kx, cy=(reference.cy + up) / ky, distance=reference.distance)
-
-
-def coeffs_to_frame(coeffs: torch.Tensor, transform: AlignTransform) -> torch.Tensor:
-    """Network output ``(..., 257)`` (aligned crop's camera) -> the frame's Deep3D camera (``trans`` re-framed)."""
-    out = coeffs.clone()
-    cameras = aligned_camera(transform), frame_camera(transform.w0, transform.h0)
-    out[..., TRANS] = reframe_translation(coeffs[..., TRANS].double(), *cameras).to(coeffs.dtype)
-    return out
-
-
-def coeffs_to_aligned(coeffs: torch.Tensor, transform: AlignTransform) -> torch.Tensor:
-    """Inverse of :func:`coeffs_to_frame`: frame-camera coefficients back to the network's own output."""
-    out = coeffs.clone()
-    cameras = frame_camera(transform.w0, transform.h0), aligned_camera(transform)
-    out[..., TRANS] = reframe_translation(coeffs[..., TRANS].double(), *cameras).to(coeffs.dtype)
-    return out
-
-
-# ---------------------------------------------------------------- the extractor (a Ray actor)
-def decode_image(data: bytes) -> Image.Image:
-    """Encoded PNG / JPEG bytes -> RGB PIL image (fully decoded, so truncation raises here)."""
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    return image.convert("RGB")
+from reenact.faces.deep3d import NAME, Deep3DEstimator
 
 
 class Deep3DExtractor:
@@ -171,14 +22,7 @@ class Deep3DExtractor:
     A class with ``__init__`` (loads weights once) and ``__call__(batch) -> batch``, so Ray Data can run it as an
     actor with ``map_batches``. Input columns: ``chunk_id``, ``frame_index``, ``image`` (encoded bytes) and optionally
     ``status`` / ``error`` (rows that are not ``ok`` upstream keep their status). Output columns: those of ``COEFFS``.
-
-    Args:
-        checkpoint: path to ``epoch_20.pth``; default the ``deep3d`` asset.
-        assets: asset folder override.
-        weights: a ``net_recon`` state dict to use instead of a checkpoint (tests, random weights).
-        lm3d: path to ``similarity_Lm3D_all.mat``; default the ``deep3d_lm3d`` asset.
-        device: torch device; default CUDA when available.
-        batch_size: faces per network forward.
+    Arguments are those of :class:`reenact.faces.deep3d.Deep3DEstimator`.
     """
 
     name = NAME
@@ -186,52 +30,18 @@ class Deep3DExtractor:
     def __init__(self, checkpoint: str | Path | None = None, *, assets: str | Path | None = None,
                  weights: Mapping[str, torch.Tensor] | None = None, lm3d: str | Path | None = None,
                  device: str | None = None, batch_size: int = 16):
-        from reenact.faces.landmarks5 import Landmarks5
-        from reenact.assets import asset_path
-
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.net = build_recon_net(checkpoint, assets=assets, weights=weights).to(self.device)
-        self.lm3d = load_lm3d(asset_path("deep3d_lm3d", assets, path=lm3d))
-        self.detector = Landmarks5(device=str(self.device))
-        self.batch_size = int(batch_size)
+        self.estimator = Deep3DEstimator(checkpoint, assets=assets, weights=weights, lm3d=lm3d, device=device,
+                                         batch_size=batch_size)
+        self.net = self.estimator.net
 
     def __call__(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, list]:
-        n = len(batch["chunk_id"])
         rows = empty_rows(batch, NAME)
-        images = {i: self._decode(batch["image"][i], rows[i]) for i in range(n) if rows[i]["status"] == Status.OK}
-        images = {i: im for i, im in images.items() if im is not None}
-        faces = self._align(images, rows)
-        for i, coeffs in zip(faces, self._regress([face.image for face in faces.values()])):
-            transform = faces[i].transform
-            rows[i]["coeffs"] = coeffs_to_frame(torch.from_numpy(coeffs), transform).numpy().tolist()
-            rows[i]["align"] = transform.trans_params.tolist()
+        images = decode_rows(batch, rows)
+        if images:
+            estimate = self.estimator.estimate(list(images.values()))
+            for k, i in enumerate(images):
+                fill_estimate(rows[i], estimate, k, landmarks=False)
+        for row in rows:
+            if row["status"] != Status.OK.value:
+                row["coeffs"] = row["align"] = None
         return to_batch(rows)
-
-    def _decode(self, data, row: dict) -> Image.Image | None:
-        if data is None:
-            return fail(row, Status.DECODE_ERROR, "no image bytes in the frame row")
-        try:
-            return decode_image(bytes(data))
-        except Exception as exc:  # a corrupt frame is a row, not a crash
-            return fail(row, Status.DECODE_ERROR, f"cannot decode frame image: {exc}")
-
-    def _align(self, images: dict[int, Image.Image], rows: list[dict]) -> dict:
-        detections = self.detector(list(images.values())) if images else []
-        faces = {}
-        for (i, image), detection in zip(images.items(), detections):
-            if detection is None:
-                fail(rows[i], Status.NO_FACE, f"MTCNN found no face in the {image.width}x{image.height} frame")
-                continue
-            try:
-                faces[i] = align_image(image, detection.landmarks, self.lm3d, target_size=INPUT_SIZE)
-            except ValueError as exc:
-                fail(rows[i], Status.FIT_ERROR, f"5-point alignment failed: {exc}")
-        return faces
-
-    @torch.no_grad()
-    def _regress(self, aligned: list[np.ndarray]) -> np.ndarray:
-        out = np.zeros((len(aligned), NUM_COEFFS), dtype=np.float32)
-        for start in range(0, len(aligned), self.batch_size):
-            x = image_to_tensor_input(np.stack(aligned[start:start + self.batch_size])).to(self.device)  # B x 3 x T x T
-            out[start:start + len(x)] = self.net(x).float().cpu().numpy()
-        return out

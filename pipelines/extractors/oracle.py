@@ -32,10 +32,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from reenact.face3d.camera import PerspectiveCamera, reframe_translation
-from reenact.face3d.coeffs import TRANS
 from pipelines.extractors.rows import empty_rows, fail, to_batch
 from reenact.data.schema import ChunkId, Status
+from reenact.face3d.camera import PerspectiveCamera, reframe_translation
+from reenact.face3d.coeffs import TRANS
 
 NAME = "oracle"
 CROP_SIZE = 256

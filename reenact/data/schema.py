@@ -52,13 +52,27 @@ class Failure(str, Enum):
 FAILURES = tuple(f.value for f in Failure)
 
 # ---------------------------------------------------------------- identifiers
-_SAFE_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
-_CHUNK_ID = re.compile(r"^(?P<person_id>[^#/\\]+)#(?P<video_id>[^#/\\]+)#(?P<start>\d{6,})#(?P<end>\d{6,})$")
+_SAFE_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")          # matched whole (fullmatch): no "$" before a newline
+_CHUNK_ID = re.compile(r"(?P<person_id>[^#/\\]+)#(?P<video_id>[^#/\\]+)#(?P<start>\d{6,})#(?P<end>\d{6,})")
+
+
+_OBJECT_REPR = re.compile(r" ?<[^<>]* at 0x[0-9a-fA-F]+>")            # <PIL.Image ... at 0x7f...>
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")                            # ffmpeg's [in#0 @ 0x55fb3c2a9e40]
+_TEMP_NAME = re.compile(r"\btmp[a-z0-9_]{8}\b")                        # tempfile.mkdtemp / mkstemp names
+_PID_TEMP = re.compile(r"\.\d+\.tmp\b")                                  # reenact.data.shards' .<name>.<pid>.tmp
+
+
+def clean_error(text: str) -> str:
+    """An ``error`` text made deterministic: object reprs dropped, pointer addresses and temporary names replaced by
+    fixed placeholders, so two runs over the same input write the same rows."""
+    text = _OBJECT_REPR.sub("", text)
+    text = _ADDRESS.sub("0xADDR", text)
+    return _PID_TEMP.sub(".PID.tmp", _TEMP_NAME.sub("tmpXXXXXXXX", text))
 
 
 def is_safe_id(value: str) -> bool:
     """True for ids safe to use as a file name (no separators, dots-only or traversal)."""
-    return bool(_SAFE_ID.match(value))
+    return isinstance(value, str) and _SAFE_ID.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)
@@ -75,7 +89,7 @@ class ChunkId:
 
     @classmethod
     def parse(cls, text: str) -> "ChunkId":
-        m = _CHUNK_ID.match(text.removesuffix(".mp4"))
+        m = _CHUNK_ID.fullmatch(text.removesuffix(".mp4"))
         if m is None:
             raise ValueError(f"not a chunk id (<person_id>#<video_id>#<start:06d>#<end:06d>): {text!r}")
         return cls(m["person_id"], m["video_id"], int(m["start"]), int(m["end"]))

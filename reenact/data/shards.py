@@ -165,15 +165,3 @@ def part_is_current(root: str | os.PathLike, stage: str, key: str, token: str) -
     (the ``input`` its stats recorded)."""
     stats_path = part_paths(root, stage, key)[1]
     return stats_path.is_file() and json.loads(stats_path.read_text()).get("input") == token
-
-
-def check_plan(root: str | os.PathLike, plan: dict[str, Any]) -> None:
-    """Refuse to resume into ``root`` when its earlier run (``config.json`` provenance) had another shard plan:
-    its shards would not match this run's."""
-    path = Path(root) / "config.json"
-    if not path.is_file():
-        return
-    earlier = json.loads(path.read_text()).get("provenance", {}).get("plan")
-    if earlier is not None and earlier != plan:
-        raise ValueError(f"{root} holds a run with another plan ({earlier}); this run's plan is {plan}. "
-                         "Use a new output folder, or the same inputs and shard sizes.")

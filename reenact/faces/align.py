@@ -25,9 +25,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 TARGET_SIZE = 224
 RESCALE_FACTOR = 102.0
@@ -215,9 +219,60 @@ def align_image(image: Image.Image | np.ndarray, landmarks5: np.ndarray, lm3d: n
 
 
 def image_to_tensor_input(aligned: np.ndarray):
-    """uint8 ``(..., T, T, 3)`` to Deep3D's float32 input ``(..., 3, T, T)`` in [0, 1] (``np.array(im) / 255.``)."""
+    """uint8 ``(..., T, T, 3)`` to Deep3D's float32 input ``(..., 3, T, T)`` in [0, 1] (``np.array(im) / 255.``):
+    the codec's :func:`reenact.data.codec.uint8_to_tensor` (float32 division by 255 is correctly rounded, so it equals
+    Deep3D's float64 division cast to float32)."""
+    from reenact.data.codec import uint8_to_tensor
+
+    return uint8_to_tensor(np.asarray(aligned, dtype=np.uint8)).contiguous()  # ... x 3 x T x T
+
+
+@dataclass(frozen=True)
+class AlignedBatch:
+    """:func:`align` of B images. ``images``: float32 ``(B, 3, T, T)`` in [0, 1] (zeros where ``ok`` is False);
+    ``transforms``: one :class:`AlignTransform` per image, None where the landmarks were missing or degenerate;
+    ``errors``: why (empty string where aligned)."""
+
+    images: torch.Tensor
+    transforms: tuple[AlignTransform | None, ...]
+    errors: tuple[str, ...]
+
+    @property
+    def ok(self) -> torch.Tensor:
+        import torch
+
+        return torch.tensor([t is not None for t in self.transforms], dtype=torch.bool)
+
+
+def align(images, landmarks, lm3d: np.ndarray, *, target_size: int = TARGET_SIZE,
+          rescale_factor: float = RESCALE_FACTOR) -> AlignedBatch:
+    """Deep3D's 5-point alignment on RGB float images (the tensor API of :func:`align_image`).
+
+    Args:
+        images: RGB float ``(B, 3, H, W)`` in [0, 1] or a list of ``(3, H, W)`` (:mod:`reenact.faces.images`).
+        landmarks: ``(B, 5, 2)`` or ``(B, 68, 2)`` in continuous pixels (the suite's convention, e.g. from
+            :func:`reenact.faces.landmarks5.landmarks5`); a row with NaN is "no face".
+        lm3d: ``(5, 3)`` mean 3D landmarks (:func:`load_lm3d`).
+    """
     import torch
 
-    x = torch.as_tensor(np.asarray(aligned), dtype=torch.float64) / 255.0
-    return x.movedim(-1, -3).to(torch.float32).contiguous()  # ... x 3 x T x T
+    from reenact.faces.images import to_uint8_list
 
+    arrays = to_uint8_list(images)
+    points = np.asarray(landmarks, dtype=np.float64)
+    if points.ndim != 3 or len(points) != len(arrays) or points.shape[1:] not in ((5, 2), (68, 2)):
+        raise ValueError(f"expected landmarks (B, 5 or 68, 2) for {len(arrays)} images, got {points.shape}")
+    out = np.zeros((len(arrays), target_size, target_size, 3), dtype=np.uint8)
+    transforms, errors = [], []
+    for i, (rgb, lm) in enumerate(zip(arrays, points)):
+        try:
+            face = align_image(rgb, lm - 0.5, lm3d, target_size=target_size, rescale_factor=rescale_factor)
+        except ValueError as exc:                          # NaN (no face) or degenerate points
+            transforms.append(None)
+            errors.append(str(exc))
+            continue
+        out[i] = face.image
+        transforms.append(face.transform)
+        errors.append("")
+    return AlignedBatch(image_to_tensor_input(out) if len(out) else torch.zeros(0, 3, target_size, target_size),
+                        tuple(transforms), tuple(errors))

@@ -6,15 +6,21 @@ Conventions:
   :mod:`reenact.faces.align` and Deep3DFaceRecon's ``detections/*.txt`` use.
 * One face per image: the largest box (``select_largest=True``, ``keep_all=False``). An image without a detection
   gives ``None``, which callers turn into a ``no_face`` row.
+* The tensor API :func:`landmarks5` takes RGB float images and returns continuous pixels (MTCNN's + 0.5), the
+  convention of :mod:`reenact.faces.images`.
 """
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
+import torch
 from PIL import Image
+
+from reenact.faces.images import ImageBatch, nan_rows, to_uint8_list
 
 
 @dataclass(frozen=True)
@@ -79,3 +85,27 @@ def _detection(box, prob, points) -> Detection | None:
         return None
     return Detection(landmarks=np.asarray(points[0], dtype=np.float64).reshape(5, 2),
                      box=np.asarray(box[0], dtype=np.float64).reshape(4), prob=float(np.asarray(prob).reshape(-1)[0]))
+
+
+#: MTCNN's integer-at-pixel-centre coordinates -> the suite's continuous pixels.
+PIXEL_CENTRE = 0.5
+
+
+@cache
+def mtcnn(device: str = "cpu") -> Landmarks5:
+    """One :class:`Landmarks5` per device, built on first use."""
+    return Landmarks5(device=device)
+
+
+def detect_mtcnn(images: ImageBatch, device: str = "cpu") -> list[Detection | None]:
+    """MTCNN on RGB float images: one :class:`Detection` (MTCNN's own pixel convention) or None per image."""
+    return mtcnn(device)(to_uint8_list(images))
+
+
+def landmarks5(images: ImageBatch, device: str = "cpu") -> torch.Tensor:
+    """MTCNN's 5 points ``(B, 5, 2)`` float64 in continuous pixels (module order); NaN rows where no face."""
+    out = nan_rows(len(images), 5, 2)
+    for i, found in enumerate(detect_mtcnn(images, device)):
+        if found is not None:
+            out[i] = torch.from_numpy(found.landmarks + PIXEL_CENTRE)
+    return out

