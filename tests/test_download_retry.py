@@ -18,7 +18,6 @@ from pipelines.download import (
     diagnose,
     download_video,
     failure_class,
-    get_limiter,
     ledger_table,
     retry_keys,
     show_pauses,
@@ -167,33 +166,6 @@ def _download_all(server, tmp_path, settings, limiter, workers=4, videos=VIDEOS)
         return list(pool.map(lambda v: download_video(v, HEIGHT, tmp_path, settings, limiter=limiter), videos))
 
 
-#: Stated tolerance of the rate test: a request reaches the server at most JITTER seconds after it took its slot
-#: (the server shares this process and the 2 busy cores with 4 downloading threads).
-JITTER = 0.5
-
-
-def rate_stats(times: list[float]) -> tuple[int, float]:
-    """(most requests in any 1 s window, mean rate from first to last request)."""
-    times = sorted(times)
-    return (max(sum(1 for u in times if t <= u < t + 1.0) for t in times),
-            (len(times) - 1) / (times[-1] - times[0]))
-
-
-def test_rate_limiter_holds_the_request_rate_across_parallel_tasks(server, tmp_path):
-    """4 threads, 2 requests per video, RATE requests/s for all: slots start >= 1/RATE apart, so the server sees at
-    most floor(RATE * (1 + JITTER)) + 1 requests in any 1 s window and a mean rate of at most
-    (n - 1) / ((n - 1) / RATE - JITTER); unlimited, the same threads make ~6 requests/s here."""
-    rate = 4.0
-    s = fast(server.template("good"), requests_per_second=rate, limiter="test-rate")
-    rows = _download_all(server, tmp_path, s, get_limiter(s), videos=VIDEOS[:8])
-    assert all(r["status"] == "ok" for r in rows)
-    times = [t for t, _, _ in server.log]
-    n = len(times)
-    busiest, mean_rate = rate_stats(times)
-    assert n == 16 and busiest <= int(rate * (1 + JITTER)) + 1, (busiest, mean_rate)
-    assert 0.6 * rate <= mean_rate <= (n - 1) / ((n - 1) / rate - JITTER), (busiest, mean_rate)
-
-
 class RecordingLimiter(LocalLimiter):
     """A local limiter that records when it granted each request and when it was told of a throttle."""
 
@@ -209,6 +181,35 @@ class RecordingLimiter(LocalLimiter):
         if method == "throttled":
             self.throttles.append(time.monotonic())
         return result
+
+
+#: Stated tolerance of the rate test: a request reaches the server at most JITTER seconds after it took its slot
+#: (the server shares this process, and the 2 cores, with 4 downloading threads and everything else running).
+JITTER = 1.0
+
+
+def rate_stats(times: list[float]) -> tuple[int, float]:
+    """(most requests in any 1 s window, mean rate from first to last request)."""
+    times = sorted(times)
+    return (max(sum(1 for u in times if t <= u < t + 1.0) for t in times),
+            (len(times) - 1) / (times[-1] - times[0]))
+
+
+def test_rate_limiter_holds_the_request_rate_across_parallel_tasks(server, tmp_path):
+    """4 threads, 2 requests per video, RATE requests/s for all. The limiter grants slots >= 1/RATE apart (exact);
+    the server then sees at most floor(RATE * (1 + JITTER)) + 1 requests in any 1 s window and a mean rate of at most
+    (n - 1) / ((n - 1) / RATE - JITTER). Unlimited, the same threads make ~8 requests/s here (mean and busiest)."""
+    rate = 4.0
+    s = fast(server.template("good"), requests_per_second=rate)
+    limiter = RecordingLimiter(RateLimit(rate, 1.0, 1.0))
+    rows = _download_all(server, tmp_path, s, limiter, videos=VIDEOS[:8])
+    assert all(r["status"] == "ok" for r in rows)
+    assert min(b - a for a, b in zip(limiter.grants, limiter.grants[1:])) >= 1 / rate - 1e-3
+    times = [t for t, _, _ in server.log]
+    n = len(times)
+    busiest, mean_rate = rate_stats(times)
+    assert n == 16 and busiest <= int(rate * (1 + JITTER)) + 1, (busiest, mean_rate)
+    assert 0.6 * rate <= mean_rate <= (n - 1) / ((n - 1) / rate - JITTER), (busiest, mean_rate)
 
 
 def test_a_429_pauses_every_task(server, tmp_path):
