@@ -41,6 +41,17 @@ class Status(str, Enum):
 
 STATUSES = tuple(s.value for s in Status)
 
+
+class Failure(str, Enum):
+    """Whether a failed download may still succeed later (the ledger's ``failure`` column; "" when ok)."""
+
+    NONE = ""
+    TRANSIENT = "transient"          # network, DNS, timeout, HTTP 5xx, 429, bot check, expired cookies, bad bytes
+    PERMANENT = "permanent"          # private, removed, copyright, terminated account, not a video
+
+
+FAILURES = tuple(f.value for f in Failure)
+
 # ---------------------------------------------------------------- identifiers
 _SAFE_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")          # matched whole (fullmatch): no "$" before a newline
 _CHUNK_ID = re.compile(r"(?P<person_id>[^#/\\]+)#(?P<video_id>[^#/\\]+)#(?P<start>\d{6,})#(?P<end>\d{6,})")
@@ -151,6 +162,7 @@ LEDGER = pa.schema([
     pa.field("bytes", pa.int64()),
     pa.field("seconds", pa.float32()),
     *_STATUS,
+    pa.field("failure", pa.string()),         # Failure: "" (ok), transient, permanent; null in older ledgers
 ])
 
 FRAMES = pa.schema([
