@@ -204,18 +204,6 @@ def test_self_pairs_are_seeded_and_within_one_chunk(prepared):
     assert item["source_key"] == keys[7][0] and item["source"].shape == (3, SIZE, SIZE)
 
 
-def test_quickstart_samples_pairs_through_the_data_layer(prepared):
-    from reenact.app.quickstart import sample_pairs, test_keys
-
-    root, truth = prepared
-    frames = FrameDataset(root)
-    keys = test_keys(frames, root)
-    assert sorted(keys) == sorted(truth)
-    pairs = sample_pairs(keys, 4, seed=0)
-    assert len(pairs) == 4 and all(s.rsplit("/", 1)[0] != d.rsplit("/", 1)[0] for s, d in pairs)
-    assert pairs == sample_pairs(keys, 4, seed=0)
-
-
 def test_pairs_command_filters_and_annotates(prepared, tmp_path, capsys):
     from reenact.app.cli import main
 
