@@ -15,8 +15,8 @@ from reenact.config import UserError
 
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "quickstart": ("reenact.app.quickstart", "the main job on the embedded default: synthetic world -> prepare on Ray -> "
-                                           "guidance pictures, in one command"),
+    "quickstart": ("reenact.app.quickstart", "the whole suite on the synthetic world in one command: prepare on Ray -> "
+                                           "pairs + guidance -> train -> bench -> leaderboard + pose report"),
     "demo": ("reenact.app.demo", "render guidance maps (F_c, O_c, I_r) for a few coefficient pairs and write images"),
     "synth": ("reenact.app.synth", "generate the synthetic world: talking-head videos, vox-metadata.csv, CelebV "
                                    "images and exact ground truth"),
