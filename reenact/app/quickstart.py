@@ -80,6 +80,9 @@ class QuickstartConfig:
     pictures: int = field(default=4, metadata={"help": "guidance pictures to draw"})
     assets: str | None = field(default=None, metadata={
         "help": "asset folder (baseline checkpoints, VGG-19); default $REENACT_ASSETS or ~/.cache/reenact/assets"})
+    executor: Literal["ray", "local"] = field(default="ray", metadata={
+        "help": "where preparation and guidance run: ray (local Ray, or a cluster with --address) or local (this "
+                "process, no Ray)"})
     address: str | None = field(default=None, metadata={"help": "Ray cluster address (default: a local Ray)"})
     num_cpus: int | None = field(default=None, metadata={"help": "CPUs of the local Ray (default: all)"})
     progress: bool = field(default=True, metadata={"help": "progress bars"})
@@ -163,11 +166,11 @@ def make_world(cfg: QuickstartConfig, root: Path, preset: str) -> dict:
 
 
 def prepare(cfg: QuickstartConfig, world: Path, out: Path):
-    """Step 2: download -> crop -> coefficients on Ray."""
+    """Step 2: download -> crop -> coefficients (on Ray unless ``--executor local``)."""
     from pipelines.prepare import SynthConfig, prepare_vox
 
-    return prepare_vox(SynthConfig(out=str(out), world=str(world), extractor=cfg.extractor, address=cfg.address,
-                                   num_cpus=cfg.num_cpus, progress=cfg.progress))
+    return prepare_vox(SynthConfig(out=str(out), world=str(world), extractor=cfg.extractor, executor=cfg.executor,
+                                   address=cfg.address, num_cpus=cfg.num_cpus, progress=cfg.progress))
 
 
 def write_protocols(world: Path, prepared: Path, manifests: Path, per_chunk: int) -> dict[str, Path]:
@@ -199,7 +202,8 @@ def precompute_guidance(cfg: QuickstartConfig, manifest: Path, prepared: Path, o
     from pipelines.guidance import GuidanceConfig, prepare_guidance
 
     return prepare_guidance(GuidanceConfig(out=str(out), pairs=str(manifest), prepared=str(prepared),
-                                           morphable_model=model, address=cfg.address, num_cpus=cfg.num_cpus,
+                                           morphable_model=model, executor=cfg.executor,
+                                           address=cfg.address, num_cpus=cfg.num_cpus,
                                            progress=cfg.progress))
 
 
@@ -376,7 +380,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     layout.root.mkdir(parents=True, exist_ok=True)
     save_run_config(cfg, layout.root, budget=asdict(budget))
     clock = Stopwatch(7)
-    started_ray = init_ray(cfg.address, cfg.num_cpus)
+    started_ray = cfg.executor == "ray" and init_ray(cfg.address, cfg.num_cpus)
     try:
         summary = _steps(cfg, budget, layout, clock)
     finally:
@@ -394,7 +398,7 @@ def _steps(cfg: QuickstartConfig, budget: Budget, layout: Layout, clock: Stopwat
 
     with clock.step("world", f"the '{budget.world}' synthetic world in {layout.world}"):
         world = make_world(cfg, layout.world, budget.world)
-    with clock.step("prepare", f"download -> crop -> {cfg.extractor} coefficients on Ray into {layout.prepared}"):
+    with clock.step("prepare", f"download -> crop -> {cfg.extractor} coefficients ({cfg.executor}) into {layout.prepared}"):
         prepared = prepare(cfg, layout.world, layout.prepared)
     morphable = f"procedural-{world_model_size(layout.world)}"
     with clock.step("pairs+guidance", f"{', '.join(PROTOCOLS)}: {budget.pairs_per_chunk} pairs per test chunk, "
