@@ -68,16 +68,17 @@ def test_the_ablation_compares_paired_differences(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_quickstart_end_to_end(synth_tiny, ray_session, tmp_path, capsys):
+def test_tiny_quickstart_end_to_end(synth_tiny, tmp_path, capsys):
     """`reenact quickstart --preset tiny` on the tiny world: every output, the closing note, and a rerun that
-    reuses every step (same results, no training step)."""
+    reuses every step (same results, no training step). In this process (--executor local): the Ray path of each
+    stage has its own tests."""
     pytest.importorskip("reenact.model.train")
     pytest.importorskip("benchmark.runner")
     from reenact.app.cli import main
 
     out = tmp_path / "qs"
     argv = ["quickstart", "--preset", "tiny", "--world", str(synth_tiny.root), "--out", str(out), "--no-progress",
-            "--assets", str(tmp_path / "no-assets")]
+            "--executor", "local", "--assets", str(tmp_path / "no-assets")]
     assert main(argv) == 0
     note = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())

@@ -56,9 +56,9 @@ class Budget:
 
 BUDGETS = {
     # 15 minutes on 2 CPU cores, world included (see the README's table of stage times)
-    "demo": Budget(world="demo", pairs_per_chunk=4, train_steps=300, train_batch=4),
+    "demo": Budget(world="demo", pairs_per_chunk=2, train_steps=250, train_batch=4),
     # a smoke run: every step, a few items each (the end-to-end test)
-    "tiny": Budget(world="tiny", pairs_per_chunk=2, train_steps=2, train_batch=2),
+    "tiny": Budget(world="tiny", pairs_per_chunk=1, train_steps=2, train_batch=2),
 }
 
 
