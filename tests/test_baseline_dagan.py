@@ -9,13 +9,25 @@ import numpy as np
 import pytest
 import torch
 
-from baselines._fomm_blocks import (KeypointModelConfig, Keypoints, KPDetector, MultiScaleDiscriminator,
-                                    load_state_exact, normalize_kp)
-from baselines._recipe import (RecipeChecksumError, check_recipe_source, hash_uniform, recipe_modules,
-                               recipe_state_dict)
+from baselines._fomm_blocks import (
+    KeypointModelConfig,
+    Keypoints,
+    KPDetector,
+    MultiScaleDiscriminator,
+    load_state_exact,
+    normalize_kp,
+)
+from baselines._recipe import RecipeChecksumError, check_recipe_source, hash_uniform, recipe_modules, recipe_state_dict
+from baselines.dagan import (
+    SMALL,
+    VOX256_DISCRIMINATOR,
+    DaGAN,
+    DaGANConfig,
+    DepthAwareGenerator,
+    DepthDecoder,
+    DepthEncoder,
+)
 from reenact.contract import ReenactInputs
-from baselines.dagan import (SMALL, VOX256_DISCRIMINATOR, DaGAN, DaGANConfig, DepthAwareGenerator, DepthDecoder,
-                            DepthEncoder)
 from tests.conftest import fixture_path, state_dict_entries
 
 # Bounds from measured float32 noise: max |ours - golden| over AVX-512, AVX2 (ATEN_CPU_CAPABILITY=avx2 and
@@ -252,7 +264,7 @@ def test_depth_golden(depth_golden, variant, layers):
         disp = decoder(features)
     want = depth_golden["outputs"][variant]
     for s in range(4):
-        torch.testing.assert_close(disp[s], want[f"disp_{s}"], atol=ATOL, rtol=0, msg=lambda m: f"disp_{s}: {m}")
+        torch.testing.assert_close(disp[s], want[f"disp_{s}"], atol=ATOL, rtol=0, msg=lambda m, s=s: f"disp_{s}: {m}")
     assert [list(f.shape) for f in features] == want["features_shapes"]
     torch.testing.assert_close(torch.stack([f.double().mean() for f in features]), want["features_mean"],
                                rtol=1e-5, atol=1e-7)

@@ -9,11 +9,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from baselines._fomm_blocks import (Discriminator, DiscriminatorConfig, KeypointModelConfig, Keypoints, KPDetector,
-                                    MultiScaleDiscriminator, OcclusionAwareGenerator, convex_hull_area, kp2gaussian,
-                                    load_state_exact, normalize_kp)
-from reenact.contract import ReenactInputs
+from baselines._fomm_blocks import (
+    Discriminator,
+    DiscriminatorConfig,
+    KeypointModelConfig,
+    Keypoints,
+    KPDetector,
+    MultiScaleDiscriminator,
+    OcclusionAwareGenerator,
+    convex_hull_area,
+    kp2gaussian,
+    load_state_exact,
+    normalize_kp,
+)
 from baselines.fomm import FOMM, SMALL, VOX256_DISCRIMINATOR
+from reenact.contract import ReenactInputs
 from tests.conftest import fixture_path, state_dict_entries
 
 # Bounds from measured float32 noise: max |ours - golden| over AVX-512, AVX2 (ATEN_CPU_CAPABILITY=avx2 and

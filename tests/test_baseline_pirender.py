@@ -7,11 +7,21 @@ import json
 import pytest
 import torch
 
-from reenact.contract import ReenactInputs
-from baselines.pirender import (DEFAULT_CROP_PARAMS, FULL, SMALL, FaceGenerator, PIRenderConfig, PIRenderer,
-                                flow_to_deformation, motion_window, single_frame_windows, warp_image)
+from baselines.pirender import (
+    DEFAULT_CROP_PARAMS,
+    FULL,
+    SMALL,
+    FaceGenerator,
+    PIRenderConfig,
+    PIRenderer,
+    flow_to_deformation,
+    motion_window,
+    single_frame_windows,
+    warp_image,
+)
 from baselines.registry import get_class
 from reenact.assets import MissingAssetError
+from reenact.contract import ReenactInputs
 from tests.conftest import fixture_path, state_dict_entries
 
 # Bounds from measured float32 noise: max |ours - golden| over AVX-512, AVX2 (ATEN_CPU_CAPABILITY=avx2 and

@@ -8,11 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reenact.contract import ReenactInputs
 from baselines.registry import get_class
-from baselines.x2face import (FULL, SMALL, X2Face, X2FaceConfig, X2FaceNet, checkpoint_filter_fn,
-                              identity_grid)
+from baselines.x2face import FULL, SMALL, X2Face, X2FaceConfig, X2FaceNet, checkpoint_filter_fn, identity_grid
 from reenact.assets import MissingAssetError
+from reenact.contract import ReenactInputs
 from tests.conftest import fixture_path, state_dict_entries
 
 # Bounds from measured float32 noise: max |ours - golden| over AVX-512, AVX2 (ATEN_CPU_CAPABILITY=avx2 and

@@ -10,9 +10,18 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.download import (DownloadSettings, backoff_seconds, check_url_template, classify_error,
-                                download_stage, download_video, format_selector, ledger_table, video_url,
-                                ydl_options)
+from pipelines.download import (
+    DownloadSettings,
+    backoff_seconds,
+    check_url_template,
+    classify_error,
+    download_stage,
+    download_video,
+    format_selector,
+    ledger_table,
+    video_url,
+    ydl_options,
+)
 from pipelines.media import ffmpeg_exe
 from pipelines.metadata import Clip, VideoJob
 from reenact.data.schema import LEDGER
