@@ -9,7 +9,7 @@ BIN     := $(VENV)/bin
 OUT     ?= runs/quickstart
 ARGS    ?=
 
-.PHONY: quickstart test lint perf setup clean-venv
+.PHONY: quickstart test lint browser perf setup clean-venv
 
 setup: $(STAMP)
 
@@ -26,7 +26,14 @@ quickstart: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/lint-imports
 
-test: lint
+# The pose-discrepancy report is checked in a real headless browser: Chromium from Debian, installed when missing
+# (needs root and apt-get; elsewhere install it yourself, or the browser test is skipped outside CI).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	  chromium fonts-liberation >/dev/null; } || echo "note: chromium not installed; the report's browser test will skip"
+
+test: lint browser
 	$(BIN)/python -m pytest -q tests
 
 perf: $(STAMP)

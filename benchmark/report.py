@@ -86,7 +86,7 @@ def bin_figure(result: BenchResult, metric: str) -> bytes:
     ax.set_xticks(np.arange(len(bins)), [f"{b.label}\n(n={b.count})" for b in bins])
     higher = next((a.higher_is_better for m in result.models for a in m.aggregates if a.metric == metric), True)
     ax.set_ylabel(f"{metric} {'↑' if higher else '↓'}")
-    ax.set_xlabel("pose discrepancy between source and driving")
+    ax.set_xlabel("pose discrepancy between source and driving (degrees)")
     ax.set_title(f"{metric} vs pose discrepancy ({result.protocol})")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -105,8 +105,10 @@ def example_pairs(result: BenchResult, per_bin: int = EXAMPLES_PER_BIN) -> dict[
         ok[r.index] = ok.get(r.index, 0) + (r.status == "ok")
         discrepancy[r.index] = r.pose_discrepancy
     complete = sorted(p for p, count in ok.items() if count == len(result.models))
-    return {b.label: [p for p in complete if discrepancy[p] is not None and b.low <= discrepancy[p] < b.high][:per_bin]
-            for b in _bins_of(result)}
+    def inside(d: float | None, b: BinResult) -> bool:
+        return d is not None and b.low <= d and (b.high is None or d < b.high)
+
+    return {b.label: [p for p in complete if inside(discrepancy[p], b)][:per_bin] for b in _bins_of(result)}
 
 
 def _thumbnail(rgb: np.ndarray) -> bytes:

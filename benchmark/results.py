@@ -53,11 +53,11 @@ class Aggregate:
 
 @dataclass(frozen=True)
 class BinResult:
-    """Aggregates over the pairs whose pose discrepancy (degrees) is in ``[low, high)``."""
+    """Aggregates over the pairs whose pose discrepancy (degrees) is in ``[low, high)`` (``high`` None: open)."""
 
     label: str
     low: float
-    high: float
+    high: float | None
     count: int
     aggregates: list[Aggregate]
 

@@ -90,8 +90,8 @@ class BenchConfig(RunConfig):
     bootstrap_distribution: int = _opt(0, "bootstrap replicates for FID / Frechet intervals (each recomputes a "
                                           "matrix square root)")
     confidence: float = _opt(0.95, "confidence level of the intervals")
-    bins: list[float] = field(default_factory=lambda: [0.0, 10.0, 20.0, 30.0, 180.0],
-                              metadata={"help": "pose-discrepancy bin edges in degrees (Fig. 6)"})
+    bins: list[float] = field(default_factory=lambda: [0.0, 10.0, 20.0, 30.0],
+                              metadata={"help": "pose-discrepancy bin edges in degrees (Fig. 6; the last bin is open)"})
     seed: int = _opt(0, "seed of the bootstrap and of synthetic pairs")
     device: str = _opt("cpu", "torch device for the models")
     synth_pairs: int = _opt(32, "synthetic protocols: number of pairs")
@@ -174,18 +174,20 @@ def _to_float(item: dict) -> dict:
 
 
 def _manifest_pairs(cfg: BenchConfig) -> tuple[Sequence[dict], str]:
+    from reenact.config import UserError
+
     try:
         from reenact.data.datasets import PairDataset
     except ImportError as err:
-        raise ValueError(f"protocol {cfg.protocol!r} needs reenact.data.datasets.PairDataset (the data layer), "
+        raise UserError(f"protocol {cfg.protocol!r} needs reenact.data.datasets.PairDataset (the data layer), "
                          f"which is not installed here ({err}); use synth-self / synth-cross") from err
     if cfg.data is None:
-        raise ValueError(f"protocol {cfg.protocol!r} reads prepared frames: pass --data <prepare folder>")
+        raise UserError(f"protocol {cfg.protocol!r} reads prepared frames: pass --data <prepare folder>")
     from reenact.data.manifests import manifest_dir, read_manifest_dir, versions
 
     found = versions(cfg.protocol, cfg.manifests)
     if not found:
-        raise ValueError(f"no manifest for protocol {cfg.protocol!r} under {cfg.manifests}/ (committed protocols live "
+        raise UserError(f"no manifest for protocol {cfg.protocol!r} under {cfg.manifests}/ (committed protocols live "
                          f"there as <protocol>/v<N>/); the synthetic stand-ins are {', '.join(SYNTHETIC)}")
     manifest = read_manifest_dir(manifest_dir(cfg.protocol, cfg.manifest_version or found[-1], cfg.manifests))
     return PairDataset(manifest, cfg.data), manifest.info["sha256"]
@@ -193,14 +195,15 @@ def _manifest_pairs(cfg: BenchConfig) -> tuple[Sequence[dict], str]:
 
 # ---------------------------------------------------------------------------------------------------- scoring
 def pose_discrepancy(item: dict) -> float | None:
-    """Geodesic angle in degrees between the source and driving head rotations (None without coefficients)."""
+    """Geodesic angle in degrees between the source and driving head rotations (:func:`pipelines.pairs.
+    pose_discrepancy`, the pair protocols' measure), None without coefficients."""
+    from pipelines.pairs import pose_discrepancy as discrepancy
     from reenact.face3d.coeffs import ANGLE
-    from reenact.face3d.transforms import euler_to_matrix, rotation_angle_between
 
     if item.get("source_coeffs") is None or item.get("driving_coeffs") is None:
         return None
-    rotations = [euler_to_matrix(torch.as_tensor(item[k]).double()[ANGLE]) for k in ("source_coeffs", "driving_coeffs")]
-    return float(np.degrees(rotation_angle_between(*rotations).item()))
+    angles = [torch.as_tensor(item[k]).double()[ANGLE] for k in ("source_coeffs", "driving_coeffs")]
+    return float(np.degrees(discrepancy(*angles).geodesic.item()))
 
 
 def generated_rows(root: Path) -> Iterator[dict]:
@@ -314,16 +317,15 @@ def _nan(value: float | None) -> float:
     return np.nan if value is None else float(value)
 
 
-def bin_label(low: float, high: float) -> str:
-    return f"{low:g}-{high:g} deg"
-
-
 def bin_results(scored: Scored, discrepancy: dict[int, float | None], cfg: BenchConfig) -> list[BinResult]:
+    """Aggregates per pose-discrepancy bin: ``[edge_k, edge_k+1)``, the last one open (the pair protocols' bins,
+    :func:`reenact.data.pairs.pose_bin`)."""
+    from reenact.data.pairs import bin_labels, pose_bin
+
     out = []
-    for low, high in zip(cfg.bins[:-1], cfg.bins[1:]):
-        ids = sorted(p for p, d in discrepancy.items() if d is not None and low <= d < high)
-        out.append(BinResult(bin_label(low, high), low, high, len(ids),
-                             [aggregate(m, scored, ids, cfg) for m in scored.metrics.values()]))
+    for low, high, label in zip(cfg.bins, [*cfg.bins[1:], None], bin_labels(cfg.bins)):
+        ids = sorted(p for p, d in discrepancy.items() if d is not None and pose_bin(d, cfg.bins) == label)
+        out.append(BinResult(label, low, high, len(ids), [aggregate(m, scored, ids, cfg) for m in scored.metrics.values()]))
     return out
 
 
@@ -340,15 +342,15 @@ def package_versions() -> dict[str, str]:
 
 def run_bench(cfg: BenchConfig, backends: Backends | None = None) -> BenchResult:
     """Generate what is missing, score every model, write ``<out>/results.json`` and return the result."""
-    from reenact.config import provenance, save_run_config
     from pipelines.engine import check_fingerprint
+    from reenact.config import UserError, provenance, save_run_config
 
     if not cfg.models:
-        raise ValueError("no models given (--models copy-source copy-driving ...)")
+        raise UserError("no models given (--models copy-source copy-driving ...)")
     out = Path(cfg.out)
     pairs, manifest_sha = load_pairs(cfg)
     if len(pairs) == 0:
-        raise ValueError(f"protocol {cfg.protocol!r} has no pairs")
+        raise UserError(f"protocol {cfg.protocol!r} has no pairs")
     plan = {"protocol": cfg.protocol, "manifest_sha256": manifest_sha, "shard_size": cfg.shard_size,
             "pairs": len(pairs)}
     check_fingerprint(out, json.loads(json.dumps(plan)))
@@ -367,6 +369,7 @@ def run_bench(cfg: BenchConfig, backends: Backends | None = None) -> BenchResult
     result = BenchResult(protocol=cfg.protocol, kind=protocol_kind(cfg.protocol), manifest_sha256=manifest_sha,
                          models=models, metrics=metric_info, records=records, bins=list(cfg.bins),
                          provenance=provenance(manifest_sha256=manifest_sha, config=cfg.recorded(),
+                                               pairs_left_out=len(getattr(pairs, "missing", [])),
                                                packages=package_versions(), metric_options=dataclasses.asdict(
                                                    cfg.metric_options())))
     result.save(out / "results.json")

@@ -39,7 +39,7 @@ ASSETS: dict[str, Asset] = {a.key: a for a in [
     Asset("deep3d_lm3d", "BFM/similarity_Lm3D_all.mat", "deep3d 5-point alignment (mean 3D landmarks, key lm)",
           "sicxu/Deep3DFaceRecon_pytorch BFM/ folder", fallback="landmark fit or oracle"),
     Asset("vgg19", "torch/hub/checkpoints/vgg19-dcbb9e9d.pth", "perceptual and style loss",
-          "torchvision VGG19_Weights.IMAGENET1K_V1", fallback="random VGG-19 (stated in logs and checkpoints)"),
+          "torchvision VGG19_Weights.IMAGENET1K_V1", fallback="training refuses; --loss l1-msssim (weight-free multi-scale L1 + MS-SSIM) only when chosen, recorded in config, checkpoint and logs"),
     Asset("inception_fid", "pt_inception-2015-12-05-6726825d.pth", "FID",
           "pytorch-fid release v0.1.0", fallback="FID reported as unavailable"),
     Asset("facenet_vggface2", "facenet/20180402-114759-vggface2.pt", "CSIM identity embedding (FaceNet, VGGFace2)",

@@ -65,7 +65,7 @@ def toy_world(monkeypatch):
 
 def toy_config(out: Path, **kwargs) -> BenchConfig:
     base = {"models": ["copy-source", "copy-driving"], "protocol": "toy-cross", "out": str(out), "shard_size": 2,
-                "batch_size": 2, "bootstrap": 100, "bins": [0.0, 10.0, 30.0], "progress": False,
+                "batch_size": 2, "bootstrap": 100, "bins": [0.0, 10.0], "progress": False,
                 "metrics": ["csim", "aed", "apd", "fd-dlib", "fid"]}
     return BenchConfig(**{**base, **kwargs})
 

@@ -37,11 +37,17 @@ class FaceEmbedder:
         return embeddings.vectors.double()
 
 
+#: estimator settings for AED / APD, which read only expression and pose: no texture / light fit, no face track
+#: through a chunk (every image is its own identity)
+ESTIMATOR_DEFAULTS: dict[str, dict[str, Any]] = {"landmarks": {"photometric_frames": 0, "track": False}}
+
+
 class CoefficientExtractor:
     def __init__(self, estimator: str = "landmarks", **kwargs: Any):
         from reenact.faces.estimate import get_estimator
 
-        self.impl = get_estimator(estimator)(**kwargs)
+        self.settings = {**ESTIMATOR_DEFAULTS.get(estimator, {}), **kwargs}
+        self.impl = get_estimator(estimator)(**self.settings)
         self.name = estimator
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:

@@ -75,7 +75,9 @@ class _MotionMetric(PairMetric):
         return f"{self.key.upper()}[{extractor_name(self.extractor)}]"
 
     def options(self) -> dict:
-        return {"extractor": extractor_name(self.extractor), "reduce": self.reduce, "driving": self.driving}
+        settings = getattr(self.extractor, "settings", None)
+        return {"extractor": extractor_name(self.extractor), "reduce": self.reduce, "driving": self.driving,
+                **({"extractor_settings": settings} if settings else {})}
 
     def coefficients(self, batch: MetricBatch) -> tuple[torch.Tensor, torch.Tensor]:
         name = extractor_name(self.extractor)

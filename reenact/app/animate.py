@@ -37,6 +37,9 @@ class AnimateConfig:
                                                                                 "whole (square) frames"})
     extractor: str = field(default="landmarks", metadata={"help": "coefficient extractor: landmarks or deep3d"})
     morphable: str = field(default="procedural-full", metadata={"help": "morphable model of the extractor"})
+    photometric_frames: int = field(default=4, metadata={
+        "help": "landmarks extractor: frames used to fit texture and light by differentiable rendering (0: skip; "
+                "I_r then has the mean albedo and default light)"})
     size: int = field(default=256, metadata={"help": "crop side in pixels (the output size)"})
     batch_size: int = field(default=8, metadata={"help": "frames per network call"})
     device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
@@ -103,7 +106,7 @@ def build_estimator(cfg: AnimateConfig):
 
     cls = get_estimator(cfg.extractor)
     if cfg.extractor == "landmarks":
-        return cls(model=cfg.morphable, assets=cfg.assets)
+        return cls(model=cfg.morphable, assets=cfg.assets, photometric_frames=cfg.photometric_frames)
     return cls(assets=cfg.assets, device=cfg.device)
 
 
