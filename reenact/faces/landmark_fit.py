@@ -87,7 +87,7 @@ class FitConfig:
                                                       "caller's setting)"})
     max_rmse: float = field(default=6.0, metadata={"help": "frames whose landmark RMSE (px at 256^2) exceeds this "
                                                           "are written with status fit_error"})
-    id_prior_frames: float = field(default=16.0, metadata={
+    id_prior_frames: float = field(default=4.0, metadata={
         "help": "the identity prior weighs max(1, T / id_prior_frames) times for T frames, so beyond this many "
                 "frames its weight no longer fades against the data (0: once per chunk, the plain MAP whose "
                 "identity leaves the prior on long real clips)"})
