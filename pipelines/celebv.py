@@ -68,11 +68,15 @@ class CelebVSettings:
         if self.pad not in ("black", "edge"):
             raise ValueError(f"pad must be 'black' or 'edge', got {self.pad!r}")
 
-    def digest(self) -> str:
-        """What the crops depend on (not batch size or device), for the part's input token."""
+    def outputs(self) -> dict[str, Any]:
+        """The settings the crops depend on (not batch size or device)."""
         keys = ("size", "scale", "smooth", "max_scale_ratio", "pad", "partition", "image_format", "png_level",
                 "jpeg_quality")
-        return hashlib.sha256(json.dumps({k: getattr(self, k) for k in keys}).encode()).hexdigest()[:16]
+        return {k: getattr(self, k) for k in keys}
+
+    def digest(self) -> str:
+        """:meth:`outputs` hashed, for the part's input token."""
+        return hashlib.sha256(json.dumps(self.outputs()).encode()).hexdigest()[:16]
 
 
 

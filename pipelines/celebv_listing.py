@@ -19,7 +19,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import stat
 import zipfile
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from reenact.data.schema import ChunkId, Status, is_safe_id
+from reenact.data.schema import ChunkId, Status, clean_error, is_safe_id
 
 OK = Status.OK.value
 IMAGE_SUFFIXES = (".jpg", ".jpeg")
@@ -247,5 +246,4 @@ def read_image(reader: ImageSource, ref: ImageRef) -> tuple[np.ndarray | None, s
     try:
         return decode_jpeg(reader.read(ref.path)), ""
     except Exception as e:                  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError
-        reason = re.sub(r" ?<[^<>]* at 0x[0-9a-fA-F]+>", "", str(e))     # no object addresses: reruns match
-        return None, f"cannot decode {printable(ref.path)!r}: {type(e).__name__}: {reason}"
+        return None, clean_error(f"cannot decode {printable(ref.path)!r}: {type(e).__name__}: {e}")

@@ -39,18 +39,18 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.media import MediaError, VideoInfo, ffmpeg_exe, probe
+from pipelines.media import VideoInfo, ffmpeg_exe, probe
+from pipelines.metadata import MAX_FPS, MIN_FPS, Clip, VideoJob
 from reenact.data.codec import encode_image
-from pipelines.metadata import Clip, VideoJob
-from reenact.data.schema import FRAMES, Status
+from reenact.data.schema import FRAMES, Status, clean_error
 from reenact.data.shards import ParquetStream, finish_part, part_paths
 
 STAGE = "frames"
@@ -95,19 +95,36 @@ def rescale_bbox(bbox: tuple[int, int, int, int], ref_size: tuple[int, int],
 
 
 def _first_index(bound: int, fps: float, ref_fps: float) -> int:
-    """Smallest i >= 0 with ``i * ref_fps >= bound * fps`` (the predicate evaluated exactly as load_videos.py)."""
-    i = max(0, math.ceil(bound * fps / ref_fps) - 1)
-    while i * ref_fps < bound * fps:
-        i += 1
-    while i > 0 and (i - 1) * ref_fps >= bound * fps:
-        i -= 1
-    return i
+    """Smallest i >= 0 with ``i * ref_fps >= bound * fps`` (the predicate evaluated exactly as load_videos.py).
+
+    Starts from the rounded quotient and corrects it by a few steps; never loops on floats: ValueError when the
+    predicate does not settle within ``_MAX_STEPS`` (rates so far apart that float products stop changing).
+    """
+    target = bound * fps
+    i = max(0, math.ceil(target / ref_fps) - 1)
+    for _ in range(_MAX_STEPS):
+        if i * ref_fps < target:
+            i += 1
+        elif i > 0 and (i - 1) * ref_fps >= target:
+            i -= 1
+        else:
+            return i
+    raise ValueError(f"frame index of {bound} at {fps:g} fps over {ref_fps:g} fps does not settle")
+
+
+_MAX_STEPS = 16
+#: frame rates a clip may have (metadata and decoded video): outside it frame arithmetic is not exact
+FPS_RANGE = (MIN_FPS, MAX_FPS)
 
 
 def frame_range(start: int, end: int, fps: float, ref_fps: float) -> range:
-    """Decoded frame indices ``i`` with ``i * ref_fps >= start * fps`` and ``i * ref_fps < end * fps``."""
-    if fps <= 0 or ref_fps <= 0:
-        raise ValueError(f"frame rates must be positive, got fps={fps} ref_fps={ref_fps}")
+    """Decoded frame indices ``i`` with ``i * ref_fps >= start * fps`` and ``i * ref_fps < end * fps``.
+
+    Raises ValueError unless both rates lie within :data:`FPS_RANGE`.
+    """
+    if not (MIN_FPS <= fps <= MAX_FPS and MIN_FPS <= ref_fps <= MAX_FPS):
+        raise ValueError(f"frame rates must lie within [{MIN_FPS:g}, {MAX_FPS:g}], got fps={fps:g} "
+                         f"ref_fps={ref_fps:g}")
     return range(_first_index(start, fps, ref_fps), _first_index(end, fps, ref_fps))
 
 
@@ -238,7 +255,7 @@ class FrameReader:
                     proc.kill()
                 self.returncode = proc.wait()
                 err.seek(0)
-                self.stderr = err.read().decode("utf-8", "replace").strip()
+                self.stderr = clean_error(err.read().decode("utf-8", "replace")).strip()
 
     def _kill(self, proc: subprocess.Popen) -> None:
         self.timed_out = True
@@ -373,9 +390,9 @@ def _plans_for(job: VideoJob, path, settings: CropSettings,
         return all_failed(Status.DECODE_ERROR.value, "no video file"), None
     try:
         info = probe(path)
-    except MediaError as e:
+        return plan_chunks(job, info, settings.min_visible), info
+    except ValueError as e:                         # MediaError (unreadable), or a frame rate outside FPS_RANGE
         return all_failed(Status.DECODE_ERROR.value, str(e)), None
-    return plan_chunks(job, info, settings.min_visible), info
 
 
 class _Mp4Clips:

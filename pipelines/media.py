@@ -15,8 +15,7 @@ import re
 import subprocess
 from dataclasses import dataclass
 
-import numpy as np
-
+from reenact.data.schema import clean_error
 from reenact.ffmpeg import MediaToolError, ffmpeg_exe  # noqa: F401  (re-exported for the stages)
 
 
@@ -73,7 +72,7 @@ def parse_ffmpeg_header(text: str) -> VideoInfo:
 
 def _tail(text: str, lines: int = 3, chars: int = 300) -> str:
     """The last few lines of an ffmpeg log, for an error message."""
-    kept = " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
+    kept = " | ".join(line.strip() for line in clean_error(text).strip().splitlines()[-lines:])
     return f": {kept[-chars:]}" if kept else ""
 
 

@@ -21,14 +21,19 @@ import csv
 import io
 import json
 import os
+import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Iterable
 
 import pyarrow as pa
 
+from reenact.config import UserError
 from reenact.data.schema import METADATA, ChunkId, Status, is_safe_id
 
 COLUMNS = ("video_id", "start", "end", "bbox", "fps", "width", "height", "partition", "person_id")
+INT32_MAX = 2**31 - 1               # start, end, bbox, width, height are int32 columns (reenact.data.schema.METADATA)
+MIN_FPS, MAX_FPS = 1.0, 1000.0      # a sane frame rate; outside it a row is bad_metadata
+MAX_FIELD = 1024                    # characters; a longer field makes the row bad_metadata
 
 
 @dataclass(frozen=True)
@@ -94,43 +99,63 @@ def _bad(line: int, video_id: str, reason: str, status: Status = Status.BAD_META
     return MetadataRow(line=line, video_id=video_id, status=status.value, error=reason)
 
 
+def _int32(text: str, name: str, low: int = 0) -> int:
+    """A decimal integer in ``[low, INT32_MAX]`` (the column type), else ValueError naming it."""
+    text = text.strip()
+    if re.fullmatch(r"-?[0-9]{1,12}", text) is None:
+        raise ValueError(f"{name} must be an integer, got {_short(text)!r}")
+    value = int(text)
+    if not low <= value <= INT32_MAX:
+        raise ValueError(f"{name} must be within [{low}, {INT32_MAX}], got {_short(text)!r}")
+    return value
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def parse_fps(text: str) -> float:
+    """A frame rate within ``[MIN_FPS, MAX_FPS]`` (so frame arithmetic stays exact in float64), else ValueError."""
+    try:
+        fps = float(text)
+    except ValueError:
+        raise ValueError(f"fps must be a number, got {_short(text)!r}") from None
+    if not MIN_FPS <= fps <= MAX_FPS:                  # also refuses nan and inf
+        raise ValueError(f"fps must be within [{MIN_FPS:g}, {MAX_FPS:g}], got {_short(text)!r}")
+    return fps
+
+
 def parse_bbox(text: str) -> tuple[int, int, int, int]:
-    """``"l-t-r-b"`` -> (l, t, r, b); ValueError unless four non-negative ints with r > l and b > t."""
+    """``"l-t-r-b"`` -> (l, t, r, b); ValueError unless four ints in [0, INT32_MAX] with r > l and b > t."""
     parts = text.strip().split("-")
-    if len(parts) != 4 or not all(p.isdigit() for p in parts):
-        raise ValueError(f"bbox must be four non-negative integers 'l-t-r-b', got {text!r}")
-    left, top, right, bottom = map(int, parts)
+    if len(parts) != 4 or not all(p.isascii() and p.isdigit() for p in parts):
+        raise ValueError(f"bbox must be four non-negative integers 'l-t-r-b', got {_short(text)!r}")
+    left, top, right, bottom = (_int32(p, "bbox") for p in parts)
     if right <= left or bottom <= top:
         raise ValueError(f"bbox {text!r} is empty (needs right > left and bottom > top)")
     return left, top, right, bottom
 
 
-def _positive_int(text: str, name: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {text!r}")
-    return value
 
 
 def parse_row(fields: list[str], line: int) -> MetadataRow:
     """One CSV record (already split) -> :class:`MetadataRow`, with status ``bad_metadata``/``rejected`` on error."""
     video_id = fields[0].strip() if fields else ""
     if len(fields) != len(COLUMNS):
-        return _bad(line, video_id, f"expected {len(COLUMNS)} fields, got {len(fields)}")
+        return _bad(line, _short(video_id), f"expected {len(COLUMNS)} fields, got {len(fields)}")
+    if any(len(f) > MAX_FIELD for f in fields):
+        return _bad(line, _short(video_id), f"a field longer than {MAX_FIELD} characters")
     video_id, start, end, bbox, fps, width, height, partition, person_id = (f.strip() for f in fields)
     for name, value in (("video_id", video_id), ("person_id", person_id), ("partition", partition)):
         if not is_safe_id(value):
             return _bad(line, video_id, f"unsafe {name} {value!r} (allowed: [A-Za-z0-9_-], 1-64 chars)",
                         Status.REJECTED)
     try:
-        start_i, end_i = int(start), int(end)
-        if start_i < 0 or end_i <= start_i:
+        start_i, end_i = _int32(start, "start"), _int32(end, "end")
+        if end_i <= start_i:
             raise ValueError(f"need 0 <= start < end, got start={start!r} end={end!r}")
-        fps_f = float(fps)
-        if not fps_f > 0 or fps_f == float("inf"):
-            raise ValueError(f"fps must be a positive number, got {fps!r}")
-        return MetadataRow(line, video_id, start_i, end_i, parse_bbox(bbox), fps_f,
-                           _positive_int(width, "width"), _positive_int(height, "height"), partition, person_id)
+        return MetadataRow(line, video_id, start_i, end_i, parse_bbox(bbox), parse_fps(fps),
+                           _int32(width, "width", 1), _int32(height, "height", 1), partition, person_id)
     except ValueError as e:
         return _bad(line, video_id, str(e))
 
@@ -139,15 +164,17 @@ def parse_row(fields: list[str], line: int) -> MetadataRow:
 
 def parse_csv_text(text: str) -> list[MetadataRow]:
     """All data rows of a metadata CSV (header required) as :class:`MetadataRow`, one per record, in order."""
-    reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
-    if header is None or tuple(h.strip() for h in header) != COLUMNS:
-        raise ValueError(f"not a vox-metadata.csv: expected header {','.join(COLUMNS)}, got {header!r}")
-    rows = []
-    for fields in reader:
-        if fields:                                   # blank lines carry no record
-            rows.append(parse_row(fields, reader.line_num))
-    return rows
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, len(text) + 1))  # an over-long field is a bad row (parse_row), not an error
+    try:
+        reader = csv.reader(io.StringIO(text))
+        header = next(reader, None)
+        if header is None or tuple(h.strip() for h in header) != COLUMNS:
+            shown = _short(",".join(header)) if header else "an empty file"
+            raise UserError(f"not a vox-metadata.csv: expected header {','.join(COLUMNS)}, got {shown!r}")
+        return [parse_row(fields, reader.line_num) for fields in reader if fields]   # blank lines: no record
+    finally:
+        csv.field_size_limit(limit)
 
 
 def read_metadata(path: str | os.PathLike) -> list[MetadataRow]:

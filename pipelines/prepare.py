@@ -26,6 +26,7 @@ shards, items whose parts are current are skipped, and a download whose ledger s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import hashlib
 import time
@@ -39,13 +40,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.crop import CropSettings, crop_video
-from pipelines.download import DEFAULT_URL_TEMPLATE, DownloadSettings, check_url_template, download_stage
+from pipelines.download import (DEFAULT_URL_TEMPLATE, DownloadSettings, check_url_template, download_stage,
+                                limiter_name, shards_to_retry, show_pauses)
 from pipelines.engine import Plan, RunConfig, RunResult, Stage, WorkItem, ensure_part, log, run_plan, shard_items
+from pipelines.guidance import GuidanceConfig, prepare_guidance
 from pipelines.metadata import VideoJob, metadata_table, read_metadata, video_jobs
-from reenact.config import add_dataclass_arguments, from_namespace
+from reenact.config import UserError, add_dataclass_arguments, from_namespace
 from reenact.data.schema import CELEBV_FRAMES, COEFFS, FRAMES, LEDGER, Status
 from reenact.data.shards import ParquetStream, finish_part, is_done, part_paths, write_shard
-
 
 # ---------------------------------------------------------------- configuration
 
@@ -94,9 +96,19 @@ class VoxConfig(ExtractorConfig):
     socket_timeout: float = field(default=30.0, metadata={"help": "download socket timeout, seconds"})
     rate_limit: str | None = field(default=None, metadata={"help": "bytes/s per download, e.g. 2M"})
     sleep_interval: float = field(default=0.0, metadata={"help": "seconds to wait before each download"})
-    cookies: str | None = field(default=None, metadata={"help": "cookies.txt for yt-dlp"})
+    cookies: str | None = field(default=None, metadata={
+        "help": "cookies.txt for yt-dlp (read afresh by every attempt: replace it to refresh cookies mid-run)"})
     proxy: str | None = field(default=None, metadata={"help": "proxy URL for yt-dlp"})
     write_mp4: bool = field(default=False, metadata={"help": "also write <out>/clips/<partition>/<chunk>.mp4"})
+    retry_failed: Literal["none", "transient", "all"] = field(default="none", metadata={"const": "transient", "help": (
+        "download again the failed videos of earlier runs: --retry-failed the transient failures (network, 5xx, "
+        "429, bot check, ...), --retry-failed=all also the permanent ones (private, removed, ...); their shards "
+        "are rewritten with crops and coefficients")})
+    requests_per_second: float = field(default=2.0, metadata={
+        "help": "HTTP requests per second of all downloads together (one limiter per run, across the cluster)"})
+    throttle_pause: float = field(default=30.0, metadata={
+        "help": "seconds all downloads pause after an HTTP 429 or a bot check, doubling while it lasts"})
+    max_throttle_pause: float = field(default=1800.0, metadata={"help": "longest such pause, seconds"})
 
     dataset: ClassVar[str] = "vox"
 
@@ -111,13 +123,14 @@ class VoxConfig(ExtractorConfig):
     def download_settings(self) -> DownloadSettings:
         return DownloadSettings(url_template=self.url_template, retries=self.retries, backoff=self.backoff,
                                 socket_timeout=self.socket_timeout, rate_limit=self.rate_limit,
-                                sleep_interval=self.sleep_interval, cookies=self.cookies, proxy=self.proxy)
+                                sleep_interval=self.sleep_interval, cookies=self.cookies, proxy=self.proxy,
+                                requests_per_second=self.requests_per_second, throttle_pause=self.throttle_pause,
+                                max_throttle_pause=self.max_throttle_pause, limiter=limiter_name(self.out),
+                                retry_failed=self.retry_failed)
 
     def crop_settings(self) -> CropSettings:
         return CropSettings(image_format=self.image_format, write_mp4=self.write_mp4)
 
-    def download_root(self) -> Path:
-        return Path(self.download_dir) if self.download_dir else Path(self.out) / "videos"
 
 
 @dataclass
@@ -178,6 +191,11 @@ def file_token(path: str | Path) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
+def content_token(path: str | Path) -> str:
+    """Digest of a small file (a part's stats): the same after a byte-identical rewrite (a reopened shard's part)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:32]
+
+
 def crop_stage(batch: dict[str, np.ndarray], *, out: str, settings: CropSettings) -> dict[str, np.ndarray]:
     """Engine stage: crop every clip of each video (or write status rows when its download failed).
 
@@ -230,7 +248,7 @@ class FramewiseStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for key in batch["key"]:
-            token = file_token(part_paths(self.out, self.source, key)[1])
+            token = content_token(part_paths(self.out, self.source, key)[1])
             ensure_part(self.out, self.name, key, token, functools.partial(self._write, key, token))
         return batch
 
@@ -250,27 +268,42 @@ def extractor_kwargs(cfg: ExtractorConfig) -> dict[str, Any]:
     return {}
 
 
-def coefficient_stage(cfg: ExtractorConfig, out: str) -> Stage:
+def extractor_settings(cfg: ExtractorConfig) -> dict[str, Any]:
+    """What the coefficients depend on: the extractor, its model, the checksum of the ground truth it reads."""
+    settings: dict[str, Any] = {"extractor": cfg.extractor}
+    if cfg.extractor == "landmarks":
+        settings["morphable_model"] = cfg.morphable_model
+    if cfg.extractor == "oracle":
+        settings["truth_sha256"] = _sha256(cfg.truth())
+    return settings
+
+
+def coefficient_stage(cfg: ExtractorConfig) -> Stage:
     """frames -> coeffs shards with the configured extractor; whole chunks per call (shared identity)."""
     make_fn = functools.partial(build_extractor, cfg.extractor, extractor_kwargs(cfg))
     return Stage("coeffs", FramewiseStage, COEFFS, num_cpus=cfg.extractor_cpus, num_gpus=cfg.extractor_gpus,
-                 concurrency=cfg.extractor_actors,
-                 kwargs={"out": out, "name": "coeffs", "schema": COEFFS, "make_fn": make_fn, "by_chunk": True})
+                 concurrency=cfg.extractor_actors, settings=extractor_settings(cfg),
+                 kwargs={"name": "coeffs", "schema": COEFFS, "make_fn": make_fn, "by_chunk": True})
 
 
 def with_coefficients(cfg: ExtractorConfig, stages: list[Stage]) -> list[Stage]:
-    return stages + ([coefficient_stage(cfg, str(Path(cfg.out).resolve()))] if cfg.extractor != "none" else [])
+    return stages + ([coefficient_stage(cfg)] if cfg.extractor != "none" else [])
+
+
+#: crop settings that do not change the outputs (left out of the fingerprint)
+_CROP_RUNTIME = ("threads", "timeout")
 
 
 def vox_stages(cfg: VoxConfig) -> list[Stage]:
     """download -> ledger shards, crop -> frames shards (-> coeffs shards)."""
-    out = str(Path(cfg.out).resolve())
+    crop = cfg.crop_settings()
+    root = str(Path(cfg.download_dir).resolve()) if cfg.download_dir else None
     return with_coefficients(cfg, [
         Stage("ledger", download_stage, LEDGER, num_cpus=cfg.download_cpus, concurrency=cfg.download_concurrency,
-              kwargs={"out": out, "root": str(cfg.download_root().resolve()),
-                      "settings": cfg.download_settings()}),
-        Stage("frames", crop_stage, FRAMES, num_cpus=cfg.crop_cpus,
-              kwargs={"out": out, "settings": cfg.crop_settings()}),
+              kwargs={"root": root, "settings": cfg.download_settings()},
+              settings={"url_template": cfg.url_template}),
+        Stage("frames", crop_stage, FRAMES, num_cpus=cfg.crop_cpus, kwargs={"settings": crop},
+              settings={k: v for k, v in dataclasses.asdict(crop).items() if k not in _CROP_RUNTIME}),
     ])
 
 
@@ -300,7 +333,9 @@ def prepare_vox(cfg: VoxConfig, extra_stages: list[Stage] | None = None) -> RunR
         if not is_done(out, "metadata", 0):
             write_shard(out, "metadata", 0, metadata_table(rows, jobs))
 
-    return run_plan(cfg, plan, vox_stages(cfg) + list(extra_stages or []), before=write_metadata, t0=t0)
+    with show_pauses(limiter_name(cfg.out)):
+        return run_plan(cfg, plan, vox_stages(cfg) + list(extra_stages or []), before=write_metadata, t0=t0,
+                        redo=functools.partial(shards_to_retry, mode=cfg.retry_failed))
 
 
 def prepare_celebv(cfg: CelebVConfig) -> RunResult:
@@ -314,19 +349,21 @@ def prepare_celebv(cfg: CelebVConfig) -> RunResult:
     plan = Plan(cfg.dataset, shards, {"celebv": str(Path(cfg.celebv).resolve()),
                                       "shards": [[item.key for item in s] for s in shards]})
     log(f"prepare celebv: {len(jobs)} identities, {len(shards)} shards")
-    out = str(Path(cfg.out).resolve())
+    settings = CelebVSettings(image_format=cfg.image_format)
     stages = [Stage(STAGE, celebv_stage, CELEBV_FRAMES, num_cpus=cfg.crop_cpus, collect=("crop",),
-                    kwargs={"out": out, "settings": CelebVSettings(image_format=cfg.image_format)})]
+                    kwargs={"settings": settings}, settings=settings.outputs())]
     return run_plan(cfg, plan, with_coefficients(cfg, stages), t0=t0)
 
 
 # ---------------------------------------------------------------- command line
 
 #: dataset -> (config, prepare function, one-line help)
-DATASETS: dict[str, tuple[type[ExtractorConfig], Callable[[Any], RunResult], str]] = {
+DATASETS: dict[str, tuple[type[RunConfig], Callable[[Any], RunResult], str]] = {
     "vox": (VoxConfig, prepare_vox, "VoxCeleb: vox-metadata.csv + video URLs -> ledger, frames (, coeffs) shards"),
     "synth": (SynthConfig, prepare_vox, "the synthetic world's VoxCeleb-style videos (--world), oracle coefficients"),
     "celebv": (CelebVConfig, prepare_celebv, "CelebV identity folders (or a zip) -> MTCNN crops (, coeffs) shards"),
+    "guidance": (GuidanceConfig, prepare_guidance, "a pair manifest + prepared coefficients -> guidance shards "
+                                                   "(F_c, O_c, I_r, face mask per pair)"),
 }
 
 
@@ -340,7 +377,7 @@ def run(args: argparse.Namespace) -> int:
     cls, prepare, _ = DATASETS[args.dataset]
     try:
         cfg = from_namespace(cls, args)
-    except ValueError as err:
-        raise SystemExit(f"prepare: {err}") from None
+    except ValueError as err:                       # a bad option: the user's to fix
+        raise UserError(str(err)) from None
     prepare(cfg)
     return 0

@@ -20,6 +20,11 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+class UserError(ValueError):
+    """A mistake the user can fix (a bad option, a missing or wrong input, a folder in use): the command line
+    prints its message as one line and exits non-zero (``reenact --debug`` shows the traceback)."""
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -45,6 +50,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             kind = next(a for a in args if a is not type(None))
         if typing.get_origin(kind) in (list, tuple):
             kwargs["nargs"], kind = "+", typing.get_args(kind)[0]
+        if "const" in f.metadata:                       # --x alone means const, --x=value a value
+            kwargs["nargs"], kwargs["const"] = "?", f.metadata["const"]
         if default is None and f.metadata.get("required"):
             kwargs["required"] = True
         parser.add_argument(_flag(f.name), type=kind, **kwargs)
@@ -84,13 +91,31 @@ def to_jsonable(cfg: Any) -> Any:
     return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
 
 
-def save_run_config(cfg: Any, run_dir: str | Path, **extra: Any) -> Path:
-    """Write ``config.json`` (config + provenance) into ``run_dir`` and return its path."""
+def save_run_config(cfg: Any, run_dir: str | Path, history: bool = False, **extra: Any) -> Path:
+    """Write ``config.json`` (config + provenance) into ``run_dir`` and return its path.
+
+    ``history``: keep the runs recorded there before, oldest first, under ``"history"`` (each its config and
+    provenance) instead of overwriting them.
+    """
     from reenact.files import atomic_write_json
 
     path = Path(run_dir) / "config.json"
-    atomic_write_json(path, {"config": to_jsonable(cfg), "provenance": provenance(**extra)})
+    record: dict[str, Any] = {"config": to_jsonable(cfg), "provenance": provenance(**extra)}
+    if history:
+        record["history"] = earlier_runs(path)
+    atomic_write_json(path, record)
     return path
+
+
+def earlier_runs(path: Path) -> list[dict[str, Any]]:
+    """The runs a ``config.json`` records (its history, then itself), or [] when there is none."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(earlier, dict):
+        return []
+    return list(earlier.pop("history", [])) + [earlier]
 
 
 def dump(cfg: Any) -> str:

@@ -3,18 +3,37 @@ Reenactor wrapper, and loading the official checkpoint format."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from baselines._fomm_blocks import (KeypointModelConfig, Keypoints, KPDetector, MultiScaleDiscriminator,
-                                    OcclusionAwareGenerator, convex_hull_area, load_state_exact, normalize_kp)
-from reenact.contract import ReenactInputs
+from baselines._fomm_blocks import (
+    Discriminator,
+    DiscriminatorConfig,
+    KeypointModelConfig,
+    Keypoints,
+    KPDetector,
+    MultiScaleDiscriminator,
+    OcclusionAwareGenerator,
+    convex_hull_area,
+    kp2gaussian,
+    load_state_exact,
+    normalize_kp,
+)
 from baselines.fomm import FOMM, SMALL, VOX256_DISCRIMINATOR
+from reenact.contract import ReenactInputs
 from tests.conftest import fixture_path, state_dict_entries
 
+# Bounds from measured float32 noise: max |ours - golden| over AVX-512, AVX2 (ATEN_CPU_CAPABILITY=avx2 and
+# ONEDNN_MAX_CPU_ISA=AVX2), the SSE4.1/default kernels and 1 thread on one machine (the fixtures README's own
+# fp32-vs-fp64 column agrees); each bound sits several times above the worst case, so it holds on other CPUs.
+#: keypoints, jacobians, mask, occlusion, deformation, prediction: measured <= 8.3e-7 (12x margin)
 ATOL = 1e-5
-ATOL_WARPED_IMAGE = 1e-4  # deformed / sparse_deformed: zero padding amplifies grid rounding (fixtures README)
+#: deformed / sparse_deformed: bilinear sampling where the grid leaves [-1, 1] and meets the zero padding amplifies
+#: the grid's rounding (fixtures README): measured <= 2.9e-5 (legacy deformed, SSE kernels; 3.4x margin)
+ATOL_WARPED_IMAGE = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -22,19 +41,23 @@ def golden():
     return torch.load(fixture_path("baselines", "fomm_golden.pt"), weights_only=True)
 
 
-@pytest.fixture(scope="module")
-def golden_modules(golden):
-    cfg = KeypointModelConfig.from_model_params(golden["config"]["model_params"])
+def golden_config(golden) -> KeypointModelConfig:
+    """The model configuration recorded in the golden file: any golden of this format is checked, not only ours."""
+    return KeypointModelConfig.from_model_params(golden["config"]["model_params"])
+
+
+def golden_modules_of(golden) -> tuple[KPDetector, OcclusionAwareGenerator]:
+    """The keypoint detector and generator built from the golden's config, with its weights (eval mode)."""
+    cfg = golden_config(golden)
     kp_detector, generator = KPDetector(cfg.kp_detector).eval(), OcclusionAwareGenerator(cfg.generator).eval()
     kp_detector.load_state_dict(golden["state_dicts"]["kp_detector"], strict=True)
     generator.load_state_dict(golden["state_dicts"]["generator"], strict=True)
     return kp_detector, generator
 
 
-@pytest.fixture(scope="module")
-def ours(golden, golden_modules):
-    """Our outputs for every golden call, with align_corners=False (what the golden's ``generator*`` keys use)."""
-    kp_detector, generator = golden_modules
+def golden_calls(golden, kp_detector: KPDetector, generator: OcclusionAwareGenerator) -> dict:
+    """Our outputs for every call of the golden file, keyed as its ``outputs`` (``generator*`` keys use
+    align_corners=False, ``*_legacy_align_corners_true`` True)."""
     x = golden["inputs"]
     with torch.no_grad():
         kp_s, kp_d, kp_d1 = (kp_detector(x[k]) for k in ("source", "driving", "driving_initial"))
@@ -56,6 +79,16 @@ def ours(golden, golden_modules):
             "generator_legacy_align_corners_true": {f: getattr(out_legacy, f) for f in fields}}
 
 
+@pytest.fixture(scope="module")
+def golden_modules(golden):
+    return golden_modules_of(golden)
+
+
+@pytest.fixture(scope="module")
+def ours(golden, golden_modules):
+    return golden_calls(golden, *golden_modules)
+
+
 #: every output stored in fomm_golden.pt, as (call, key); test_golden_stores_exactly_these keeps this list honest
 GOLDEN_KEYS = [(kp, k) for kp in ("kp_source", "kp_driving", "kp_driving_initial", "kp_norm_relative")
                for k in ("value", "jacobian")]
@@ -71,6 +104,59 @@ def test_full_size_state_dicts_equal_official_keys():
     assert state_dict_entries(model.generator) == official["generator"]
     assert state_dict_entries(model.kp_detector) == official["kp_detector"]
     assert state_dict_entries(MultiScaleDiscriminator(VOX256_DISCRIMINATOR)) == official["discriminator"]
+
+
+# ---------------------------------------------------------------------------------------------- discriminator
+
+
+def discriminator_by_hand(disc: Discriminator, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The official ``Discriminator.forward`` written out in float64 from the paper code's definition of each step:
+    4x4 valid conv, InstanceNorm (affine, instance statistics, eps 1e-5) except in block 0, LeakyReLU with slope
+    0.2 as max(x, 0.2 x), 2x2 average pool except after the last block, then the 1x1 prediction conv."""
+    blocks, maps, out = disc.down_blocks, [], x.double()
+    for i, block in enumerate(blocks):
+        out = F.conv2d(out, block.conv.weight.double(), block.conv.bias.double())
+        if i != 0:
+            mean, var = out.mean((2, 3), keepdim=True), out.var((2, 3), unbiased=False, keepdim=True)
+            out = ((out - mean) / torch.sqrt(var + 1e-5) * block.norm.weight.double()[:, None, None]
+                   + block.norm.bias.double()[:, None, None])
+        out = torch.maximum(out, 0.2 * out)
+        if i != len(blocks) - 1:
+            h, w = out.shape[2] // 2 * 2, out.shape[3] // 2 * 2
+            out = out[..., :h, :w].unflatten(3, (w // 2, 2)).unflatten(2, (h // 2, 2)).mean((3, 5))
+        maps.append(out)
+    return maps, F.conv2d(out, disc.conv.weight.double(), disc.conv.bias.double())
+
+
+def check_discriminator_against_hand_computation(config: DiscriminatorConfig, kp: Keypoints | None = None) -> None:
+    torch.manual_seed(0)
+    disc = Discriminator(config).eval()
+    with torch.no_grad():
+        for m in disc.modules():            # non-trivial affine InstanceNorm parameters
+            if isinstance(m, torch.nn.InstanceNorm2d):
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.5, 0.5)
+        image = torch.rand(2, 3, 96, 96)                     # the last block still normalises 6x6 values
+        maps, prediction = disc(image, kp)
+        x = image if kp is None else torch.cat([image, kp2gaussian(kp.value, (96, 96), config.kp_variance)], 1)
+        want_maps, want_prediction = discriminator_by_hand(disc, x)
+    assert len(maps) == config.num_blocks and all((m < 0).any() for m in maps)   # the slope is exercised
+    # float32 against float64, relative to each map's largest value (up to ~33): measured <= 1.5e-6 (13x margin)
+    for name, got, want in [*((f"feature map {i}", *pair) for i, pair in enumerate(zip(maps, want_maps))),
+                            ("prediction", prediction, want_prediction)]:
+        scale = max(1.0, want.abs().max().item())
+        assert (got.double() - want).abs().max().item() <= 2e-5 * scale, name
+
+
+def test_discriminator_matches_hand_computation():
+    """vox-256's discriminator (spectral norm) at a small width."""
+    check_discriminator_against_hand_computation(replace(VOX256_DISCRIMINATOR, block_expansion=8, max_features=32))
+
+
+def test_golden_inputs_have_the_recorded_batch_and_size(golden):
+    c = golden["config"]
+    for name, x in golden["inputs"].items():
+        assert x.shape == (c["batch_size"], 3, c["image_size"], c["image_size"]), name
+    assert c["image_size"] % golden_config(golden).size_multiple == 0
 
 
 def test_golden_stores_exactly_these(golden):
@@ -95,8 +181,8 @@ def test_default_align_corners_is_legacy_true():
     assert FOMM.random(small=True, align_corners=False).generator.dense_motion_network.align_corners is False
 
 
-def small_fomm_with_golden_weights(golden, **kwargs) -> FOMM:
-    model = FOMM(SMALL, **kwargs)
+def fomm_with_golden_weights(golden, **kwargs) -> FOMM:
+    model = FOMM(golden_config(golden), **kwargs)
     load_state_exact(model.kp_detector, golden["state_dicts"]["kp_detector"], what="golden kp_detector")
     load_state_exact(model.generator, golden["state_dicts"]["generator"], what="golden generator")
     return model
@@ -105,8 +191,8 @@ def small_fomm_with_golden_weights(golden, **kwargs) -> FOMM:
 def test_reenactor_absolute_relative_and_legacy_match_golden(golden):
     x, out = golden["inputs"], golden["outputs"]
     inputs = ReenactInputs(source=x["source"], driving=x["driving"], driving_initial=x["driving_initial"])
-    modern = small_fomm_with_golden_weights(golden, align_corners=False)
-    legacy = small_fomm_with_golden_weights(golden)  # default: align_corners=True
+    modern = fomm_with_golden_weights(golden, align_corners=False)
+    legacy = fomm_with_golden_weights(golden)  # default: align_corners=True
     with torch.no_grad():
         torch.testing.assert_close(modern.reenact(inputs), out["generator"]["prediction"], atol=ATOL, rtol=0)
         torch.testing.assert_close(modern.reenact(inputs, motion="relative"), out["generator_relative"]["prediction"],

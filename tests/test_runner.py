@@ -1,4 +1,5 @@
-"""The pipeline engine (pipelines/engine.py) running ``prepare vox`` (pipelines/prepare.py), and ``reenact inspect``: plan, end to end on a tiny world, kill and resume.
+"""The pipeline engine (pipelines/engine.py) running ``prepare vox`` (pipelines/prepare.py), and ``reenact
+inspect``: plan, end to end on a tiny world, kill and resume.
 
 Two tests use Ray (the shared ``ray_session``, which a killed driver subprocess joins); the rest are pure.
 """
@@ -17,13 +18,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines.engine import Stage, check_fingerprint, remove_stale_temps
 from pipelines.inspect import collect, render
 from pipelines.media import ffmpeg_exe
 from pipelines.metadata import VideoJob
-from pipelines.engine import Stage, remove_stale_temps
 from pipelines.prepare import FramewiseStage, VoxConfig, prepare_vox, shard_plan
 from reenact.data.schema import FRAMES
-from reenact.data.shards import check_plan, part_paths, read_stage, write_part
+from reenact.data.shards import part_paths, read_stage, write_part
 from tests.conftest import REPO
 from tests.http_server import LocalServer
 
@@ -84,8 +85,7 @@ BRIGHTNESS = pa.schema([("chunk_id", pa.string()), ("frame_index", pa.int32()), 
 
 def brightness_stage(out: Path) -> Stage:
     return Stage("brightness", FramewiseStage, BRIGHTNESS, num_cpus=1, concurrency=1,
-                 kwargs={"out": str(out.resolve()), "name": "brightness", "schema": BRIGHTNESS,
-                         "make_fn": MeanBrightness})
+                 kwargs={"name": "brightness", "schema": BRIGHTNESS, "make_fn": MeanBrightness})
 
 
 @pytest.fixture(scope="module")
@@ -109,9 +109,9 @@ def test_shard_plan_groups_videos_in_metadata_order():
 
 def test_rerun_with_another_plan_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"provenance": {"plan": {"videos_per_shard": 2}}}))
-    check_plan(tmp_path, {"videos_per_shard": 2})
-    with pytest.raises(ValueError, match="another plan"):
-        check_plan(tmp_path, {"videos_per_shard": 3})
+    check_fingerprint(tmp_path, {"videos_per_shard": 2})
+    with pytest.raises(ValueError, match="another plan .*videos_per_shard: 2 there, 3 now"):
+        check_fingerprint(tmp_path, {"videos_per_shard": 3})
 
 
 def test_config_rejects_bad_values():
@@ -154,8 +154,9 @@ def test_inspect_reports_counts_status_and_throughput(tmp_path, capsys):
     assert summary.status == {"ok": 150, "too_short": 2}
     text = render(tmp_path, collect(tmp_path))
     assert "150 frames in 0.8 cpu-s = 200 frames/s per core" in text and "4 items in 11.0 s wall" in text
-    from pipelines.inspect import run
     import argparse
+
+    from pipelines.inspect import run
 
     run(argparse.Namespace(dir=str(tmp_path), json=True))
     assert json.loads(capsys.readouterr().out)["frames"]["status"] == {"ok": 150, "too_short": 2}
