@@ -579,8 +579,8 @@ class LandmarkFitEstimator:
             ``config.max_rmse``.
         track: the frames of a call are a video in order (follow the face through them).
         photometric_frames: with images, fit texture and light (:mod:`reenact.faces.photometric`) on this many
-            ``ok`` frames spread over the call; tex is shared and every frame gets the mean light (0: tex and gamma
-            stay zero, the flat render).
+            ``ok`` frames spread over the call; tex is shared and every frame gets the mean light (0, the default:
+            tex and gamma stay zero, the flat render; the ``landmarks`` row adapter fits them on 4 frames per chunk).
         photometric: :class:`reenact.faces.photometric.PhotometricConfig`.
         symmetric_landmarks: average dlib's points on each frame with those on its mirror image
             (:func:`reenact.faces.landmarks68.landmarks68` ``symmetric``): dlib's predictor is not mirror-symmetric,
@@ -591,7 +591,7 @@ class LandmarkFitEstimator:
     name = NAME
 
     def __init__(self, model: str = "procedural-full", config: FitConfig = FitConfig(), *, checks=None,
-                 gates=None, track: bool = True, photometric_frames: int = 4, photometric=None,
+                 gates=None, track: bool = True, photometric_frames: int = 0, photometric=None,
                  symmetric_landmarks: bool = True, assets: str | None = None):
         from reenact.face3d.io import load_morphable_model
         from reenact.faces.detect import DetectionChecks
