@@ -473,6 +473,7 @@ class PIRenderer(Reenactor):
     ``inputs.driving_coeffs`` ``(B, 257)`` with the frame repeated 27 times and crop parameters from
     ``inputs.extras['driving_crop_params']`` ``(B, 3)`` or, when unknown, ``self.crop_params``
     (:data:`DEFAULT_CROP_PARAMS`). Frames are resized to the weights' native size and back when they differ.
+    Resizing is bilinear with antialiasing, ``align_corners=False`` (``F.interpolate``).
     """
 
     name = "pirender"

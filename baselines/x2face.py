@@ -233,6 +233,7 @@ class X2Face(Reenactor):
 
     Frames whose size differs from the weights' native size (256² at full size) are resized to it and the
     result is resized back, as the official notebooks resize every frame to 256².
+    Resizing is bilinear with antialiasing, ``align_corners=False`` (``F.interpolate``).
     """
 
     name = "x2face"

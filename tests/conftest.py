@@ -23,8 +23,10 @@ ALLOWED_CI_SKIPS: tuple[tuple[str, str], ...] = (
     (r"^tests/test_layers\.py::", r"lint-imports is run through the venv"),          # Windows only
 )
 
-#: fixture paths found absent during this run (reported at the end, and in CI each is a failure)
-MISSING_FIXTURES: set[Path] = set()
+#: fixture paths found absent during this run, read from the test reports (reported at the end). The reports are
+#: the one shared place: test modules import this file as ``tests.conftest``, a second module object.
+MISSING_FIXTURES: set[str] = set()
+_ABSENT = re.compile(r"fixture (\S+) is absent")
 
 
 def in_ci() -> bool:
@@ -36,7 +38,6 @@ def fixture_path(*parts: str) -> Path:
     """Path under the fixtures folder; when absent, skip the test with the reason (fail it under CI)."""
     path = FIXTURES.joinpath(*parts)
     if not path.exists():
-        MISSING_FIXTURES.add(path)
         message = (f"fixture {path} is absent (the golden fixtures live in ../shared/fixtures beside the repo, "
                    "or where REENACT_FIXTURES points)")
         if in_ci():
@@ -61,6 +62,8 @@ def is_allowed_ci_skip(nodeid: str, reason: str) -> bool:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport:
     """Under CI, turn a skip that :data:`ALLOWED_CI_SKIPS` does not list into a failure that says why."""
     report = yield
+    if report.failed or report.skipped:
+        MISSING_FIXTURES.update(_ABSENT.findall(str(report.longrepr)))
     if in_ci() and report.skipped and not hasattr(report, "wasxfail"):
         reason = skip_reason(report)
         if not is_allowed_ci_skip(report.nodeid, reason):
@@ -80,7 +83,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if MISSING_FIXTURES:
         terminalreporter.section("missing fixtures", red=in_ci(), yellow=not in_ci())
         for path in sorted(MISSING_FIXTURES):
-            terminalreporter.write_line(str(path))
+            terminalreporter.write_line(path)
         terminalreporter.write_line(f"(fixtures folder: {FIXTURES}; set REENACT_FIXTURES to use another)")
 
 

@@ -9,13 +9,25 @@ import numpy as np
 import pytest
 import torch
 
-from baselines._fomm_blocks import (KeypointModelConfig, Keypoints, KPDetector, MultiScaleDiscriminator,
-                                    load_state_exact, normalize_kp)
-from baselines._recipe import (RecipeChecksumError, check_recipe_source, hash_uniform, recipe_modules,
-                               recipe_state_dict)
+from baselines._fomm_blocks import (
+    KeypointModelConfig,
+    Keypoints,
+    KPDetector,
+    MultiScaleDiscriminator,
+    load_state_exact,
+    normalize_kp,
+)
+from baselines._recipe import RecipeChecksumError, check_recipe_source, hash_uniform, recipe_modules, recipe_state_dict
+from baselines.dagan import (
+    SMALL,
+    VOX256_DISCRIMINATOR,
+    DaGAN,
+    DaGANConfig,
+    DepthAwareGenerator,
+    DepthDecoder,
+    DepthEncoder,
+)
 from reenact.contract import ReenactInputs
-from baselines.dagan import (SMALL, VOX256_DISCRIMINATOR, DaGAN, DaGANConfig, DepthAwareGenerator, DepthDecoder,
-                            DepthEncoder)
 from tests.conftest import fixture_path, state_dict_entries
 
 # Bounds from measured float32 noise: max |ours - golden| over AVX-512, AVX2 (ATEN_CPU_CAPABILITY=avx2 and
@@ -55,6 +67,15 @@ def test_full_size_state_dicts_equal_official_keys(official_keys):
     assert state_dict_entries(model.depth_encoder) == official_keys["depth_encoder_resnet18"]
     assert state_dict_entries(model.depth_decoder) == official_keys["depth_decoder_resnet18"]
     assert state_dict_entries(MultiScaleDiscriminator(VOX256_DISCRIMINATOR)) == official_keys["discriminator"]
+
+
+def test_discriminator_with_keypoints_matches_hand_computation():
+    """vox-adv-256's discriminator (keypoint Gaussians concatenated to the image) at a small width."""
+    from tests.test_baseline_fomm import check_discriminator_against_hand_computation
+
+    config = replace(VOX256_DISCRIMINATOR, block_expansion=8, max_features=32, num_kp=5)
+    kp = Keypoints(value=torch.rand(2, 5, 2, generator=torch.Generator().manual_seed(1)) * 2 - 1, jacobian=None)
+    check_discriminator_against_hand_computation(config, kp)
 
 
 def test_resnet50_depth_network_keys(official_keys):
@@ -243,7 +264,7 @@ def test_depth_golden(depth_golden, variant, layers):
         disp = decoder(features)
     want = depth_golden["outputs"][variant]
     for s in range(4):
-        torch.testing.assert_close(disp[s], want[f"disp_{s}"], atol=ATOL, rtol=0, msg=lambda m: f"disp_{s}: {m}")
+        torch.testing.assert_close(disp[s], want[f"disp_{s}"], atol=ATOL, rtol=0, msg=lambda m, s=s: f"disp_{s}: {m}")
     assert [list(f.shape) for f in features] == want["features_shapes"]
     torch.testing.assert_close(torch.stack([f.double().mean() for f in features]), want["features_mean"],
                                rtol=1e-5, atol=1e-7)

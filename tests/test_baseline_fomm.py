@@ -3,14 +3,27 @@ Reenactor wrapper, and loading the official checkpoint format."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from baselines._fomm_blocks import (KeypointModelConfig, Keypoints, KPDetector, MultiScaleDiscriminator,
-                                    OcclusionAwareGenerator, convex_hull_area, load_state_exact, normalize_kp)
-from reenact.contract import ReenactInputs
+from baselines._fomm_blocks import (
+    Discriminator,
+    DiscriminatorConfig,
+    KeypointModelConfig,
+    Keypoints,
+    KPDetector,
+    MultiScaleDiscriminator,
+    OcclusionAwareGenerator,
+    convex_hull_area,
+    kp2gaussian,
+    load_state_exact,
+    normalize_kp,
+)
 from baselines.fomm import FOMM, SMALL, VOX256_DISCRIMINATOR
+from reenact.contract import ReenactInputs
 from tests.conftest import fixture_path, state_dict_entries
 
 # Bounds from measured float32 noise: max |ours - golden| over AVX-512, AVX2 (ATEN_CPU_CAPABILITY=avx2 and
@@ -91,6 +104,52 @@ def test_full_size_state_dicts_equal_official_keys():
     assert state_dict_entries(model.generator) == official["generator"]
     assert state_dict_entries(model.kp_detector) == official["kp_detector"]
     assert state_dict_entries(MultiScaleDiscriminator(VOX256_DISCRIMINATOR)) == official["discriminator"]
+
+
+# ---------------------------------------------------------------------------------------------- discriminator
+
+
+def discriminator_by_hand(disc: Discriminator, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The official ``Discriminator.forward`` written out in float64 from the paper code's definition of each step:
+    4x4 valid conv, InstanceNorm (affine, instance statistics, eps 1e-5) except in block 0, LeakyReLU with slope
+    0.2 as max(x, 0.2 x), 2x2 average pool except after the last block, then the 1x1 prediction conv."""
+    blocks, maps, out = disc.down_blocks, [], x.double()
+    for i, block in enumerate(blocks):
+        out = F.conv2d(out, block.conv.weight.double(), block.conv.bias.double())
+        if i != 0:
+            mean, var = out.mean((2, 3), keepdim=True), out.var((2, 3), unbiased=False, keepdim=True)
+            out = ((out - mean) / torch.sqrt(var + 1e-5) * block.norm.weight.double()[:, None, None]
+                   + block.norm.bias.double()[:, None, None])
+        out = torch.maximum(out, 0.2 * out)
+        if i != len(blocks) - 1:
+            h, w = out.shape[2] // 2 * 2, out.shape[3] // 2 * 2
+            out = out[..., :h, :w].unflatten(3, (w // 2, 2)).unflatten(2, (h // 2, 2)).mean((3, 5))
+        maps.append(out)
+    return maps, F.conv2d(out, disc.conv.weight.double(), disc.conv.bias.double())
+
+
+def check_discriminator_against_hand_computation(config: DiscriminatorConfig, kp: Keypoints | None = None) -> None:
+    torch.manual_seed(0)
+    disc = Discriminator(config).eval()
+    with torch.no_grad():
+        for m in disc.modules():            # non-trivial affine InstanceNorm parameters
+            if isinstance(m, torch.nn.InstanceNorm2d):
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.5, 0.5)
+        image = torch.rand(2, 3, 96, 96)                     # the last block still normalises 6x6 values
+        maps, prediction = disc(image, kp)
+        x = image if kp is None else torch.cat([image, kp2gaussian(kp.value, (96, 96), config.kp_variance)], 1)
+        want_maps, want_prediction = discriminator_by_hand(disc, x)
+    assert len(maps) == config.num_blocks and all((m < 0).any() for m in maps)   # the slope is exercised
+    # float32 against float64, relative to each map's largest value (up to ~33): measured <= 1.5e-6 (13x margin)
+    for name, got, want in [*((f"feature map {i}", *pair) for i, pair in enumerate(zip(maps, want_maps))),
+                            ("prediction", prediction, want_prediction)]:
+        scale = max(1.0, want.abs().max().item())
+        assert (got.double() - want).abs().max().item() <= 2e-5 * scale, name
+
+
+def test_discriminator_matches_hand_computation():
+    """vox-256's discriminator (spectral norm) at a small width."""
+    check_discriminator_against_hand_computation(replace(VOX256_DISCRIMINATOR, block_expansion=8, max_features=32))
 
 
 def test_golden_inputs_have_the_recorded_batch_and_size(golden):

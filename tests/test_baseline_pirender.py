@@ -7,11 +7,21 @@ import json
 import pytest
 import torch
 
-from reenact.contract import ReenactInputs
-from baselines.pirender import (DEFAULT_CROP_PARAMS, FULL, SMALL, FaceGenerator, PIRenderConfig, PIRenderer,
-                                flow_to_deformation, motion_window, single_frame_windows, warp_image)
+from baselines.pirender import (
+    DEFAULT_CROP_PARAMS,
+    FULL,
+    SMALL,
+    FaceGenerator,
+    PIRenderConfig,
+    PIRenderer,
+    flow_to_deformation,
+    motion_window,
+    single_frame_windows,
+    warp_image,
+)
 from baselines.registry import get_class
 from reenact.assets import MissingAssetError
+from reenact.contract import ReenactInputs
 from tests.conftest import fixture_path, state_dict_entries
 
 # Bounds from measured float32 noise: max |ours - golden| over AVX-512, AVX2 (ATEN_CPU_CAPABILITY=avx2 and
@@ -171,12 +181,22 @@ def test_wrapper_builds_window_from_driving_coeffs_with_default_crop():
     assert out.shape == (2, 3, 64, 64) and out.min() >= 0 and out.max() <= 1 and not out.isnan().any()
 
 
-def test_wrapper_resizes_to_native_size_and_back():
-    model = PIRenderer.random(small=True)            # native 64
-    batch = ReenactInputs(source=torch.rand(1, 3, 128, 128), driving=torch.rand(1, 3, 128, 128),
-                          driving_coeffs=torch.randn(1, 257))
+@pytest.mark.parametrize("size", [128, 40])                     # down to the native 64 and back up; up and down
+def test_wrapper_resizes_bilinearly_to_native_size_and_back(size):
+    """Resizing is F.interpolate(bilinear, antialias=True, align_corners=False), the documented mode."""
+    from tests.test_baseline_x2face import bilinear
+
+    model = PIRenderer.random(small=True)
+    g = torch.Generator().manual_seed(size)
+    batch = ReenactInputs(source=torch.rand(2, 3, size, size, generator=g), driving=torch.rand(2, 3, size, size),
+                          driving_coeffs=torch.randn(2, 257, generator=g))
+    with torch.no_grad():
+        fake = model.net(bilinear(batch.source, model.net.config.image_size) * 2 - 1,
+                         model.driving_window(batch)).fake_image.clamp(-1, 1)
+    want = bilinear((fake + 1) / 2, size).clamp(0, 1)
     out = model.reenact(batch)
-    assert out.shape == (1, 3, 128, 128) and out.min() >= 0 and out.max() <= 1
+    assert out.shape == (2, 3, size, size)
+    assert _max_err(out, want) <= 1e-6                          # same ops, same order: equal up to rounding
 
 
 def test_wrapper_requires_coefficients():

@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from reenact.contract import ReenactInputs
 from baselines.registry import get_class
-from baselines.x2face import (FULL, SMALL, X2Face, X2FaceConfig, X2FaceNet, checkpoint_filter_fn,
-                              identity_grid)
+from baselines.x2face import FULL, SMALL, X2Face, X2FaceConfig, X2FaceNet, checkpoint_filter_fn, identity_grid
 from reenact.assets import MissingAssetError
+from reenact.contract import ReenactInputs
 from tests.conftest import fixture_path, state_dict_entries
 
 # Bounds from measured float32 noise: max |ours - golden| over AVX-512, AVX2 (ATEN_CPU_CAPABILITY=avx2 and
@@ -146,11 +146,21 @@ def test_wrapper_default_is_legacy_semantics_and_reproduces_golden(golden, legac
     assert _max_err(out, golden["outputs"]["forward_legacy_align_corners_true"].clamp(0, 1)) <= ATOL_SAMPLED
 
 
-def test_wrapper_resizes_to_native_size_and_back():
-    model = X2Face.random(small=True)                          # native 64
-    batch = ReenactInputs(source=torch.rand(1, 3, 128, 128), driving=torch.rand(1, 3, 128, 128))
-    out = model.reenact(batch)
-    assert out.shape == (1, 3, 128, 128) and out.min() >= 0 and out.max() <= 1 and not out.isnan().any()
+def bilinear(x: torch.Tensor, side: int) -> torch.Tensor:
+    """The wrappers' documented resize: bilinear, antialiased, align_corners=False."""
+    return F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+
+
+@pytest.mark.parametrize("size", [128, 40])                     # down to the native 64 and back up; up and down
+def test_wrapper_resizes_bilinearly_to_native_size_and_back(size):
+    model = X2Face.random(small=True)
+    source, driving = torch.rand(2, 2, 3, size, size, generator=torch.Generator().manual_seed(size))
+    native = model.net.config.image_size
+    with torch.no_grad():
+        want = bilinear(model.net(bilinear(driving, native), bilinear(source, native)), size).clamp(0, 1)
+    out = model.reenact(ReenactInputs(source=source, driving=driving))
+    assert out.shape == (2, 3, size, size)
+    assert _max_err(out, want) <= 1e-6                          # same ops, same order: equal up to rounding
 
 
 # ----------------------------------------------------------------------------------------------- checkpoint

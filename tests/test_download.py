@@ -10,9 +10,18 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.download import (DownloadSettings, backoff_seconds, check_url_template, classify_error,
-                                download_stage, download_video, format_selector, ledger_table, video_url,
-                                ydl_options)
+from pipelines.download import (
+    DownloadSettings,
+    backoff_seconds,
+    check_url_template,
+    classify_error,
+    download_stage,
+    download_video,
+    format_selector,
+    ledger_table,
+    video_url,
+    ydl_options,
+)
 from pipelines.media import ffmpeg_exe
 from pipelines.metadata import Clip, VideoJob
 from reenact.data.schema import LEDGER
@@ -146,8 +155,9 @@ def test_corrupt_file_is_a_decode_error(server, tmp_path):
 
 def test_slow_server_hits_the_socket_timeout(server, tmp_path):
     row = download_video("vid1", HEIGHT, tmp_path, settings(server.template("slow"), retries=1))
+    # status "timeout" proves the client gave up: had it waited out the 5 s stall, the server would have answered
+    # and the download succeeded. (No wall-clock bound: on a loaded machine it flaked.)
     assert (row["status"], row["attempts"]) == ("timeout", 2) and "timed out" in row["error"]
-    assert row["seconds"] < 4.5                                        # two 1 s timeouts, not the 5 s stall
 
 
 def test_flaky_server_succeeds_on_retry(server, tmp_path):

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from pipelines.extractors.landmark_fit import LandmarksExtractor
+from reenact.data.codec import uint8_to_tensor
 from reenact.data.schema import COEFFS
 from reenact.face3d.camera import PerspectiveCamera
 from reenact.face3d.coeffs import ANGLE, EXP, GAMMA, ID, TEX, TRANS
@@ -17,7 +18,7 @@ from reenact.face3d.face import project_landmarks
 from reenact.face3d.procedural import procedural_model
 from reenact.face3d.transforms import euler_to_matrix, rotation_angle_between
 from reenact.faces import landmark_fit as lf
-from reenact.faces.landmarks68 import dlib68
+from reenact.faces.landmarks68 import landmarks68
 from reenact.synth import world as synth_world
 from reenact.synth import writer
 from tests.conftest import fixture_path
@@ -36,6 +37,11 @@ def sample_chunk(rng: np.random.Generator, frames: int, yaw_max: float = 45.0, e
     c[:, TRANS] = np.stack([rng.uniform(-0.1, 0.1, frames), rng.uniform(-0.05, 0.15, frames),
                             rng.uniform(-3.6, -2.4, frames)], -1)
     return c
+
+
+def stills(frames: int) -> np.ndarray:
+    """Links for frames of :func:`sample_chunk`: their poses are independent draws, not neighbouring video frames."""
+    return np.zeros(frames - 1, dtype=bool)
 
 
 def truth_landmarks(model, coeffs: np.ndarray, size: int = SIZE) -> np.ndarray:
@@ -166,7 +172,7 @@ def test_noise_free_mean_face_is_recovered_exactly(small_model):
 def test_noise_free_fit_reaches_subpixel_residuals(small_model):
     rng = np.random.default_rng(7)
     c = sample_chunk(rng, 8, exp_std=0.5)
-    result = lf.fit_landmarks(truth_landmarks(small_model, c), SIZE, small_model)
+    result = lf.fit_landmarks(truth_landmarks(small_model, c), SIZE, small_model, links=stills(8))
     assert np.median(result.rmse) < 0.3, result.rmse
     assert rotation_errors_deg(c, result.coeffs).max() < 1.5
 
@@ -179,7 +185,7 @@ def test_recovers_head_pose_on_synthetic_sequences(full_model, capsys):
     for _ in range(2):
         c = sample_chunk(rng, 32)
         landmarks = truth_landmarks(full_model, c) + rng.normal(0, 1.0, (32, 68, 2))
-        result = lf.fit_landmarks(landmarks, SIZE, full_model)
+        result = lf.fit_landmarks(landmarks, SIZE, full_model, links=stills(32))
         assert (result.coeffs[:, ID] == result.coeffs[:1, ID]).all()          # one identity per chunk
         assert not result.coeffs[:, TEX].any() and not result.coeffs[:, GAMMA].any()
         errors.append(rotation_errors_deg(c, result.coeffs))
@@ -227,7 +233,8 @@ def test_extractor_rows_per_chunk_and_status(extractor, small_model):
     batch = {k: [] for k in ("chunk_id", "frame_index", "landmarks", "status", "error", "image")}
     for chunk_id, c in chunks.items():
         for i, points in enumerate(truth_landmarks(small_model, c) + rng.normal(0, 0.5, (len(c), 68, 2))):
-            for key, value in zip(batch, (chunk_id, i, points.reshape(-1).tolist(), "ok", "", None)):
+            # frame indices two apart: independent poses, not neighbouring frames (no temporal term, no pose-step gate)
+            for key, value in zip(batch, (chunk_id, 2 * i, points.reshape(-1).tolist(), "ok", "", None)):
                 batch[key].append(value)
     # a row failed upstream, a row with neither landmarks nor image, a row with garbage image bytes
     for key, values in (("status", ["decode_error", "ok", "ok"]), ("error", ["truncated", "", ""]),
@@ -259,7 +266,7 @@ def test_extractor_marks_bad_fits(small_model):
     points = truth_landmarks(small_model, c)
     points[2] = rng.uniform(0, SIZE, (68, 2))              # not a face
     strict = LandmarksExtractor(model="procedural-small", config=lf.FitConfig(max_rmse=4.0))
-    out = strict({"chunk_id": ["x#y#000000#000004"] * 4, "frame_index": [0, 1, 2, 3],
+    out = strict({"chunk_id": ["x#y#000000#000004"] * 4, "frame_index": [0, 2, 4, 6],
                   "landmarks": [p.reshape(-1) for p in points]})
     assert out["status"][2] == "fit_error" and "RMSE" in out["error"][2]
     assert out["fit_error"][2] > 4.0 and out["coeffs"][2] is not None
@@ -276,7 +283,8 @@ def test_extractor_on_a_real_photo_with_dlib(extractor):
     data = path.read_bytes()
     out = extractor({"chunk_id": ["p#v#000000#000001"], "frame_index": [0], "image": [data]})
     assert out["status"] == ["ok"], out["error"]
-    expected = dlib68()(Image.open(io.BytesIO(data)))               # the detector the extractor uses
+    image = uint8_to_tensor(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+    expected = landmarks68([image], symmetric=True)[0].numpy()     # the extractor's points: mirror-averaged dlib
     np.testing.assert_allclose(np.reshape(out["landmarks"][0], (68, 2)), expected, atol=1e-4)
     # the procedural face is not a real face: a few pixels of residual on a 250x262 photo
     assert out["fit_error"][0] < 8.0
@@ -327,7 +335,7 @@ def test_extractor_runs_as_a_ray_actor(ray_session, small_model):
     rng = np.random.default_rng(10)
     c = sample_chunk(rng, 6)
     points = truth_landmarks(small_model, c)
-    items = [{"chunk_id": "id10001#aaaaaaaaaaa#000000#000006", "frame_index": i, "status": "ok", "error": "",
+    items = [{"chunk_id": "id10001#aaaaaaaaaaa#000000#000006", "frame_index": 2 * i, "status": "ok", "error": "",
               "landmarks": points[i].reshape(-1).astype(np.float32)} for i in range(6)]
     ds = ray.data.from_items(items).map_batches(
         LandmarksExtractor, fn_constructor_kwargs={"model": "procedural-small", "landmark_source": "column"},

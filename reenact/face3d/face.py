@@ -4,7 +4,7 @@ reference model all go through :func:`build_face` (and :func:`render_face` when 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -49,14 +49,32 @@ def posed_vertices(model: MorphableModel, coeffs: torch.Tensor) -> tuple[torch.T
 
 
 def lit_colors(model: MorphableModel, rest: torch.Tensor, rotation: torch.Tensor, tex: torch.Tensor,
-               gamma: torch.Tensor) -> torch.Tensor:
+               gamma: torch.Tensor, vertices: torch.Tensor | None = None) -> torch.Tensor:
     """Lit vertex colours ``(N, V, 3)``: albedo from ``tex``, normals of the unposed shape ``rest (N, V, 3)``
     rotated into camera space, SH light ``gamma (N, 27)``. ``tex`` is ``(B, 80)`` with N = k B (meshes that share
-    one albedo, e.g. a source and its target, are stacked k at a time)."""
-    # row vectors: n @ R^T = (R n)^T, the rotation the vertices get
-    normals = model.vertex_normals(rest) @ rotation.transpose(-1, -2)       # camera space, N x V x 3
+    one albedo, e.g. a source and its target, are stacked k at a time).
+
+    ``vertices`` ``(n,)`` int64 (e.g. :func:`shown_vertices`) shades only those vertices, with the same values;
+    the others are 0.
+    """
     albedo = model.albedo(tex)                                               # B x V x 3
-    return shade(albedo.repeat(rest.shape[0] // tex.shape[0], 1, 1), normals, gamma)
+    normals = model.vertex_normals(rest, vertices)                           # N x (V or n) x 3
+    if vertices is not None:
+        albedo = albedo.index_select(1, vertices)
+    # row vectors: n @ R^T = (R n)^T, the rotation the vertices get
+    colors = shade(albedo.repeat(rest.shape[0] // tex.shape[0], 1, 1), normals @ rotation.transpose(-1, -2), gamma)
+    if vertices is None:
+        return colors
+    return colors.new_zeros(rest.shape).index_copy_(1, vertices, colors)
+
+
+def shown_vertices(fragments: Fragments, faces: torch.Tensor, num_vertices: int) -> torch.Tensor:
+    """``(n,)`` int64 sorted ids of the vertices of the triangles that some pixel of ``fragments`` shows (the union
+    over the batch): the only vertices whose attributes :func:`interpolate` reads."""
+    ids = fragments.triangle_id.reshape(-1).clamp(min=0)        # empty pixels add triangle 0: harmless
+    shown = faces.index_select(0, ids).reshape(-1)
+    mask = torch.zeros(num_vertices, dtype=torch.bool, device=faces.device)
+    return mask.index_fill_(0, shown, True).nonzero().squeeze(1)
 
 
 def build_face(model: MorphableModel, coeffs: torch.Tensor, camera: PerspectiveCamera,
@@ -82,9 +100,13 @@ class FaceRender:
 
 def render_face(model: MorphableModel, coeffs: torch.Tensor, camera: PerspectiveCamera,
                 backend: str = "auto") -> FaceRender:
-    """Render the faces of ``coeffs (B, 257)`` seen by ``camera``: :func:`build_face`, rasterize, interpolate."""
-    mesh = build_face(model, coeffs, camera)
+    """Render the faces of ``coeffs (B, 257)`` seen by ``camera``: pose and project (:func:`build_face`),
+    rasterize, shade the vertices the raster shows, interpolate. ``mesh.colors`` are 0 at the other vertices."""
+    c = Coeffs.from_vector(coeffs)
+    mesh = build_face(model, coeffs, camera, with_colors=False)
     frags = rasterize(mesh.screen, model.triangles, RasterSettings((camera.height, camera.width), backend=backend))
+    shown = shown_vertices(frags, model.triangles, model.num_vertices)
+    mesh = replace(mesh, colors=lit_colors(model, mesh.rest, mesh.rotation, c.tex, c.gamma, shown))
     image = interpolate(frags, model.triangles, mesh.colors).permute(0, 3, 1, 2)   # B x 3 x H x W
     return FaceRender(image=image, mask=frags.mask.unsqueeze(1).float(), fragments=frags, mesh=mesh)
 

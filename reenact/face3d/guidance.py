@@ -23,12 +23,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from reenact.face3d.camera import PerspectiveCamera, pixel_grid, pixel_to_grid
 from reenact.face3d.coeffs import Coeffs, check_coeffs, target_coeffs
-from reenact.face3d.face import build_face, lit_colors
+from reenact.face3d.face import build_face, lit_colors, shown_vertices
 from reenact.face3d.morphable import MorphableModel
 from reenact.face3d.raster import Fragments, RasterSettings, interpolate, rasterize
 
@@ -71,6 +72,21 @@ def _screen_depth_gradient(corners: torch.Tensor) -> torch.Tensor:
     return torch.stack([gx, gy], -1)
 
 
+def _centroids_visible(corners: torch.Tensor, batch: torch.Tensor, source_depth: torch.Tensor,
+                       tolerance: float) -> torch.Tensor:
+    """The depth test of triangles given by their source-screen corners ``(..., 3, 3)`` against the z-buffer of
+    source ``batch`` ``(...)``: ``(...)`` bool (see :func:`depth_tested_triangles`)."""
+    b, h, w = source_depth.shape
+    centroid = corners.mean(-2)                                              # ... x 3
+    col, row = centroid[..., 0].floor(), centroid[..., 1].floor()
+    inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
+    offset = torch.stack([col + 0.5, row + 0.5], -1) - centroid[..., :2]     # centroid -> pixel centre
+    slack = (_screen_depth_gradient(corners) * offset).sum(-1).abs().clamp(max=SLOPE_CAP)
+    pixel = batch * (h * w) + row.long().clamp(0, h - 1) * w + col.long().clamp(0, w - 1)
+    zbuf = source_depth.reshape(-1).take(pixel)
+    return inside & (centroid[..., 2] <= zbuf + tolerance + slack)
+
+
 def depth_tested_triangles(source: Fragments, faces: torch.Tensor, source_screen: torch.Tensor,
                            tolerance: float | None = None) -> torch.Tensor:
     """``(B, F)`` bool: triangles whose source centroid is inside the image and not behind the source z-buffer.
@@ -78,17 +94,33 @@ def depth_tested_triangles(source: Fragments, faces: torch.Tensor, source_screen
     The centroid is compared with the z-buffer at the pixel containing it, allowing ``tolerance`` plus the
     triangle's own depth change between the centroid and that pixel's centre (capped at ``SLOPE_CAP``).
     """
-    tolerance = DEPTH_TOLERANCE if tolerance is None else tolerance
-    b, h, w = source.depth.shape
+    b = source.depth.shape[0]
     corners = source_screen[:, faces]                                        # B x F x 3 x 3
-    centroid = corners.mean(2)                                               # B x F x 3
-    col, row = centroid[..., 0].floor(), centroid[..., 1].floor()
-    inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
-    offset = torch.stack([col + 0.5, row + 0.5], -1) - centroid[..., :2]     # centroid -> pixel centre
-    slack = (_screen_depth_gradient(corners) * offset).sum(-1).abs().clamp(max=SLOPE_CAP)
-    pixel = row.long().clamp(0, h - 1) * w + col.long().clamp(0, w - 1)      # B x F
-    zbuf = source.depth.reshape(b, -1).gather(1, pixel)
-    return inside & (centroid[..., 2] <= zbuf + tolerance + slack)
+    batch = torch.arange(b, device=faces.device).view(b, 1).expand(b, faces.shape[0])
+    return _centroids_visible(corners, batch, source.depth, DEPTH_TOLERANCE if tolerance is None else tolerance)
+
+
+def depth_tested_occlusion(target: Fragments, source: Fragments, faces: torch.Tensor, source_screen: torch.Tensor,
+                           tolerance: float | None = None) -> torch.Tensor:
+    """Eq. 4 with the depth-test rule: ``(B, H, W)`` float, :func:`depth_tested_triangles` of each covered target
+    pixel's triangle (the same test, run only for the triangles the target shows, once per pixel)."""
+    b, h, w = target.triangle_id.shape
+    ids = target.triangle_id.reshape(-1)
+    covered = _nonzero(ids >= 0)                                             # n flat pixels
+    triangle = ids.index_select(0, covered)
+    batch = covered // (h * w)
+    corner_ids = faces.index_select(0, triangle) + (batch * source_screen.shape[1]).unsqueeze(1)    # n x 3
+    corners = source_screen.reshape(-1, 3).index_select(0, corner_ids.reshape(-1)).view(-1, 3, 3)
+    visible = _centroids_visible(corners, batch, source.depth, DEPTH_TOLERANCE if tolerance is None else tolerance)
+    occlusion = torch.zeros(b * h * w, dtype=source_screen.dtype, device=ids.device)
+    return occlusion.index_copy_(0, covered, visible.to(occlusion.dtype)).view(b, h, w)
+
+
+def _nonzero(mask: torch.Tensor) -> torch.Tensor:
+    """Indices of True in a 1-D mask (numpy's is several times faster than torch's on CPU)."""
+    if mask.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(mask.numpy()))
+    return mask.nonzero().squeeze(1)
 
 
 def occlusion_map(target: Fragments, source: Fragments, num_triangles: int,
@@ -143,13 +175,17 @@ def compute_guidance(model: MorphableModel, source_coeffs: torch.Tensor, driving
     rest, rotation, screen, both = mesh.rest, mesh.rotation, mesh.screen, Coeffs.from_vector(both)
     frags = rasterize(screen, faces, RasterSettings(image_size=(camera.height, camera.width), backend=backend))
     frag_s, frag_t = split_fragments(frags, b)
-    visible = depth_tested_triangles(frag_s, faces, screen[:b]) if occlusion_rule == "depth_test" else None
+    if occlusion_rule == "depth_test":
+        occlusion = depth_tested_occlusion(frag_t, frag_s, faces, screen[:b])
+    else:
+        occlusion = occlusion_map(frag_t, frag_s, model.num_triangles)
     shaded = slice(0, 2 * b) if with_source_render else slice(b, 2 * b)     # meshes that need colours
-    colors = lit_colors(model, rest[shaded], rotation[shaded], both.tex[b:], both.gamma[shaded])
+    shown = shown_vertices(frags if with_source_render else frag_t, faces, model.num_vertices)
+    colors = lit_colors(model, rest[shaded], rotation[shaded], both.tex[b:], both.gamma[shaded], shown)
     target = interpolate(frag_t, faces, torch.cat([screen[:b, :, :2], colors[-b:]], -1))   # B x H x W x (2 + 3)
     return Guidance(
         flow=_nchw(computed_flow(frag_t, target[..., :2])),
-        occlusion=occlusion_map(frag_t, frag_s, model.num_triangles, visible).unsqueeze(1),
+        occlusion=occlusion.unsqueeze(1),
         render=_nchw(target[..., 2:]),
         face_mask=frag_t.mask.unsqueeze(1).float(),
         source_render=_nchw(interpolate(frag_s, faces, colors[:b])) if with_source_render else None,

@@ -57,6 +57,9 @@ class MorphableModel:
         object.__setattr__(self, "_shape_rows", shape_rows)
         object.__setattr__(self, "_tex_rows", tex_rows)
         object.__setattr__(self, "_mean_flat", self.mean_shape.reshape(1, -1).contiguous())
+        # point_buf with its -1 padding pointing at one zero normal after the last triangle (index_select needs it)
+        padding = torch.full_like(self.vertex_triangles, self.triangles.shape[0])
+        object.__setattr__(self, "_adjacent", torch.where(self.vertex_triangles < 0, padding, self.vertex_triangles))
 
     @property
     def num_vertices(self) -> int:
@@ -87,13 +90,19 @@ class MorphableModel:
         """Per-vertex albedo ``(..., V, 3)`` in [0, 1] (Deep3D divides by 255) from ``(..., 80)``."""
         return (self.mean_tex + (tex_coeffs @ self._tex_rows).unflatten(-1, (-1, 3))) / 255.0
 
-    def vertex_normals(self, verts: torch.Tensor) -> torch.Tensor:
-        """Unit vertex normals ``(..., V, 3)``: the normalised sum of adjacent unit face normals (as Deep3D)."""
-        corners = verts[..., self.triangles.reshape(-1), :].unflatten(-2, (-1, 3))       # ... x F x 3 x 3
+    def vertex_normals(self, verts: torch.Tensor, vertices: torch.Tensor | None = None) -> torch.Tensor:
+        """Unit vertex normals ``(..., V, 3)``: the normalised sum of adjacent unit face normals (as Deep3D).
+
+        ``vertices`` ``(n,)`` int64 picks the vertices to compute (``(..., n, 3)``, the same values as the full
+        result's rows): each vertex gathers its adjacent triangles (``vertex_triangles``), no scatter-adds.
+        """
+        corners = verts.index_select(-2, self.triangles.reshape(-1)).unflatten(-2, (-1, 3))   # ... x F x 3 x 3
         v0, v1, v2 = corners.unbind(-2)
         face_normals = F.normalize(torch.linalg.cross(v0 - v1, v1 - v2, dim=-1), dim=-1)
         padded = torch.cat([face_normals, torch.zeros_like(face_normals[..., :1, :])], dim=-2)  # index -1 -> zero
-        return F.normalize(padded[..., self.vertex_triangles, :].sum(-2), dim=-1)
+        adjacent = self._adjacent if vertices is None else self._adjacent.index_select(0, vertices)
+        picked = padded.index_select(-2, adjacent.reshape(-1)).unflatten(-2, adjacent.shape)   # ... x n x K x 3
+        return F.normalize(picked.sum(-2), dim=-1)
 
     def landmarks(self, verts: torch.Tensor) -> torch.Tensor:
         """The 68 landmark points of ``verts (..., V, D)`` -> ``(..., 68, D)``."""

@@ -21,7 +21,15 @@ prior (4.7 % rms for the procedural model). Expect depth errors of a few percent
 face near the camera from a large one further away.
 
 ``alpha`` is shared by all frames of a chunk (one identity per video), ``beta_t`` and the pose are per frame.
-Texture and lighting are not observable from landmarks: ``tex`` and ``gamma`` are written as zeros.
+Issue 12 changed three things. The identity prior's weight grows with the number of frames beyond
+``id_prior_frames`` (it no longer fades against the data as frames are added, so long chunks keep alpha inside the
+prior).
+A temporal term joins neighbouring frames (``rotation_step``, ``trans_step``, ``exp_step``: Gaussian steps between
+frames whose indices differ by one), solved Jacobi-style inside the joint stage: its exact gradient, and a diagonal
+Hessian bound (twice the linked neighbours' precision) so the per-frame blocks stay independent. And every frame
+passes the plausibility gates of :mod:`reenact.faces.gates`. Texture and lighting are not observable from landmarks:
+:func:`fit_landmarks` writes zeros; :class:`LandmarkFitEstimator` fits them to the pixels
+(:mod:`reenact.faces.photometric`).
 
 Solver: Levenberg-Marquardt (Gauss-Newton with Marquardt damping) in float64 with analytic Jacobians. Rotations are
 updated on SO(3) (``R <- exp([w]x) R``) and written as Euler angles at the end (:func:`matrix_to_euler`; yaw must stay
@@ -38,14 +46,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from reenact.data.schema import Status
 from reenact.face3d.camera import PerspectiveCamera
-from reenact.face3d.coeffs import ANGLE, EXP, ID, NUM_COEFFS, TRANS
+from reenact.face3d.coeffs import ANGLE, EXP, GAMMA, ID, NUM_COEFFS, TEX, TRANS
 from reenact.face3d.morphable import NUM_EXP, NUM_ID, NUM_LANDMARKS, MorphableModel
 from reenact.face3d.transforms import matrix_to_euler
 from reenact.faces.estimate import CoeffEstimate
@@ -79,6 +87,20 @@ class FitConfig:
                                                       "caller's setting)"})
     max_rmse: float = field(default=6.0, metadata={"help": "frames whose landmark RMSE (px at 256^2) exceeds this "
                                                           "are written with status fit_error"})
+    id_prior_frames: float = field(default=16.0, metadata={
+        "help": "the identity prior weighs max(1, T / id_prior_frames) times for T frames, so beyond this many "
+                "frames its weight no longer fades against the data (0: once per chunk, the plain MAP whose "
+                "identity leaves the prior on long real clips)"})
+    rotation_step: float = field(default=2.0, metadata={
+        "help": "temporal term: std of the head rotation between neighbouring frames, degrees (0: off)"})
+    trans_step: float = field(default=0.05, metadata={
+        "help": "temporal term: std of the translation change between neighbouring frames, decimetres (0: off)"})
+    estimate_sigma: bool = field(default=True, metadata={
+        "help": "estimate the landmark noise from the residuals of a first joint fit and refit with it (never below "
+                "landmark_sigma): real faces, whose dlib points and model landmarks disagree by ~2 px, then weigh "
+                "the priors as they should"})
+    exp_step: float = field(default=0.5, metadata={
+        "help": "temporal term: std of the expression change between neighbouring frames (0: off)"})
 
 
 @dataclass(frozen=True)
@@ -127,6 +149,17 @@ def skew(v: torch.Tensor) -> torch.Tensor:
 def axis_angle_to_matrix(w: torch.Tensor) -> torch.Tensor:
     """Rodrigues: rotation vectors ``(..., 3)`` -> ``(..., 3, 3)``."""
     return torch.linalg.matrix_exp(skew(w))
+
+
+def matrix_to_axis_angle(rotation: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices ``(..., 3, 3)`` (angle below 180 degrees) -> rotation vectors ``(..., 3)``."""
+    cos = ((rotation.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1)
+    angle = torch.acos(cos)
+    v = torch.stack([rotation[..., 2, 1] - rotation[..., 1, 2], rotation[..., 0, 2] - rotation[..., 2, 0],
+                     rotation[..., 1, 0] - rotation[..., 0, 1]], -1) / 2          # sin(angle) * axis
+    sin = torch.sin(angle)
+    scale = torch.where(sin > 1e-8, angle / sin.clamp_min(1e-8), 1.0 + angle.square() / 6)
+    return v * scale[..., None]
 
 
 def weak_perspective_pose(landmarks: torch.Tensor, points: torch.Tensor, camera: PerspectiveCamera,
@@ -192,6 +225,8 @@ class _Problem:
     exp_precision: float         # 1 / s_exp^2
     depth_mean: torch.Tensor     # T, prior mean of trans z
     depth_precision: torch.Tensor  # T, 1 / (prior std of trans z)^2 (0: flat)
+    links: torch.Tensor = None   # T - 1 bool: frames t and t + 1 are neighbours (temporal term)
+    step_precision: tuple[float, float, float] = (0.0, 0.0, 0.0)   # 1 / std^2 of rotation (rad), trans, exp steps
 
     def residuals(self, state: _State) -> torch.Tensor:
         """Whitened residuals ``(T, 68, 2)``."""
@@ -203,7 +238,21 @@ class _Problem:
                 + self.depth_precision * (state.trans[:, 2] - self.depth_mean).square())
 
     def cost(self, state: _State) -> torch.Tensor:
-        return self.frame_costs(state).sum() + self.id_precision * state.alpha.square().sum()
+        return (self.frame_costs(state).sum() + self.id_precision * state.alpha.square().sum()
+                + self.temporal_cost(state))
+
+    def step_differences(self, state: _State) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Between frames t and t + 1 ``(T - 1, .)``: rotation ``log(R_t R_t+1^T)``, translation and expression
+        differences."""
+        rotation = matrix_to_axis_angle(state.rotation[:-1] @ state.rotation[1:].transpose(1, 2))
+        return rotation, state.trans[:-1] - state.trans[1:], state.beta[:-1] - state.beta[1:]
+
+    def temporal_cost(self, state: _State) -> torch.Tensor:
+        """sum over linked neighbours of |log(R_t R_t+1^T)|^2 / s_r^2 + |t_t - t_t+1|^2 / s_t^2 + |b_t - b_t+1|^2 / s_b^2."""
+        if self.links is None or not any(self.step_precision) or len(state.beta) < 2:
+            return torch.zeros((), dtype=state.beta.dtype)
+        terms = [p * d.square().sum(1) for p, d in zip(self.step_precision, self.step_differences(state))]
+        return (sum(terms) * self.links).sum()
 
     def linearise(self, state: _State) -> "_Linearisation":
         b, cam = self.bases, self.camera
@@ -251,14 +300,36 @@ def _per_landmark(d_shape: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
 
 
 def _frame_priors(problem: _Problem, state: _State) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-frame prior precisions and offsets from the prior means, both ``(T, 70)`` (beta, then w, t)."""
+    """Per-frame prior precisions (the diagonal of their Hessian) and gradients, both ``(T, 70)`` (beta, w, t)."""
     precision = torch.zeros(len(state.beta), NUM_FRAME, dtype=state.beta.dtype)
     precision[:, :NUM_EXP] = problem.exp_precision
     precision[:, -1] = problem.depth_precision
     offsets = torch.zeros_like(precision)
     offsets[:, :NUM_EXP] = state.beta
     offsets[:, -1] = state.trans[:, 2] - problem.depth_mean
-    return precision, offsets
+    gradient = precision * offsets
+    if problem.links is not None and any(problem.step_precision) and len(state.beta) > 1:
+        step_precision, step_gradient = _temporal_terms(problem, state)
+        precision, gradient = precision + step_precision, gradient + step_gradient
+    return precision, gradient
+
+
+def _temporal_terms(problem: _Problem, state: _State) -> tuple[torch.Tensor, torch.Tensor]:
+    """The temporal term's per-frame diagonal ``(T, 70)`` (twice the number of linked neighbours times the step
+    precision: a Gershgorin bound of the coupled block, so the decoupled per-frame step never overshoots) and its
+    exact gradient ``(T, 70)`` (factor 2 dropped, as everywhere)."""
+    rot, trans, beta = problem.step_differences(state)
+    link = problem.links.to(state.beta.dtype)[:, None]
+    p_rot, p_trans, p_exp = problem.step_precision
+    diffs = torch.cat([p_exp * beta, p_rot * rot, p_trans * trans], 1) * link      # (T-1) x 70, order beta, w, t
+    gradient = torch.zeros(len(state.beta), NUM_FRAME, dtype=state.beta.dtype)
+    gradient[:-1] += diffs
+    gradient[1:] -= diffs
+    degree = torch.zeros(len(state.beta), dtype=state.beta.dtype)
+    degree[:-1] += link[:, 0]
+    degree[1:] += link[:, 0]
+    weights = torch.cat([torch.full((NUM_EXP,), p_exp), torch.full((3,), p_rot), torch.full((3,), p_trans)]).to(degree)
+    return 2 * degree[:, None] * weights, gradient
 
 
 def _normal_equations(problem: _Problem, state: _State, pose_only: bool = False):
@@ -270,11 +341,11 @@ def _normal_equations(problem: _Problem, state: _State, pose_only: bool = False)
     """
     lin = problem.linearise(state)
     r = lin.r.flatten(1)                                                              # T x 136
-    precision, offsets = _frame_priors(problem, state)
+    precision, prior_gradient = _frame_priors(problem, state)
     jf = lin.pose_jacobian() if pose_only else lin.frame_jacobian(problem.bases)      # T x 136 x {6, 70}
     if pose_only:
-        precision, offsets = precision[:, NUM_EXP:], offsets[:, NUM_EXP:]
-    g_f = (jf.transpose(1, 2) @ r[..., None])[..., 0] + precision * offsets
+        precision, prior_gradient = precision[:, NUM_EXP:], prior_gradient[:, NUM_EXP:]
+    g_f = (jf.transpose(1, 2) @ r[..., None])[..., 0] + prior_gradient
     h_ff = jf.transpose(1, 2) @ jf + torch.diag_embed(precision)                      # T x n x n
     if pose_only:
         return None, g_f, None, None, h_ff
@@ -313,6 +384,7 @@ def _solve_frames(h_ff: torch.Tensor, rhs: torch.Tensor, mask: torch.Tensor) -> 
 
 def _pose_stage(problem: _Problem, state: _State, config: FitConfig) -> tuple[_State, int]:
     """LM on the per-frame poses only (alpha, beta fixed): frames are independent, each with its own damping."""
+    problem = replace(problem, links=None)        # the temporal term couples frames: the joint stage adds it
     mu = torch.full((len(problem.target),), config.damping, dtype=torch.float64)
     costs = problem.frame_costs(state)
     for it in range(config.pose_iterations):
@@ -373,7 +445,8 @@ def landmark_weights(config: FitConfig) -> torch.Tensor:
 
 
 def fit_landmarks(landmarks, image_size: int, model: MorphableModel | LandmarkBases,
-                  config: FitConfig = FitConfig(), camera: PerspectiveCamera | None = None) -> FitResult:
+                  config: FitConfig = FitConfig(), camera: PerspectiveCamera | None = None,
+                  links=None) -> FitResult:
     """Fit shared identity, per-frame expression and pose to 68 landmarks of T frames of one chunk.
 
     Args:
@@ -382,6 +455,8 @@ def fit_landmarks(landmarks, image_size: int, model: MorphableModel | LandmarkBa
             of it unless ``camera`` is given. Pixel settings of ``config`` scale by ``image_size / 256``.
         model: the morphable model, or its :func:`landmark_bases` (precomputed once per actor).
         config: :class:`FitConfig`.
+        links: ``(T - 1,)`` bool, frames t and t + 1 are neighbours in time (the temporal term joins them);
+            default: all, i.e. the frames are consecutive.
     Returns:
         :class:`FitResult` with ``(T, 257)`` coefficients for that camera.
     """
@@ -394,8 +469,11 @@ def fit_landmarks(landmarks, image_size: int, model: MorphableModel | LandmarkBa
         raise ValueError(f"expected a positive image size, got {image_size}")
     bases = model if isinstance(model, LandmarkBases) else landmark_bases(model)
     camera = camera or PerspectiveCamera.deep3d(int(image_size))
+    links = torch.ones(len(target) - 1, dtype=torch.bool) if links is None else torch.as_tensor(links, dtype=torch.bool)
+    if links.shape != (len(target) - 1,):
+        raise ValueError(f"expected links of shape ({len(target) - 1},), got {tuple(links.shape)}")
     with torch_threads(config.threads):
-        return _fit(target, int(image_size), bases, config, camera)
+        return _fit(target, int(image_size), bases, config, camera, links)
 
 
 @contextmanager
@@ -410,24 +488,48 @@ def torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def id_prior_weight(frames: int, config: FitConfig) -> float:
+    """How many times the identity prior counts for a fit of ``frames`` frames (see ``FitConfig.id_prior_frames``)."""
+    return max(1.0, frames / config.id_prior_frames) if config.id_prior_frames > 0 else 1.0
+
+
+def step_precisions(config: FitConfig) -> tuple[float, float, float]:
+    """``1 / std^2`` of the temporal term's rotation (radians), translation and expression steps (0 where off)."""
+    def precision(std: float) -> float:
+        return 1.0 / std**2 if std > 0 else 0.0
+    return precision(np.deg2rad(config.rotation_step)), precision(config.trans_step), precision(config.exp_step)
+
+
 def _fit(target: torch.Tensor, image_size: int, bases: LandmarkBases, config: FitConfig,
-         camera: PerspectiveCamera) -> FitResult:
+         camera: PerspectiveCamera, links: torch.Tensor | None) -> FitResult:
     sigma = config.landmark_sigma * image_size / REFERENCE_SIZE
     weights = landmark_weights(config)
     rotation, trans = weak_perspective_pose(target, bases.mean, camera, weights)
     depth_std = config.depth_prior * (camera.distance - trans[:, 2])
-    problem = _Problem(bases, camera, target, weights.sqrt() / sigma,
-                       id_precision=1.0 / config.id_prior**2, exp_precision=1.0 / config.exp_prior**2,
-                       depth_mean=trans[:, 2].clone(),
-                       depth_precision=depth_std.pow(-2) if config.depth_prior > 0 else torch.zeros_like(depth_std))
     num = len(target)
+    problem = _Problem(bases, camera, target, weights.sqrt() / sigma,
+                       id_precision=id_prior_weight(num, config) / config.id_prior**2,
+                       exp_precision=1.0 / config.exp_prior**2, depth_mean=trans[:, 2].clone(),
+                       depth_precision=depth_std.pow(-2) if config.depth_prior > 0 else torch.zeros_like(depth_std),
+                       links=links, step_precision=step_precisions(config))
     state = _State(torch.zeros(NUM_ID, dtype=torch.float64), torch.zeros(num, NUM_EXP, dtype=torch.float64),
                    rotation, trans)
     state, pose_its = _pose_stage(problem, state, config)
     joint_its = 0
     if config.fit_identity or config.fit_expression:
         state, joint_its = _joint_stage(problem, state, config)
+        noise = residual_sigma(problem, state)
+        if config.estimate_sigma and noise > sigma * 1.05:
+            problem = replace(problem, sqrt_w=weights.sqrt() / noise)
+            state, more = _joint_stage(problem, state, config)
+            joint_its += more
     return _result(problem, state, pose_its + joint_its)
+
+
+def residual_sigma(problem: _Problem, state: _State) -> float:
+    """Per-coordinate RMS of the landmark residuals in pixels (the noise the data show)."""
+    residual = project(state.posed(problem.bases), problem.camera) - problem.target
+    return float(residual.square().mean().sqrt())
 
 
 def _result(problem: _Problem, state: _State, iterations: int) -> FitResult:
@@ -443,83 +545,163 @@ def _result(problem: _Problem, state: _State, iterations: int) -> FitResult:
 
 
 # ---------------------------------------------------------------- the estimator
+@dataclass(frozen=True)
+class FaceLandmarks:
+    """68 points of B frames and where they come from: ``points`` ``(B, 68, 2)`` and ``boxes`` ``(B, 4)`` (NaN where
+    no face is trusted), ``status`` / ``reason`` of the cross-checked detection."""
+
+    points: torch.Tensor
+    boxes: torch.Tensor
+    status: tuple[Status, ...]
+    reason: tuple[str, ...]
+
+
+def links_from_indices(frame_index) -> torch.Tensor:
+    """``(T - 1,)`` bool: consecutive entries of ``frame_index`` (sorted) are neighbouring frames."""
+    index = torch.as_tensor(np.asarray(frame_index, dtype=np.int64))
+    return (index[1:] - index[:-1]) == 1
+
+
 class LandmarkFitEstimator:
     """RGB float images of one chunk -> coefficients by fitting the morphable model to dlib's 68 points.
 
-    All images passed to one call are fitted together (one shared identity): pass the frames of one video or chunk.
-    Frames of different sizes are fitted in separate groups, each in its frame's Deep3D camera.
+    All images passed to one call are fitted together (one shared identity): pass the frames of one video or chunk,
+    in order. Frames of different sizes are fitted in separate groups, each in its frame's Deep3D camera. Faces are
+    found by :func:`reenact.faces.detect.cross_check` (both detectors, tracked through the frames when ``track``),
+    and every fitted frame passes the plausibility gates of :mod:`reenact.faces.gates` or gets ``fit_error`` with
+    the reason.
 
     Args:
         model: morphable model spec for :func:`reenact.face3d.io.load_morphable_model`.
         config: :class:`FitConfig`.
-        mtcnn_fallback: when dlib's HOG detector finds no face (it is a frontal detector), take the face box from
-            MTCNN (facenet-pytorch) and run the 68-point predictor in it.
+        checks: detection thresholds (:class:`reenact.faces.detect.DetectionChecks`).
+        gates: plausibility thresholds (:class:`reenact.faces.gates.Gates`; default ``Gates()``); False: only
+            ``config.max_rmse``.
+        track: the frames of a call are a video in order (follow the face through them).
+        photometric_frames: with images, fit texture and light (:mod:`reenact.faces.photometric`) on this many
+            ``ok`` frames spread over the call; tex is shared and every frame gets the mean light (0: tex and gamma
+            stay zero, the flat render).
+        photometric: :class:`reenact.faces.photometric.PhotometricConfig`.
+        symmetric_landmarks: average dlib's points on each frame with those on its mirror image
+            (:func:`reenact.faces.landmarks68.landmarks68` ``symmetric``): dlib's predictor is not mirror-symmetric,
+            which on real clips moved the fitted yaw by 1-4 degrees between a frame and its mirror.
         assets: asset folder override.
     """
 
     name = NAME
 
-    def __init__(self, model: str = "procedural-full", config: FitConfig = FitConfig(), *,
-                 mtcnn_fallback: bool = True, assets: str | None = None):
+    def __init__(self, model: str = "procedural-full", config: FitConfig = FitConfig(), *, checks=None,
+                 gates=None, track: bool = True, photometric_frames: int = 4, photometric=None,
+                 symmetric_landmarks: bool = True, assets: str | None = None):
         from reenact.face3d.io import load_morphable_model
+        from reenact.faces.detect import DetectionChecks
+        from reenact.faces.gates import Gates
+        from reenact.faces.photometric import PhotometricConfig
 
         self.model_name = model
-        self.bases = landmark_bases(load_morphable_model(model, assets))
+        self.model = load_morphable_model(model, assets)
+        self.bases = landmark_bases(self.model)
+        self.photometric_frames = int(photometric_frames)
+        self.symmetric_landmarks = symmetric_landmarks
+        self.photometric = photometric or PhotometricConfig()
         self.config = config
-        self.mtcnn_fallback = mtcnn_fallback
+        self.checks = checks or DetectionChecks()
+        self.gates = Gates() if gates is None else (gates or None)
+        self.track = track
 
     def estimate_coeffs(self, images: ImageBatch) -> torch.Tensor:
         """``(B, 257)`` float32; NaN rows where no face was found."""
         return self.estimate(images).coeffs
 
-    def landmarks(self, images: ImageBatch) -> torch.Tensor:
-        """dlib's 68 points ``(B, 68, 2)`` (continuous pixels), NaN rows where no face (MTCNN box as fallback)."""
+    def landmarks(self, images: ImageBatch, track: bool | None = None) -> torch.Tensor:
+        """dlib's 68 points ``(B, 68, 2)`` (continuous pixels) in the cross-checked boxes, NaN rows where no face."""
+        return self.detect_landmarks(images, track).points
+
+    def detect_landmarks(self, images: ImageBatch, track: bool | None = None) -> FaceLandmarks:
+        """Cross-checked face boxes and dlib's 68 points in them."""
+        from reenact.faces.detect import cross_check
         from reenact.faces.landmarks68 import landmarks68
 
         images = image_list(images)
-        points = landmarks68(images)
-        missing = [i for i in range(len(images)) if not torch.isfinite(points[i]).all()]
-        if missing and self.mtcnn_fallback:
-            from reenact.faces.detect import detect
+        faces = cross_check(images, self.checks, track=self.track if track is None else track)
+        points = landmarks68(images, faces.boxes, symmetric=self.symmetric_landmarks)
+        return FaceLandmarks(points, faces.boxes, faces.status, faces.reason)
 
-            subset = [images[i] for i in missing]
-            points[missing] = landmarks68(subset, detect(subset, "mtcnn").boxes)
-        return points
-
-    def estimate(self, images: ImageBatch, landmarks: torch.Tensor | None = None) -> CoeffEstimate:
-        """Detect (unless ``landmarks`` ``(B, 68, 2)`` are given) and fit B frames with one shared identity."""
+    def estimate(self, images: ImageBatch, landmarks: torch.Tensor | None = None, *,
+                 frame_index=None) -> CoeffEstimate:
+        """Detect (unless ``landmarks`` ``(B, 68, 2)`` are given) and fit B frames with one shared identity.
+        ``frame_index`` (default ``0..B-1``) says which frames are neighbours for the temporal term."""
         images = image_list(images)
-        points = self.landmarks(images) if landmarks is None else torch.as_tensor(landmarks, dtype=torch.float64)
         sizes = [(int(im.shape[2]), int(im.shape[1])) for im in images]
-        return self.fit_points(points, sizes)
+        if landmarks is not None:
+            return self.fit_points(torch.as_tensor(landmarks, dtype=torch.float64), sizes, frame_index=frame_index)
+        found = self.detect_landmarks(images)
+        estimate = self.fit_points(found.points, sizes, boxes=found.boxes, frame_index=frame_index,
+                                   reasons=found.reason)
+        return self.fit_texture(images, estimate) if self.photometric_frames > 0 else estimate
 
-    def fit_points(self, landmarks: torch.Tensor, sizes: list[tuple[int, int]]) -> CoeffEstimate:
-        """Fit given 68 points ``(B, 68, 2)`` of frames of ``sizes`` ``[(width, height)]``; NaN rows are ``no_face``."""
+    def fit_texture(self, images: list[torch.Tensor], estimate: CoeffEstimate) -> CoeffEstimate:
+        """Texture (shared) and light (mean of the picked frames) from ``photometric_frames`` ``ok`` frames of one
+        size, written into every fitted frame of that size."""
+        from reenact.faces.photometric import photometric_fit
+
+        ok = [i for i in range(len(images)) if estimate.status[i] == Status.OK]
+        if not ok:
+            return estimate
+        size = images[ok[0]].shape
+        ok = [i for i in ok if images[i].shape == size]
+        pick = [ok[k] for k in np.unique(np.linspace(0, len(ok) - 1, min(self.photometric_frames, len(ok))).round()
+                                          .astype(int))]
+        result = photometric_fit(torch.stack([images[i] for i in pick]), estimate.coeffs[pick],
+                                 estimate.landmarks[pick], self.model, self.photometric)
+        coeffs = estimate.coeffs.clone()
+        fitted = [i for i in range(len(images)) if images[i].shape == size and torch.isfinite(coeffs[i]).all()]
+        coeffs[fitted, TEX] = result.coeffs[0, TEX]
+        coeffs[fitted, GAMMA] = result.coeffs[:, GAMMA].mean(0)
+        return replace(estimate, coeffs=coeffs)
+
+    def fit_points(self, landmarks: torch.Tensor, sizes: list[tuple[int, int]], *, boxes: torch.Tensor | None = None,
+                   frame_index=None, reasons=None) -> CoeffEstimate:
+        """Fit given 68 points ``(B, 68, 2)`` of frames of ``sizes`` ``[(width, height)]``; NaN rows are ``no_face``
+        (``reasons``: why, per frame, e.g. the detection's)."""
         count = len(landmarks)
+        frame_index = np.arange(count) if frame_index is None else np.asarray(frame_index, dtype=np.int64)
         coeffs, rmse = nan_rows(count, NUM_COEFFS).float(), nan_rows(count)
         status = [Status.OK] * count
         error = [""] * count
         groups: dict[tuple[int, int], list[int]] = {}
         for i in range(count):
             if not torch.isfinite(landmarks[i]).all():
-                status[i], error[i] = Status.NO_FACE, f"dlib found no face in the {sizes[i][0]}x{sizes[i][1]} frame"
+                why = reasons[i] if reasons is not None and reasons[i] else "no face found"
+                status[i], error[i] = Status.NO_FACE, f"{why} in the {sizes[i][0]}x{sizes[i][1]} frame"
             else:
                 groups.setdefault(sizes[i], []).append(i)
         for size, members in groups.items():
-            self._fit_group(landmarks[members], size, members, coeffs, rmse, status, error)
+            members = sorted(members, key=lambda i: frame_index[i])
+            group_boxes = None if boxes is None else boxes[members]
+            self._fit_group(landmarks[members], size, members, frame_index[members], group_boxes,
+                            coeffs, rmse, status, error)
         return CoeffEstimate(coeffs, tuple(status), tuple(error), landmarks=landmarks, fit_error=rmse)
 
-    def _fit_group(self, points, size, members, coeffs, rmse, status, error) -> None:
+    def _fit_group(self, points, size, members, frame_index, boxes, coeffs, rmse, status, error) -> None:
+        from reenact.faces.gates import check_fit
+
         width, height = size
         side = min(width, height)
+        links = links_from_indices(frame_index)
         try:
-            result = fit_landmarks(points.numpy(), side, self.bases, self.config, frame_camera(width, height))
+            result = fit_landmarks(points.numpy(), side, self.bases, self.config, frame_camera(width, height), links)
         except (ValueError, RuntimeError) as exc:   # e.g. a singular system: the group fails, the run goes on
             for i in members:
                 status[i], error[i] = Status.FIT_ERROR, f"landmark fit failed: {exc}"
             return
+        fitted = torch.from_numpy(result.coeffs)
         limit = self.config.max_rmse * side / REFERENCE_SIZE
+        gate = check_fit(fitted, points, torch.from_numpy(result.rmse), size, boxes, links, self.gates) \
+            if self.gates is not None else None
         for k, i in enumerate(members):
-            coeffs[i], rmse[i] = torch.from_numpy(result.coeffs[k]), float(result.rmse[k])
+            coeffs[i], rmse[i] = fitted[k], float(result.rmse[k])
             if not np.isfinite(result.rmse[k]) or result.rmse[k] > limit:
                 status[i], error[i] = Status.FIT_ERROR, f"landmark RMSE {result.rmse[k]:.2f} px exceeds {limit:.2f} px"
+            elif gate is not None and not gate.passed[k]:
+                status[i], error[i] = gate.status[k], gate.reason[k]
