@@ -246,6 +246,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(chosen) - len(stale)}/{len(chosen)} mutations apply")
         return 1 if stale else 0
     rows: list[tuple[Mutation, str, str, float]] = []
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                           text=True).stdout.strip()
+    commit += " + uncommitted changes" if dirty else ""
     with tempfile.TemporaryDirectory(prefix="mutations-") as tmp:
         root = Path(tmp) / "repo"
         copy_repository(REPO, root)
@@ -277,8 +282,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{m.name:45s} {verdict:10s} {seconds:6.0f} s  {last}", flush=True)
     report = table(rows)
     print(report)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
     caught = sum(v == "caught" for _, v, _, _ in rows)
     out = args.out or (None if args.only else RESULT_FILE)
     if out is None:
