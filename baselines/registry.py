@@ -14,6 +14,8 @@ REGISTRY: dict[str, str] = {
     "fomm": "baselines.fomm:FOMM",
     "pirender": "baselines.pirender:PIRenderer",
     "dagan": "baselines.dagan:DaGAN",
+    "paper": "reenact.model.reenactor:PaperReenactor",
+    "paper-base": "reenact.model.reenactor:PaperBaseReenactor",
 }
 
 

@@ -4,10 +4,10 @@
 
 Target (issue #9): <= 15 ms per pair. Rows: vertex maths alone (Eq. 1, pose, projection), one rasterization,
 the full guidance per pair with the source render off (what the pipeline stores) and on, and the naive yardstick
-(:func:`naive_guidance`: the straightforward version of the same maths, run under the same load, so that the
-ratio holds on a shared machine whose timings drift). Batched rows report the time of one call divided by the
-number of pairs; each row gives the median wall time and, beside it, the median CPU time of this thread (what the
-work costs when other processes compete for the cores).
+(:func:`naive_guidance`: the straightforward version of the same maths). The rows take turns, one call of each per
+round, so that all see the same load and their ratio holds on a shared machine whose timings drift. Batched rows
+report the time of one call divided by the number of pairs; each row gives the median wall time and, beside it,
+the median CPU time of this thread.
 """
 from __future__ import annotations
 
@@ -76,17 +76,45 @@ def naive_guidance(model: MorphableModel, source: torch.Tensor, driving: torch.T
 
 
 # ------------------------------------------------------------------------------------------------------- timing
-def median_ms(fn, repeats: int, warmup: int = 3) -> tuple[float, float]:
-    """(median wall ms, median thread-CPU ms) of ``fn()`` over ``repeats`` calls after ``warmup`` untimed ones."""
+def round_robin_ms(fns: dict, repeats: int, warmup: int = 2) -> dict[str, tuple[float, float]]:
+    """Median (wall ms, thread-CPU ms) of each ``fns[name]()``. The calls take turns, one of each per round, so
+    that every row sees the same load on a shared machine and their ratios hold while the load drifts."""
     for _ in range(warmup):
-        fn()
-    wall, cpu = [], []
+        for fn in fns.values():
+            fn()
+    wall, cpu = ({name: [] for name in fns} for _ in range(2))
     for _ in range(repeats):
-        w, c = time.perf_counter(), time.thread_time()
-        fn()
-        wall.append(time.perf_counter() - w)
-        cpu.append(time.thread_time() - c)
-    return 1000 * statistics.median(wall), 1000 * statistics.median(cpu)
+        for name, fn in fns.items():
+            w, c = time.perf_counter(), time.thread_time()
+            fn()
+            wall[name].append(time.perf_counter() - w)
+            cpu[name].append(time.thread_time() - c)
+    return {name: (1000 * statistics.median(wall[name]), 1000 * statistics.median(cpu[name])) for name in fns}
+
+
+def batch_rows(model: MorphableModel, camera: PerspectiveCamera, b: int, args: argparse.Namespace,
+               g: torch.Generator) -> list[list]:
+    """The table rows of batch ``b``: each timing divided by the pairs (or meshes) of the call, and the ratio."""
+    src, drv = sample_coeffs(b, 0.7, g), sample_coeffs(b, 0.7, g)
+    screen = camera.project(posed_vertices(model, src)[0])
+    settings = RasterSettings(image_size=(args.size, args.size), backend="torch")
+    timings = {
+        "vertices (Eq. 1 + pose + projection), per mesh": lambda: camera.project(posed_vertices(model, src)[0]),
+        "rasterization, per mesh": lambda: rasterize(screen, model.triangles, settings),
+        "guidance F_c+O_c+I_r+mask, per pair": lambda: compute_guidance(model, src, drv, args.size,
+                                                                       with_source_render=False),
+        "naive yardstick of the same, per pair": lambda: naive_guidance(model, src, drv, args.size),
+        "guidance + source render, per pair": lambda: compute_guidance(model, src, drv, args.size),
+    }
+    check = compute_guidance(model, src, drv, args.size, with_source_render=False)
+    gaps = [(a - n).abs().max().item() for a, n in zip((check.flow, check.occlusion, check.render, check.face_mask),
+                                                      naive_guidance(model, src, drv, args.size))]
+    print(f"batch {b}: largest |guidance - naive| of flow, occlusion, render, mask: "
+          + ", ".join(f"{gap:.2g}" for gap in gaps))
+    measured = round_robin_ms(timings, args.repeats)
+    rows = [[name, b, f"{wall / b:.2f}", f"{cpu / b:.2f}"] for name, (wall, cpu) in measured.items()]
+    fast, naive = measured["guidance F_c+O_c+I_r+mask, per pair"], measured["naive yardstick of the same, per pair"]
+    return rows + [["naive / guidance (wall, cpu)", b, f"{naive[0] / fast[0]:.2f}x", f"{naive[1] / fast[1]:.2f}x"]]
 
 
 def main() -> None:
@@ -101,30 +129,7 @@ def main() -> None:
     model = procedural_model(args.model)
     camera = PerspectiveCamera.deep3d(args.size)
     g = torch.Generator().manual_seed(0)
-    rows = []
-    for b in args.batches:
-        src, drv = sample_coeffs(b, 0.7, g), sample_coeffs(b, 0.7, g)
-        screen = camera.project(posed_vertices(model, src)[0])
-        settings = RasterSettings(image_size=(args.size, args.size), backend="torch")
-        timings = {
-            "vertices (Eq. 1 + pose + projection), per mesh": lambda: camera.project(posed_vertices(model, src)[0]),
-            "rasterization, per mesh": lambda: rasterize(screen, model.triangles, settings),
-            "guidance F_c+O_c+I_r+mask, per pair": lambda: compute_guidance(model, src, drv, args.size,
-                                                                           with_source_render=False),
-            "naive yardstick of the same, per pair": lambda: naive_guidance(model, src, drv, args.size),
-            "guidance + source render, per pair": lambda: compute_guidance(model, src, drv, args.size),
-        }
-        fast = compute_guidance(model, src, drv, args.size, with_source_render=False)
-        gaps = [(a - n).abs().max().item() for a, n in zip((fast.flow, fast.occlusion, fast.render, fast.face_mask),
-                                                          naive_guidance(model, src, drv, args.size))]
-        print(f"batch {b}: largest |guidance - naive| of flow, occlusion, render, mask: "
-              + ", ".join(f"{gap:.2g}" for gap in gaps))
-        measured = {}
-        for name, fn in timings.items():
-            wall, cpu = measured[name] = median_ms(fn, args.repeats)
-            rows.append([name, b, f"{wall / b:.2f}", f"{cpu / b:.2f}"])
-        fast, naive = measured["guidance F_c+O_c+I_r+mask, per pair"], measured["naive yardstick of the same, per pair"]
-        rows.append(["naive / guidance (wall, cpu)", b, f"{naive[0] / fast[0]:.2f}x", f"{naive[1] / fast[1]:.2f}x"])
+    rows = [row for b in args.batches for row in batch_rows(model, camera, b, args, g)]
     print(f"mesh: procedural-{args.model} ({model.num_vertices} vertices, {model.num_triangles} triangles), "
           f"{args.size}x{args.size}, torch threads {args.threads}, {platform.processor() or platform.machine()}")
     print_table(["what", "batch", "median wall ms", "median thread-CPU ms"], rows)

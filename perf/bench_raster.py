@@ -137,13 +137,13 @@ def main() -> None:
         verts, faces = verts.to(device), faces.to(device)
         frags = rasterize(verts, faces, settings)
         attrs = verts[..., :2].contiguous()
-        raster = timings(lambda: (rasterize(verts, faces, settings), sync()), args.repeats)
-        interp = timings(lambda: (interpolate(frags, faces, attrs), sync()), args.repeats)
+        raster = timings(lambda v=verts, f=faces: (rasterize(v, f, settings), sync()), args.repeats)
+        interp = timings(lambda fr=frags, f=faces, a=attrs: (interpolate(fr, f, a), sync()), args.repeats)
         threads = args.threads if device.type == "cpu" else device.type
         rows.append([name, f"{verts.shape[1]} / {faces.shape[0]}", f"{args.size}x{args.size}", threads,
                      int(frags.mask.sum()), *raster, interp[0], interp[1]])
         if device.type == "cpu" and not args.no_naive:
-            naive = timings(lambda: naive_rasterize(verts, faces, size), args.repeats, warmup=2)
+            naive = timings(lambda v=verts, f=faces: naive_rasterize(v, f, size), args.repeats, warmup=2)
             rows.append([f"{name}, naive yardstick", "", "", threads, "", *naive, "", ""])
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, device {device}, "
           f"{args.repeats} repetitions after warm-up; 1-min load average {load_before:.1f} before, "

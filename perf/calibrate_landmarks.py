@@ -55,12 +55,9 @@ from reenact.face3d.morphable import MorphableModel  # noqa: E402
 from reenact.face3d.procedural import GRID_SIDES, LANDMARKS_UV, grid_uv, procedural_model  # noqa: E402
 from reenact.face3d.raster import RasterSettings, interpolate, rasterize  # noqa: E402
 from reenact.face3d.transforms import euler_to_matrix, rotation_angle_between  # noqa: E402
+from reenact.faces.landmarks68 import MIRROR_68  # noqa: E402, F401  (re-exported: the calibration tests use it)
 
 SIZE = 256
-#: iBUG-68 left/right mirror: point k of a face is point MIRROR_68[k] of its mirror image.
-MIRROR_68 = np.array(list(range(16, -1, -1)) + list(range(26, 16, -1)) + [27, 28, 29, 30]
-                     + list(range(35, 30, -1)) + [45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40]
-                     + [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55] + [64, 63, 62, 61, 60, 67, 66, 65])
 GROUPS = {"jaw": slice(0, 17), "brows": slice(17, 27), "nose": slice(27, 36), "eyes": slice(36, 48),
           "mouth": slice(48, 68)}
 YAW_BINS = ((0, 15), (15, 30), (30, 46))

@@ -39,17 +39,17 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.media import MediaError, VideoInfo, ffmpeg_exe, probe
-from reenact.data.codec import encode_image
+from pipelines.media import VideoInfo, ffmpeg_exe, probe
 from pipelines.metadata import MAX_FPS, MIN_FPS, Clip, VideoJob
+from reenact.data.codec import encode_image
 from reenact.data.schema import FRAMES, Status, clean_error
 from reenact.data.shards import ParquetStream, finish_part, part_paths
 

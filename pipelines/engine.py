@@ -43,10 +43,11 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from reenact.config import UserError, save_run_config
-from reenact.data.shards import is_done, merge_parts, part_is_current, part_paths, read_stats, remove_parts
-
+from reenact.data.shards import (ParquetStream, atomic_write_json, is_done, merge_parts, part_is_current, part_paths,
+                                 read_stats, remove_parts, shard_paths)
 
 # ---------------------------------------------------------------- configuration shared by every dataset
 
@@ -197,8 +198,8 @@ class Stage:
     version: int = 1                # bump when the stage's code changes its outputs
 
     def bound(self, out: str) -> dict[str, Any]:
-        """The keywords of one run: ``out`` (the engine's folder, absolute) plus the stage's own."""
-        return {"out": out, **self.kwargs}
+        """The keywords of one run: the stage's own plus ``out``, the folder the engine writes (absolute)."""
+        return {**self.kwargs, "out": out}
 
     def apply(self, ds, out: str):
         """``ds.map_batches`` with this stage's function and resources, one item per batch."""
@@ -401,11 +402,13 @@ def remove_leftover_parts(out: Path, plan: Plan, stages: Sequence[Stage]) -> Non
 
 
 def run_plan(cfg: RunConfig, plan: Plan, stages: Sequence[Stage], report: str = "frames",
-             before: Callable[[Path], None] | None = None, t0: float | None = None) -> RunResult:
+             before: Callable[[Path], None] | None = None, t0: float | None = None,
+             redo: Callable[[Path], dict[int, Sequence[str]]] | None = None) -> RunResult:
     """Run (or resume) the pending shards of ``plan`` through ``stages`` into ``cfg.out``.
 
     ``before(out)`` runs once the folder is checked and ready (e.g. writes a plan-wide shard); ``report`` names the
-    stage whose frames and statuses the result and the log count.
+    stage whose frames and statuses the result and the log count; ``redo(out)`` names items of done shards to run
+    again (by shard number, e.g. downloads to retry): those shards are reopened (:func:`reopen_shard`) and run.
     """
     t0 = time.time() if t0 is None else t0
     out, identity = Path(cfg.out), fingerprint(plan, stages)
@@ -428,6 +431,8 @@ def run_plan(cfg: RunConfig, plan: Plan, stages: Sequence[Stage], report: str = 
                         stages=[s.name for s in stages], dataset=plan.name, out=str(out))
         if before is not None:
             before(out)
+        if redo is not None:
+            pending = reopen_shards(out, plan, stages, redo(out))
         if pending:
             _run_pending(out, cfg, plan, pending, stages, report, t0)
         return summary(out, plan, len(pending), report, time.time() - t0)
@@ -451,9 +456,10 @@ def finalize_shard(out: Path, stages: Sequence[Stage], shard: int, keys: list[st
                    started_at: float, report: str = "frames") -> None:
     """Merge the parts of one finished shard, stage by stage (stats last), then drop the parts."""
     for stage in stages:
-        extra: dict[str, Any] = {"run_started_at": started_at}
+        parts = [read_part_stats(out, stage.name, k) for k in keys]       # kept: reopen_shard splits the shard
+        extra: dict[str, Any] = {"run_started_at": started_at, "parts": parts}
         for name in stage.collect:
-            extra[name] = [read_part_stats(out, stage.name, k).get(name) for k in keys]
+            extra[name] = [p.get(name) for p in parts]
         stats = merge_parts(out, stage.name, shard, keys, stage.schema, extra_stats=extra)
         if stage.name == report:
             log(f"shard {shard:05d} done: {len(keys)} items, {stats.get('frames', 0)} frames, "
@@ -461,6 +467,56 @@ def finalize_shard(out: Path, stages: Sequence[Stage], shard: int, keys: list[st
     if not keep_parts:
         for stage in stages:
             remove_parts(out, stage.name, keys)
+
+
+def reopen_shard(out: Path, stages: Sequence[Stage], shard: int, keys: list[str], redo: set[str]) -> bool:
+    """Make a done shard pending again so that the items ``redo`` run again: every other item's rows go back into
+    its part with the stats it had (the stages reuse them), the parts of ``redo`` are removed, then the shard's
+    done markers (its Parquet files stay until the shard is merged again). Safe to kill at any point: the shard
+    stays done until its markers go. False, and nothing changed, for a shard merged without its items' stats."""
+    recorded = {st.name: json.loads(shard_paths(out, st.name, shard)[1].read_text()).get("parts") for st in stages}
+    if any(parts is None or [p.get("key") for p in parts] != keys for parts in recorded.values()):
+        return False
+    for stage in stages:
+        split_shard(out, stage, shard, recorded[stage.name], redo)
+    for stage in stages:
+        shard_paths(out, stage.name, shard)[1].unlink(missing_ok=True)
+    return True
+
+
+def split_shard(out: Path, stage: Stage, shard: int, parts: list[dict[str, Any]], skip: set[str],
+                batch_size: int = 256) -> None:
+    """Stream one stage's shard back into the parts it was merged from (``parts``: their stats, in order), except
+    the keys in ``skip``, whose parts are removed."""
+    batches = pq.ParquetFile(shard_paths(out, stage.name, shard)[0]).iter_batches(batch_size=batch_size)
+    rest = stage.schema.empty_table()
+    for stats in parts:
+        key, need = stats["key"], stats["rows"]
+        stream = None if key in skip else ParquetStream(part_paths(out, stage.name, key)[0], stage.schema)
+        while need:
+            if rest.num_rows == 0:
+                rest = pa.Table.from_batches([next(batches)]).cast(stage.schema)
+            take = min(need, rest.num_rows)
+            if stream is not None:
+                stream.write(rest.slice(0, take))
+            rest, need = rest.slice(take), need - take
+        if stream is None:
+            remove_parts(out, stage.name, [key])
+        else:
+            stream.close()
+            atomic_write_json(part_paths(out, stage.name, key)[1], stats)
+
+
+def reopen_shards(out: Path, plan: Plan, stages: Sequence[Stage], redo: dict[int, Sequence[str]]) -> list[int]:
+    """Reopen the done shards of ``redo`` (shard -> item keys); return the pending shards after."""
+    for shard, keys in sorted(redo.items()):
+        if shard < len(plan.shards) and shard_done(out, stages, shard):
+            if reopen_shard(out, stages, shard, [item.key for item in plan.shards[shard]], set(keys)):
+                log(f"shard {shard:05d} reopened: {len(keys)} of {len(plan.shards[shard])} items run again")
+            else:
+                log(f"shard {shard:05d}: merged without its items' stats, cannot run {len(keys)} items again in "
+                    "place (delete its files to redo the shard)")
+    return pending_shards(out, plan, stages)
 
 
 def summary(out: Path, plan: Plan, pending: int, report: str, seconds: float) -> RunResult:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines import availability
 from pipelines.engine import LOCK_FILE, describe_holder
 from reenact.config import UserError
 
@@ -210,4 +211,5 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(render(args.dir, summaries))
         print(state.describe())
+        print(availability.report(args.dir), end="")    # vox folders: per split and failure class, test chunk list
     return 0

@@ -15,8 +15,6 @@ import re
 import subprocess
 from dataclasses import dataclass
 
-import numpy as np
-
 from reenact.data.schema import clean_error
 from reenact.ffmpeg import MediaToolError, ffmpeg_exe  # noqa: F401  (re-exported for the stages)
 

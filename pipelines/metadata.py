@@ -22,8 +22,8 @@ import io
 import json
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Iterable
 
 import pyarrow as pa
 

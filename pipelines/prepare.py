@@ -40,13 +40,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.crop import CropSettings, crop_video
-from pipelines.download import DEFAULT_URL_TEMPLATE, DownloadSettings, check_url_template, download_stage
+from pipelines.download import (DEFAULT_URL_TEMPLATE, DownloadSettings, check_url_template, download_stage,
+                                limiter_name, shards_to_retry, show_pauses)
 from pipelines.engine import Plan, RunConfig, RunResult, Stage, WorkItem, ensure_part, log, run_plan, shard_items
+from pipelines.guidance import GuidanceConfig, prepare_guidance
 from pipelines.metadata import VideoJob, metadata_table, read_metadata, video_jobs
 from reenact.config import UserError, add_dataclass_arguments, from_namespace
 from reenact.data.schema import CELEBV_FRAMES, COEFFS, FRAMES, LEDGER, Status
 from reenact.data.shards import ParquetStream, finish_part, is_done, part_paths, write_shard
-
 
 # ---------------------------------------------------------------- configuration
 
@@ -95,9 +96,19 @@ class VoxConfig(ExtractorConfig):
     socket_timeout: float = field(default=30.0, metadata={"help": "download socket timeout, seconds"})
     rate_limit: str | None = field(default=None, metadata={"help": "bytes/s per download, e.g. 2M"})
     sleep_interval: float = field(default=0.0, metadata={"help": "seconds to wait before each download"})
-    cookies: str | None = field(default=None, metadata={"help": "cookies.txt for yt-dlp"})
+    cookies: str | None = field(default=None, metadata={
+        "help": "cookies.txt for yt-dlp (read afresh by every attempt: replace it to refresh cookies mid-run)"})
     proxy: str | None = field(default=None, metadata={"help": "proxy URL for yt-dlp"})
     write_mp4: bool = field(default=False, metadata={"help": "also write <out>/clips/<partition>/<chunk>.mp4"})
+    retry_failed: Literal["none", "transient", "all"] = field(default="none", metadata={"const": "transient", "help": (
+        "download again the failed videos of earlier runs: --retry-failed the transient failures (network, 5xx, "
+        "429, bot check, ...), --retry-failed=all also the permanent ones (private, removed, ...); their shards "
+        "are rewritten with crops and coefficients")})
+    requests_per_second: float = field(default=2.0, metadata={
+        "help": "HTTP requests per second of all downloads together (one limiter per run, across the cluster)"})
+    throttle_pause: float = field(default=30.0, metadata={
+        "help": "seconds all downloads pause after an HTTP 429 or a bot check, doubling while it lasts"})
+    max_throttle_pause: float = field(default=1800.0, metadata={"help": "longest such pause, seconds"})
 
     dataset: ClassVar[str] = "vox"
 
@@ -112,7 +123,10 @@ class VoxConfig(ExtractorConfig):
     def download_settings(self) -> DownloadSettings:
         return DownloadSettings(url_template=self.url_template, retries=self.retries, backoff=self.backoff,
                                 socket_timeout=self.socket_timeout, rate_limit=self.rate_limit,
-                                sleep_interval=self.sleep_interval, cookies=self.cookies, proxy=self.proxy)
+                                sleep_interval=self.sleep_interval, cookies=self.cookies, proxy=self.proxy,
+                                requests_per_second=self.requests_per_second, throttle_pause=self.throttle_pause,
+                                max_throttle_pause=self.max_throttle_pause, limiter=limiter_name(self.out),
+                                retry_failed=self.retry_failed)
 
     def crop_settings(self) -> CropSettings:
         return CropSettings(image_format=self.image_format, write_mp4=self.write_mp4)
@@ -177,6 +191,11 @@ def file_token(path: str | Path) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
+def content_token(path: str | Path) -> str:
+    """Digest of a small file (a part's stats): the same after a byte-identical rewrite (a reopened shard's part)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:32]
+
+
 def crop_stage(batch: dict[str, np.ndarray], *, out: str, settings: CropSettings) -> dict[str, np.ndarray]:
     """Engine stage: crop every clip of each video (or write status rows when its download failed).
 
@@ -229,7 +248,7 @@ class FramewiseStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for key in batch["key"]:
-            token = file_token(part_paths(self.out, self.source, key)[1])
+            token = content_token(part_paths(self.out, self.source, key)[1])
             ensure_part(self.out, self.name, key, token, functools.partial(self._write, key, token))
         return batch
 
@@ -314,7 +333,9 @@ def prepare_vox(cfg: VoxConfig, extra_stages: list[Stage] | None = None) -> RunR
         if not is_done(out, "metadata", 0):
             write_shard(out, "metadata", 0, metadata_table(rows, jobs))
 
-    return run_plan(cfg, plan, vox_stages(cfg) + list(extra_stages or []), before=write_metadata, t0=t0)
+    with show_pauses(limiter_name(cfg.out)):
+        return run_plan(cfg, plan, vox_stages(cfg) + list(extra_stages or []), before=write_metadata, t0=t0,
+                        redo=functools.partial(shards_to_retry, mode=cfg.retry_failed))
 
 
 def prepare_celebv(cfg: CelebVConfig) -> RunResult:
@@ -337,10 +358,12 @@ def prepare_celebv(cfg: CelebVConfig) -> RunResult:
 # ---------------------------------------------------------------- command line
 
 #: dataset -> (config, prepare function, one-line help)
-DATASETS: dict[str, tuple[type[ExtractorConfig], Callable[[Any], RunResult], str]] = {
+DATASETS: dict[str, tuple[type[RunConfig], Callable[[Any], RunResult], str]] = {
     "vox": (VoxConfig, prepare_vox, "VoxCeleb: vox-metadata.csv + video URLs -> ledger, frames (, coeffs) shards"),
     "synth": (SynthConfig, prepare_vox, "the synthetic world's VoxCeleb-style videos (--world), oracle coefficients"),
     "celebv": (CelebVConfig, prepare_celebv, "CelebV identity folders (or a zip) -> MTCNN crops (, coeffs) shards"),
+    "guidance": (GuidanceConfig, prepare_guidance, "a pair manifest + prepared coefficients -> guidance shards "
+                                                   "(F_c, O_c, I_r, face mask per pair)"),
 }
 
 

@@ -50,6 +50,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             kind = next(a for a in args if a is not type(None))
         if typing.get_origin(kind) in (list, tuple):
             kwargs["nargs"], kind = "+", typing.get_args(kind)[0]
+        if "const" in f.metadata:                       # --x alone means const, --x=value a value
+            kwargs["nargs"], kwargs["const"] = "?", f.metadata["const"]
         if default is None and f.metadata.get("required"):
             kwargs["required"] = True
         parser.add_argument(_flag(f.name), type=kind, **kwargs)

@@ -11,10 +11,16 @@ Files are served as ``/<mode>/<name>``; the mode says how:
 * ``gated``      waits until :attr:`LocalServer.gate` is set, then like ``good``
 
 Files named in :attr:`LocalServer.hold` wait for the gate in every mode. ``hits`` counts requests per path.
+
+Failing on purpose, in every mode: :attr:`LocalServer.script` maps a file name to the status codes its first
+requests get (e.g. ``[503, 503]``, then it is served); :meth:`LocalServer.throttle` answers 429 to every request
+for a while, starting with the next one. ``log`` records ``(time.monotonic(), path, status)`` of every request (200 unless the script, the
+throttle or a 404 answered), ``cookies`` the ``(path, Cookie header)`` of every request.
 """
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -25,6 +31,11 @@ class LocalServer:
         self.hits: Counter = Counter()
         self.gate = threading.Event()
         self.hold: set[str] = set()
+        self.script: dict[str, list[int]] = {}
+        self.throttled_until = 0.0
+        self.throttle_armed: float | None = None
+        self.log: list[tuple[float, str, int]] = []
+        self.cookies: list[tuple[str, str]] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -49,10 +60,29 @@ class LocalServer:
         self.httpd.shutdown()
         self.httpd.server_close()
 
+    def throttle(self, seconds: float) -> None:
+        """Answer 429 to every request for ``seconds`` from the next request on."""
+        with self._lock:
+            self.throttle_armed = seconds
+
     def _count(self, path: str) -> int:
         with self._lock:
             self.hits[path] += 1
             return self.hits[path]
+
+    def _scripted(self, name: str) -> int | None:
+        """The forced status of this request (429 while throttled, then the file's script), or None."""
+        with self._lock:
+            if self.throttle_armed is not None:
+                self.throttled_until, self.throttle_armed = time.monotonic() + self.throttle_armed, None
+            if time.monotonic() < self.throttled_until:
+                return 429
+            codes = self.script.get(name)
+            return codes.pop(0) if codes else None
+
+    def _record(self, path: str, status: int) -> None:
+        with self._lock:
+            self.log.append((time.monotonic(), path, status))
 
     def _handler(self):
         server = self
@@ -69,11 +99,18 @@ class LocalServer:
 
             def _serve(self, body: bool) -> None:
                 n = server._count(self.path)
+                server.cookies.append((self.path, self.headers.get("Cookie", "")))
                 parts = self.path.lstrip("/").split("/", 1)
                 mode, name = (parts + [""])[:2]
                 data = server.files.get(name)
+                forced = server._scripted(name)
+                if forced is not None:
+                    server._record(self.path, forced)
+                    return self.send_error(forced)
                 if data is None or mode == "missing":
+                    server._record(self.path, 404)
                     return self.send_error(404, "Not Found")
+                server._record(self.path, 200)
                 if mode == "slow" and server._stop.wait(server.slow_seconds):
                     return
                 if mode == "gated" or name in server.hold:

@@ -25,7 +25,7 @@ from pipelines.celebv import CelebVSettings
 from pipelines.celebv_crop import crop_square, plan_crops, smooth_centres
 from pipelines.celebv_listing import IdentityJob, list_identities
 from pipelines.prepare import CelebVConfig, prepare_celebv
-from reenact.data.schema import CELEBV_FRAMES, ChunkId
+from reenact.data.schema import CELEBV_FRAMES, ChunkId, storage_schema
 from reenact.data.shards import done_shards, part_paths, read_stage, shard_paths
 
 IDENTITIES = ("Jack_Ma", "Kathleen", "Theresa_May")
@@ -176,7 +176,7 @@ def test_rows_statuses_and_counts(ingested):
     out, result, frames = ingested
     assert result.shards == 6 and result.shards_skipped == 0 and result.items == 7
     assert done_shards(out, "frames") == list(range(6))
-    assert pq.read_schema(shard_paths(out, "frames", 0)[0]).equals(CELEBV_FRAMES, check_metadata=False)
+    assert pq.read_schema(shard_paths(out, "frames", 0)[0]).equals(storage_schema(CELEBV_FRAMES), check_metadata=False)
     by = {name: g.sort_values("frame_index") for name, g in frames.groupby("video_id")}
     assert list(by["Jack_Ma"].status) == ["ok"] * IMAGES + ["decode_error", "no_face"]
     assert "truncated" in by["Jack_Ma"].error.iloc[8] and "no face" in by["Jack_Ma"].error.iloc[9]

@@ -117,9 +117,9 @@ def _real_sh_reference(n: np.ndarray) -> np.ndarray:
 
     theta, phi = np.arccos(np.clip(n[:, 2], -1, 1)), np.arctan2(n[:, 1], n[:, 0])
     out = []
-    for l in range(3):
-        for m in range(-l, l + 1):
-            y = sph_harm_y(l, abs(m), theta, phi)
+    for band in range(3):
+        for m in range(-band, band + 1):
+            y = sph_harm_y(band, abs(m), theta, phi)
             out.append(np.sqrt(2) * y.imag if m < 0 else (y.real if m == 0 else np.sqrt(2) * y.real))
     return np.stack(out, -1)
 

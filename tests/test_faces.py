@@ -72,6 +72,20 @@ def test_landmarks_tensor_apis_equal_the_detectors_in_continuous_pixels(batch, p
     assert torch.isnan(boxed[0]).all() and torch.isfinite(boxed[1]).all()    # a given box skips detection
 
 
+def test_symmetric_landmarks_are_mirror_equivariant(batch, photo):
+    """dlib's own points move when the photo is mirrored; the mirror-averaged ones mirror exactly (up to the
+    rounding of the mirrored box to whole pixels)."""
+    from reenact.faces.landmarks68 import mirror_box, mirror_points
+
+    width = photo.shape[1]
+    box = detect(batch[:1], "dlib").boxes
+    flipped = torch.from_numpy(mirror_box(box[0].numpy(), width))[None]
+    plain = [landmarks68(batch[:1], box)[0], landmarks68([batch[0].flip(-1)], flipped)[0]]
+    sym = [landmarks68(batch[:1], box, symmetric=True)[0], landmarks68([batch[0].flip(-1)], flipped, symmetric=True)[0]]
+    np.testing.assert_allclose(mirror_points(sym[1], width).numpy(), sym[0].numpy(), atol=1e-9)
+    assert (mirror_points(plain[1], width) - plain[0]).abs().max() > 0.1     # dlib alone is not symmetric
+
+
 def test_align_tensor_api_equals_align_image(batch, photo):
     lm3d = load_lm3d(fixture_path("deep3d", "BFM", "similarity_Lm3D_all.mat"))
     points = landmarks5(batch)

@@ -24,8 +24,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipelines.crop import _first_index, frame_range
-from pipelines.engine import (LOCK_FILE, FolderInUse, FolderLock, Plan, RunConfig, SettingsChanged, Stage, WorkItem,
-                              ensure_part, fingerprint, run_plan, shard_items)
+from pipelines.engine import (
+    LOCK_FILE,
+    FolderInUse,
+    FolderLock,
+    Plan,
+    RunConfig,
+    SettingsChanged,
+    Stage,
+    WorkItem,
+    ensure_part,
+    fingerprint,
+    run_plan,
+    shard_items,
+)
 from pipelines.inspect import folder_state
 from pipelines.metadata import COLUMNS, metadata_table, parse_csv_text, parse_row, video_jobs
 from reenact.config import UserError

@@ -8,11 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.prepare import CelebVConfig, SynthConfig, prepare_celebv, prepare_vox
+from reenact.data.schema import ChunkId
+from reenact.data.shards import read_stage
 from reenact.face3d.camera import PerspectiveCamera
 from reenact.face3d.face import project_landmarks
 from reenact.face3d.procedural import procedural_model
-from reenact.data.schema import ChunkId
-from reenact.data.shards import read_stage
 from reenact.synth import world_model_size
 
 pytestmark = pytest.mark.slow

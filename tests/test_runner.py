@@ -18,10 +18,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines.engine import Stage, check_fingerprint, remove_stale_temps
 from pipelines.inspect import collect, render
 from pipelines.media import ffmpeg_exe
 from pipelines.metadata import VideoJob
-from pipelines.engine import Stage, check_fingerprint, remove_stale_temps
 from pipelines.prepare import FramewiseStage, VoxConfig, prepare_vox, shard_plan
 from reenact.data.schema import FRAMES
 from reenact.data.shards import part_paths, read_stage, write_part
@@ -85,8 +85,7 @@ BRIGHTNESS = pa.schema([("chunk_id", pa.string()), ("frame_index", pa.int32()), 
 
 def brightness_stage(out: Path) -> Stage:
     return Stage("brightness", FramewiseStage, BRIGHTNESS, num_cpus=1, concurrency=1,
-                 kwargs={"out": str(out.resolve()), "name": "brightness", "schema": BRIGHTNESS,
-                         "make_fn": MeanBrightness})
+                 kwargs={"name": "brightness", "schema": BRIGHTNESS, "make_fn": MeanBrightness})
 
 
 @pytest.fixture(scope="module")
@@ -155,8 +154,9 @@ def test_inspect_reports_counts_status_and_throughput(tmp_path, capsys):
     assert summary.status == {"ok": 150, "too_short": 2}
     text = render(tmp_path, collect(tmp_path))
     assert "150 frames in 0.8 cpu-s = 200 frames/s per core" in text and "4 items in 11.0 s wall" in text
-    from pipelines.inspect import run
     import argparse
+
+    from pipelines.inspect import run
 
     run(argparse.Namespace(dir=str(tmp_path), json=True))
     assert json.loads(capsys.readouterr().out)["frames"]["status"] == {"ok": 150, "too_short": 2}

@@ -23,7 +23,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert-bfm": ("reenact.app.convert_bfm", "convert the licensed BFM09 files into Deep3DFaceRecon's BFM_model_front.mat"),
     "prepare": ("pipelines.prepare", "run the preprocessing stages on Ray (download, crop, ...) into Parquet shards; "
                                     "rerun to resume"),
+    "pairs": ("reenact.app.pairs", "write, import, filter and pose-annotate the benchmark's versioned pair manifests"),
     "inspect": ("pipelines.inspect", "print counts per stage, status histogram and throughput of a prepare folder"),
+    "train": ("reenact.app.train", "train the paper's model or a Table 3 ablation (resumable; Ray Train with --ray-workers)"),
+    "animate": ("reenact.app.animate", "animate a source face with a driving video using a trained paper model -> mp4"),
+    "bench": ("reenact.app.bench", "run models over a protocol's pairs and score them into results JSON; rerun to resume"),
+    "leaderboard": ("reenact.app.leaderboard", "render the seed's Tables 1-3 (markdown, CSV, LaTeX) from results JSON"),
+    "report": ("reenact.app.report", "write a self-contained HTML pose-discrepancy report (Fig. 6) from results JSON"),
 }
 
 

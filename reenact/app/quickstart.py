@@ -13,7 +13,6 @@ paper's model, the benchmark) extend this command.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import time
 from dataclasses import dataclass, field
@@ -58,52 +57,47 @@ def prepare(cfg: QuickstartConfig, world: Path, out: Path):
                                    num_cpus=cfg.num_cpus, progress=cfg.progress))
 
 
-def sample_pairs(frames, coeffs, count: int, seed: int) -> list[tuple[int, int]]:
-    """Row indices of (source, driving) test-frame pairs from different chunks with usable coefficients."""
+def sample_pairs(keys: list[str], count: int, seed: int) -> list[tuple[str, str]]:
+    """(source, driving) frame keys of different chunks, ``count`` of them, drawn with ``seed``."""
     import random
 
-    ok = [i for i, (f, c) in enumerate(zip(frames, coeffs)) if f["status"] == c["status"] == "ok"
-          and f["partition"] == "test"] or [i for i, c in enumerate(coeffs) if c["status"] == "ok"]
     rng = random.Random(seed)
     pairs = []
     for _ in range(20 * count):
-        s, d = rng.sample(ok, 2)
-        if frames[s]["chunk_id"] != frames[d]["chunk_id"]:
+        s, d = rng.sample(keys, 2)
+        if s.rsplit("/", 1)[0] != d.rsplit("/", 1)[0]:
             pairs.append((s, d))
         if len(pairs) == count:
             break
     return pairs
 
 
-def _image(data: bytes):
-    import numpy as np
-    import torch
-    from PIL import Image
+def test_keys(frames, prepared: Path) -> list[str]:
+    """Usable frame keys of test chunks (all usable keys when there are none)."""
+    from reenact.data.shards import read_stage
 
-    rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(rgb).permute(2, 0, 1)                       # 3 x H x W in [0, 1]
+    table = read_stage(prepared, "frames", ["chunk_id", "partition"]).to_pydict()
+    test = {c for c, p in zip(table["chunk_id"], table["partition"]) if p == "test"}
+    return [k for k in frames.keys if k.rsplit("/", 1)[0] in test] or list(frames.keys)
 
 
 def guidance_pictures(cfg: QuickstartConfig, prepared: Path, out: Path) -> list[str]:
     """Step 3: guidance maps of sampled pairs next to the real crops."""
-    import torch
-
+    from reenact.data.datasets import FrameDataset
     from reenact.face3d.guidance import compute_guidance, warp_with_flow
     from reenact.face3d.procedural import procedural_model
-    from reenact.data.shards import read_stage
+    from reenact.synth import world_model_size
     from reenact.viz import flow_to_rgb, grid_image, save_png
 
-    frames = read_stage(prepared, "frames", ["chunk_id", "frame_index", "partition", "image", "status"]).to_pylist()
-    coeffs = read_stage(prepared, "coeffs", ["coeffs", "status"]).to_pylist()
-    from reenact.synth import world_model_size
-
+    frames = FrameDataset(prepared)
     world = json.loads((prepared / "config.json").read_text())["config"]["world"]
     model = procedural_model(world_model_size(world))
     written = []
-    for k, (s, d) in enumerate(sample_pairs(frames, coeffs, cfg.pairs, cfg.seed)):
-        src, drv = _image(frames[s]["image"]), _image(frames[d]["image"])
-        v_s, v_d = (torch.tensor([coeffs[i]["coeffs"]]) for i in (s, d))
-        g = compute_guidance(model, v_s, v_d, src.shape[-1], with_source_render=False)
+    for k, (s, d) in enumerate(sample_pairs(test_keys(frames, prepared), cfg.pairs, cfg.seed)):
+        pair = frames.pair_item(f"quickstart/{k}", s, d)
+        src, drv = pair["source"], pair["driving"]
+        g = compute_guidance(model, pair["source_coeffs"][None], pair["driving_coeffs"][None], src.shape[-1],
+                             with_source_render=False)
         warped = warp_with_flow(src[None], g.flow)[0] * g.face_mask[0] + src * (1 - g.face_mask[0])
         row = [src, drv, g.render[0].clamp(0, 1), flow_to_rgb(g.flow[0]), g.occlusion[0], warped]
         path = out / f"pair-{k:03d}.png"

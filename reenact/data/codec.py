@@ -2,7 +2,8 @@
 
 Parquet shards store frames as PNG (lossless) or JPEG bytes; code works on RGB float32 ``(B, 3, H, W)`` tensors in
 [0, 1] (the suite's image contract, :mod:`reenact.contract`). Guidance maps are packed here too: the flow F_c as
-float16, masks and the occlusion O_c as uint8 in {0, 1}... see :func:`pack_flow` / :func:`pack_mask`.
+float16, masks and the occlusion O_c as uint8 in {0, 1}: see :func:`pack_flow` / :func:`pack_mask` and their
+inverses. Packed maps are raw little-endian bytes, C order, shape given by the row's ``size`` (H = W = size).
 """
 from __future__ import annotations
 
@@ -59,17 +60,26 @@ def encode_image(rgb: np.ndarray, image_format: str = "png", *, png_level: int =
     raise ValueError(f"image_format must be 'png' or 'jpeg', got {image_format!r}")
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """Encoded PNG/JPEG bytes -> RGB uint8 ``(H, W, 3)``."""
+def image_bytes(value) -> bytes:
+    """The encoded bytes of an image cell: bytes, or the ``{"bytes", "path"}`` dict of the Hugging Face layout."""
+    if isinstance(value, dict):
+        value = value.get("bytes")
+    if value is None:
+        raise ValueError("image cell holds no bytes (a row whose status is not ok?)")
+    return bytes(value)
+
+
+def decode_image(data) -> np.ndarray:
+    """Encoded PNG/JPEG bytes (or a Hugging Face ``{"bytes", "path"}`` cell) -> RGB uint8 ``(H, W, 3)``."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("RGB"))
+    with Image.open(io.BytesIO(image_bytes(data))) as im:
+        return np.array(im.convert("RGB"))                     # writable (torch.from_numpy warns otherwise)
 
 
 def decode_images(blobs) -> np.ndarray:
     """A sequence of encoded images of one size -> RGB uint8 ``(B, H, W, 3)``."""
-    return np.stack([decode_image(bytes(b)) for b in blobs])
+    return np.stack([decode_image(b) for b in blobs])
 
 
 def uint8_to_tensor(rgb: np.ndarray) -> torch.Tensor:
@@ -96,3 +106,41 @@ def bytes_to_tensor(data: bytes) -> torch.Tensor:
 def tensor_to_bytes(image: torch.Tensor, image_format: str = "png") -> bytes:
     """float ``(3, H, W)`` in [0, 1] -> encoded bytes (PNG lossless, or JPEG)."""
     return encode_image(tensor_to_uint8(image), image_format)
+
+
+# ---------------------------------------------------------------- guidance maps (GUIDANCE schema)
+
+def _map(x, channels: int, name: str) -> np.ndarray:
+    """A ``(C, H, W)`` or ``(H, W)`` (C = 1) tensor or array as a float numpy array ``(C, H, W)``."""
+    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    a = a[None] if a.ndim == 2 and channels == 1 else a
+    if a.ndim != 3 or a.shape[0] != channels:
+        raise ValueError(f"{name}: expected ({channels}, H, W), got {tuple(a.shape)}")
+    return a
+
+
+def pack_flow(flow) -> bytes:
+    """F_c ``(2, H, W)`` (pixels) -> float16 little-endian bytes (rounded to the nearest float16)."""
+    return _map(flow, 2, "flow").astype("<f2").tobytes()
+
+
+def unpack_flow(data: bytes, height: int, width: int | None = None) -> torch.Tensor:
+    """Inverse of :func:`pack_flow`: float32 ``(2, H, W)``."""
+    a = np.frombuffer(data, dtype="<f2").reshape(2, height, width or height)
+    return torch.from_numpy(a.astype(np.float32))
+
+
+def pack_mask(mask) -> bytes:
+    """A binary map ``(1, H, W)`` or ``(H, W)`` with values in {0, 1} (O_c, face mask) -> uint8 bytes.
+
+    Raises ValueError for values other than 0 and 1: a soft mask would be silently thresholded."""
+    a = _map(mask, 1, "mask")
+    if not np.isin(a, (0, 1)).all():
+        raise ValueError(f"mask: expected values in {{0, 1}}, got {np.unique(a)[:5]}")
+    return a.astype(np.uint8).tobytes()
+
+
+def unpack_mask(data: bytes, height: int, width: int | None = None) -> torch.Tensor:
+    """Inverse of :func:`pack_mask`: float32 ``(1, H, W)`` in {0, 1}."""
+    a = np.frombuffer(data, dtype=np.uint8).reshape(1, height, width or height)
+    return torch.from_numpy(a.astype(np.float32))

@@ -11,13 +11,14 @@ Conventions:
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from enum import Enum
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2          # 2: PAIRS gained pose discrepancy and status columns; image columns stored as HF Image
 
 
 class Status(str, Enum):
@@ -39,6 +40,17 @@ class Status(str, Enum):
 
 
 STATUSES = tuple(s.value for s in Status)
+
+
+class Failure(str, Enum):
+    """Whether a failed download may still succeed later (the ledger's ``failure`` column; "" when ok)."""
+
+    NONE = ""
+    TRANSIENT = "transient"          # network, DNS, timeout, HTTP 5xx, 429, bot check, expired cookies, bad bytes
+    PERMANENT = "permanent"          # private, removed, copyright, terminated account, not a video
+
+
+FAILURES = tuple(f.value for f in Failure)
 
 # ---------------------------------------------------------------- identifiers
 _SAFE_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")          # matched whole (fullmatch): no "$" before a newline
@@ -89,6 +101,52 @@ def frame_key(chunk_id: str, frame_index: int) -> str:
     return f"{chunk_id}/{frame_index:07d}"
 
 
+def parse_frame_key(key: str) -> tuple[str, int]:
+    """Inverse of :func:`frame_key`: ``(chunk_id, frame_index)``; ValueError naming the key otherwise."""
+    chunk_id, sep, index = key.rpartition("/")
+    if not sep or not index.isdigit():
+        raise ValueError(f"not a frame key (<chunk_id>/<frame_index:07d>): {key!r}")
+    ChunkId.parse(chunk_id)
+    return chunk_id, int(index)
+
+
+def pair_key(protocol: str, pair_id: int) -> str:
+    """A pair across protocols: ``<protocol>/<pair_id:06d>`` (the datasets' ``pair_id`` string)."""
+    return f"{protocol}/{pair_id:06d}"
+
+
+# ---------------------------------------------------------------- image columns (Hugging Face ``datasets`` layout)
+#: Field metadata marking a column of encoded PNG/JPEG bytes as an image.
+IMAGE_META = {b"feature": b"Image"}
+#: How image columns are *stored* in finished shards: the Arrow layout of ``datasets.Image`` (struct of ``bytes`` and
+#: ``path``), so ``datasets.load_dataset("parquet", ...)`` decodes them as PIL images. A plain binary column with the
+#: ``huggingface`` schema metadata is not enough: ``datasets`` (5.x) keeps a declared feature only when the stored
+#: Arrow type equals the feature's own, and otherwise reads the column as ``Value("binary")``.
+IMAGE_STORAGE = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
+
+
+def image_field(name: str) -> pa.Field:
+    """An encoded-image column as code sees it: binary, marked :data:`IMAGE_META` (stored as :data:`IMAGE_STORAGE`)."""
+    return pa.field(name, pa.binary(), metadata=IMAGE_META)
+
+
+def image_columns(schema: pa.Schema) -> list[str]:
+    """Names of the fields of ``schema`` marked as images."""
+    return [f.name for f in schema if f.metadata and f.metadata.get(b"feature") == b"Image"]
+
+
+def storage_schema(schema: pa.Schema) -> pa.Schema:
+    """``schema`` as finished shards store it: image columns as :data:`IMAGE_STORAGE`, plus the ``huggingface``
+    schema metadata declaring them ``Image`` features (other columns are typed by ``datasets`` from Arrow)."""
+    names = image_columns(schema)
+    if not names:
+        return schema
+    fields = [pa.field(f.name, IMAGE_STORAGE, metadata=f.metadata) if f.name in names else f for f in schema]
+    features = {name: {"_type": "Image"} for name in names}
+    meta = {**(schema.metadata or {}), b"huggingface": json.dumps({"info": {"features": features}}).encode()}
+    return pa.schema(fields, metadata=meta)
+
+
 # ---------------------------------------------------------------- schemas
 _STATUS = [pa.field("status", pa.string(), nullable=False), pa.field("error", pa.string(), nullable=False)]
 
@@ -104,6 +162,7 @@ LEDGER = pa.schema([
     pa.field("bytes", pa.int64()),
     pa.field("seconds", pa.float32()),
     *_STATUS,
+    pa.field("failure", pa.string()),         # Failure: "" (ok), transient, permanent; null in older ledgers
 ])
 
 FRAMES = pa.schema([
@@ -113,7 +172,7 @@ FRAMES = pa.schema([
     pa.field("partition", pa.string(), nullable=False),
     pa.field("frame_index", pa.int32(), nullable=False),   # index within the chunk, 0-based
     pa.field("source_frame", pa.int32()),                  # index within the decoded source video
-    pa.field("image", pa.binary()),                        # encoded image, None when status != ok
+    image_field("image"),                                  # encoded image, None when status != ok
     pa.field("image_format", pa.string()),                 # "png" | "jpeg"
     pa.field("height", pa.int32()),
     pa.field("width", pa.int32()),
@@ -163,11 +222,23 @@ SYNTH_TRUTH = pa.schema([
     pa.field("crop_landmarks", pa.list_(pa.float32(), 136)),  # vox: 68 x (x, y) in 256^2 crop pixels
 ])
 
+#: One pair of a protocol (``manifests/<protocol>/v<N>/pairs.parquet``). ``pair_id`` is the row's position in the
+#: full manifest and never changes when a manifest is filtered. Every column after ``driving`` is optional (null):
+#: pose discrepancy (from coefficients, by ``extractor``) and the availability mark of a user's run.
 PAIRS = pa.schema([
     pa.field("pair_id", pa.int32(), nullable=False),
-    pa.field("protocol", pa.string(), nullable=False),     # vox-self | vox-cross | celebv-cross
+    pa.field("protocol", pa.string(), nullable=False),     # vox-self | vox-cross | celebv-cross | dagan-...
     pa.field("source", pa.string(), nullable=False),       # frame key
     pa.field("driving", pa.string(), nullable=False),      # frame key
+    # added in schema version 2
+    pa.field("geodesic_deg", pa.float32()),                # angle between source and driving head rotations
+    pa.field("yaw_diff_deg", pa.float32()),                # driving minus source, degrees
+    pa.field("pitch_diff_deg", pa.float32()),
+    pa.field("roll_diff_deg", pa.float32()),
+    pa.field("pose_bin", pa.string()),                     # e.g. "10-20" (degrees of geodesic angle), "30+"
+    pa.field("extractor", pa.string()),                    # coefficients the pose came from (oracle | deep3d | ...)
+    pa.field("status", pa.string()),                       # ok | unavailable (a frame is missing in a user's run)
+    pa.field("error", pa.string()),
 ])
 
 GUIDANCE = pa.schema([
@@ -178,7 +249,7 @@ GUIDANCE = pa.schema([
     pa.field("flow", pa.binary()),          # F_c float16 (2, H, W), pixels, raw little-endian bytes
     pa.field("occlusion", pa.binary()),     # O_c uint8 (H, W) in {0, 1}
     pa.field("face_mask", pa.binary()),     # inner-face mask uint8 (H, W)
-    pa.field("render", pa.binary()),        # I_r PNG bytes
+    image_field("render"),                  # I_r PNG bytes
     *_STATUS,
 ])
 

