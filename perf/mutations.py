@@ -97,7 +97,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("guidance.I_r_from_source_colours", GUIDANCE, "colors[-b:]], -1))", "colors[:b]], -1))",
              T("test_guidance", "test_render_is_the_target_mesh_lit_in_the_target_pose"),
              "I_r interpolates the source mesh's colours; only differs with with_source_render=True (the default), "
-             "which the I_r test does not use"),
+             "which the I_r test runs as well as False"),
     Mutation("guidance.occlusion_no_centroid_inside_check", GUIDANCE,
              "return inside & (centroid[..., 2] <= zbuf + tolerance + slack)",
              "return (centroid[..., 2] <= zbuf + tolerance + slack)",
