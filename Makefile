@@ -25,6 +25,7 @@ quickstart: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/lint-imports
+	$(BIN)/ruff check .
 
 # The pose-discrepancy report is checked in a real headless browser: Chromium from Debian, installed when missing
 # (needs root and apt-get; elsewhere install it yourself, or the browser test is skipped outside CI).

@@ -28,12 +28,27 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from baselines._fomm_blocks import (SMALL_MODEL_PARAMS, DenseMotionNetwork, DiscriminatorConfig, GeneratorConfig,
-                                    GeneratorOutput, KeypointModelConfig, Keypoints, KeypointWarpGenerator,
-                                    KPDetector, KPDetectorConfig, checkpoint_entry, feature_decoder, feature_encoder,
-                                    load_checkpoint_file, load_state_exact, normalize_kp, strip_prefix)
-from reenact.contract import Motion, ReenactInputs, Reenactor
+from baselines._fomm_blocks import (
+    SMALL_MODEL_PARAMS,
+    DenseMotionNetwork,
+    DiscriminatorConfig,
+    GeneratorConfig,
+    GeneratorOutput,
+    KeypointModelConfig,
+    Keypoints,
+    KeypointWarpGenerator,
+    KPDetector,
+    KPDetectorConfig,
+    checkpoint_entry,
+    feature_decoder,
+    feature_encoder,
+    load_checkpoint_file,
+    load_state_exact,
+    normalize_kp,
+    strip_prefix,
+)
 from baselines.fomm import check_size
+from reenact.contract import Motion, ReenactInputs, Reenactor
 
 # ----------------------------------------------------------------------------------------------------------------
 # configs

@@ -22,9 +22,19 @@ from typing import Any
 
 import torch
 
-from baselines._fomm_blocks import (SMALL_MODEL_PARAMS, DiscriminatorConfig, GeneratorOutput, KeypointModelConfig,
-                                    Keypoints, KPDetector, OcclusionAwareGenerator, checkpoint_entry,
-                                    load_checkpoint_file, load_state_exact, normalize_kp)
+from baselines._fomm_blocks import (
+    SMALL_MODEL_PARAMS,
+    DiscriminatorConfig,
+    GeneratorOutput,
+    KeypointModelConfig,
+    Keypoints,
+    KPDetector,
+    OcclusionAwareGenerator,
+    checkpoint_entry,
+    load_checkpoint_file,
+    load_state_exact,
+    normalize_kp,
+)
 from reenact.contract import Motion, ReenactInputs, Reenactor
 
 #: config/vox-256.yaml (num_kp 10); ``FOMMConfig()`` is the same

@@ -33,14 +33,15 @@ loads it non-strictly; we strip any ``module.`` prefix and load strictly.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reenact.contract import ReenactInputs, Reenactor, Motion
+from reenact.contract import Motion, ReenactInputs, Reenactor
 
 CHECKPOINT_ASSET = "pirender"
 CHECKPOINT_KEY = "net_G_ema"

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reenact.contract import ReenactInputs, Reenactor, Motion
+from reenact.contract import Motion, ReenactInputs, Reenactor
 
 CHECKPOINT_ASSET = "x2face"
 

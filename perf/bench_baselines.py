@@ -24,9 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reenact.contract import ReenactInputs, Reenactor  # noqa: E402
 from baselines.registry import available, get_class  # noqa: E402
 from reenact.config import add_dataclass_arguments, from_namespace, provenance  # noqa: E402
+from reenact.contract import ReenactInputs, Reenactor  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reenact.config import add_dataclass_arguments, from_namespace, provenance  # noqa: E402
 from perf.timing import print_table  # noqa: E402
+from reenact.config import add_dataclass_arguments, from_namespace, provenance  # noqa: E402
 
 YAW_BINS = ((0, 15), (15, 30), (30, 46))
 

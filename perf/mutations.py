@@ -89,9 +89,15 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("guidance.flow_sign", GUIDANCE, "return (source_xy - grid) * target.mask.unsqueeze(-1)",
              "return (grid - source_xy) * target.mask.unsqueeze(-1)",
              T("test_guidance", "test_pure_yaw_flow_matches_analytic_reprojection")),
-    Mutation("guidance.I_r_in_source_pose", GUIDANCE, "colors[-b:]], -1))", "colors[:b]], -1))",
+    Mutation("guidance.I_r_in_source_pose", GUIDANCE,
+             "lit_colors(model, rest[shaded], rotation[shaded],",
+             "lit_colors(model, rest[shaded], rotation[:b].repeat(2, 1, 1)[shaded],",
              T("test_guidance", "test_render_is_the_target_mesh_lit_in_the_target_pose"),
-             "issue 15: I_r shaded with the source mesh's colours (source pose)"),
+             "issue 15: the target mesh's normals rotated by the source pose"),
+    Mutation("guidance.I_r_from_source_colours", GUIDANCE, "colors[-b:]], -1))", "colors[:b]], -1))",
+             T("test_guidance", "test_render_is_the_target_mesh_lit_in_the_target_pose"),
+             "I_r interpolates the source mesh's colours; only differs with with_source_render=True (the default), "
+             "which the I_r test runs as well as False"),
     Mutation("guidance.occlusion_no_centroid_inside_check", GUIDANCE,
              "return inside & (centroid[..., 2] <= zbuf + tolerance + slack)",
              "return (centroid[..., 2] <= zbuf + tolerance + slack)",
@@ -240,6 +246,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(chosen) - len(stale)}/{len(chosen)} mutations apply")
         return 1 if stale else 0
     rows: list[tuple[Mutation, str, str, float]] = []
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                           text=True).stdout.strip()
+    commit += " + uncommitted changes" if dirty else ""
     with tempfile.TemporaryDirectory(prefix="mutations-") as tmp:
         root = Path(tmp) / "repo"
         copy_repository(REPO, root)
@@ -271,8 +282,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{m.name:45s} {verdict:10s} {seconds:6.0f} s  {last}", flush=True)
     report = table(rows)
     print(report)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
     caught = sum(v == "caught" for _, v, _, _ in rows)
     out = args.out or (None if args.only else RESULT_FILE)
     if out is None:

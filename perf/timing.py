@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 
 def median_seconds(fn: Callable[[], Any], repeats: int = 20, warmup: int = 3) -> tuple[float, float]:

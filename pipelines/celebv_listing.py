@@ -16,7 +16,6 @@ nothing is decoded.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import stat
@@ -28,10 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from reenact.data.codec import decode_image
 from reenact.data.schema import ChunkId, Status, clean_error, is_safe_id
 
 OK = Status.OK.value
-IMAGE_SUFFIXES = (".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 IMAGE_DIR = "Image"
 
 
@@ -232,18 +232,9 @@ class ImageSource:
         self.close()
 
 
-def decode_jpeg(data: bytes) -> np.ndarray:
-    """Encoded bytes -> RGB uint8 ``(H, W, 3)``; raises (OSError, ValueError, ...) for corrupt or truncated data."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()
-        return np.asarray(im.convert("RGB"))
-
-
 def read_image(reader: ImageSource, ref: ImageRef) -> tuple[np.ndarray | None, str]:
     """(RGB array, "") or (None, reason) for a file that cannot be read or decoded."""
     try:
-        return decode_jpeg(reader.read(ref.path)), ""
+        return decode_image(reader.read(ref.path)), ""
     except Exception as e:                  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError
         return None, clean_error(f"cannot decode {printable(ref.path)!r}: {type(e).__name__}: {e}")

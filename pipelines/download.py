@@ -22,7 +22,8 @@
   ``sleep_interval`` before each video; the engine caps how many downloads run at once.
 * Cookies file and proxy are passed through; each attempt reads a fresh copy of the cookies file
   (:func:`private_cookies`), so it can be replaced mid-run.
-* Rerun: a video whose ledger part says ok and whose file exists is not downloaded again.
+* Rerun: a video whose ledger part says ok and whose file exists is not downloaded again, nor a permanent
+  failure (unless ``--retry-failed=all``); a transient failure of an unfinished shard is.
 
 Ledger rows follow :data:`reenact.data.schema.LEDGER`; ``path`` is relative to the download root.
 """
@@ -76,7 +77,7 @@ class DownloadSettings:
     throttle_pause: float = 30.0    # seconds every download pauses after a 429 / bot check, doubling while it lasts
     max_throttle_pause: float = 1800.0
     limiter: str = "reenact-download"  # name of the run's shared rate limiter (one per run: see limiter_name)
-    retry_failed: str = "none"      # failures recorded in ledger parts fetched again: none, transient, all
+    retry_failed: str = "none"      # none, transient, all: "all" also fetches permanent failures of parts again
 
     def __post_init__(self):
         if self.retry_failed not in RETRY_MODES:
@@ -599,14 +600,15 @@ def shards_to_retry(out: str | os.PathLike, mode: str) -> dict[int, list[str]]:
 
 def reusable_row(out: str | os.PathLike, root: str | os.PathLike, video_id: str,
                  retry: str = "none") -> dict[str, Any] | None:
-    """The ledger part of an earlier run, unless it must be fetched again: ok but its file is gone, or a failure
-    the ``retry`` mode (:data:`RETRY_MODES`) covers. A resume never retries a failure by itself."""
+    """The ledger part of an earlier run, unless it must be fetched again: ok but its file is gone, a transient
+    failure (a resume retries those, as a rerun with ``--retry-failed`` does for finished shards), or a permanent
+    one when ``retry`` is ``all``."""
     if not part_done(out, STAGE, video_id):
         return None
     (row,) = pq.read_table(part_paths(out, STAGE, video_id)[0]).to_pylist()
     if row["status"] == Status.OK.value:
         return row if row["path"] and (Path(root) / row["path"]).is_file() else None
-    return None if retry_keys(pa.Table.from_pylist([row]), retry) else row
+    return None if retry_keys(pa.Table.from_pylist([row]), "all" if retry == "all" else "transient") else row
 
 
 def download_stage(batch: dict[str, np.ndarray], *, out: str, root: str | None,

@@ -43,11 +43,20 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from reenact.config import UserError, save_run_config
-from reenact.data.shards import (ParquetStream, atomic_write_json, is_done, merge_parts, part_is_current, part_paths,
-                                 read_stats, remove_parts, shard_paths)
+from reenact.data.shards import (
+    ParquetStream,
+    atomic_write_json,
+    is_done,
+    iter_batches,
+    merge_parts,
+    part_is_current,
+    part_paths,
+    read_stats,
+    remove_parts,
+    shard_paths,
+)
 
 # ---------------------------------------------------------------- configuration shared by every dataset
 
@@ -488,14 +497,14 @@ def split_shard(out: Path, stage: Stage, shard: int, parts: list[dict[str, Any]]
                 batch_size: int = 256) -> None:
     """Stream one stage's shard back into the parts it was merged from (``parts``: their stats, in order), except
     the keys in ``skip``, whose parts are removed."""
-    batches = pq.ParquetFile(shard_paths(out, stage.name, shard)[0]).iter_batches(batch_size=batch_size)
+    batches = iter_batches(shard_paths(out, stage.name, shard)[0], batch_size)     # image columns as bytes
     rest = stage.schema.empty_table()
     for stats in parts:
         key, need = stats["key"], stats["rows"]
         stream = None if key in skip else ParquetStream(part_paths(out, stage.name, key)[0], stage.schema)
         while need:
             if rest.num_rows == 0:
-                rest = pa.Table.from_batches([next(batches)]).cast(stage.schema)
+                rest = next(batches).cast(stage.schema)
             take = min(need, rest.num_rows)
             if stream is not None:
                 stream.write(rest.slice(0, take))

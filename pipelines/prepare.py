@@ -40,8 +40,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.crop import CropSettings, crop_video
-from pipelines.download import (DEFAULT_URL_TEMPLATE, DownloadSettings, check_url_template, download_stage,
-                                limiter_name, shards_to_retry, show_pauses)
+from pipelines.download import (
+    DEFAULT_URL_TEMPLATE,
+    DownloadSettings,
+    check_url_template,
+    download_stage,
+    limiter_name,
+    shards_to_retry,
+    show_pauses,
+)
 from pipelines.engine import Plan, RunConfig, RunResult, Stage, WorkItem, ensure_part, log, run_plan, shard_items
 from pipelines.guidance import GuidanceConfig, prepare_guidance
 from pipelines.metadata import VideoJob, metadata_table, read_metadata, video_jobs

@@ -14,11 +14,20 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.crop import (CropSettings, aligned_box, crop_command, crop_video, frame_range, plan_chunks, rescale_bbox,
-                            segment_lengths, visible_box)
+from pipelines.crop import (
+    CropSettings,
+    aligned_box,
+    crop_command,
+    crop_video,
+    frame_range,
+    plan_chunks,
+    rescale_bbox,
+    segment_lengths,
+    visible_box,
+)
 from pipelines.media import MediaError, VideoInfo, ffmpeg_exe, parse_ffmpeg_header
-from reenact.data.codec import decode_image, encode_png, png_up_filter
 from pipelines.metadata import Clip, VideoJob
+from reenact.data.codec import decode_image, encode_png, png_up_filter
 from reenact.data.schema import ChunkId
 from reenact.data.shards import part_paths
 

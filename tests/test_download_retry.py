@@ -294,7 +294,7 @@ def test_cookies_refreshed_mid_run_take_effect_at_the_next_attempt(server, tmp_p
     assert not list((tmp_path / "dl" / ".partial").glob("*cookies*"))
 
 
-def test_stage_reuses_recorded_failures_unless_the_retry_mode_covers_them(server, tmp_path):
+def test_stage_retries_transient_failures_of_parts_and_permanent_ones_on_request(server, tmp_path):
     import numpy as np
 
     from pipelines.download import download_stage
@@ -312,9 +312,10 @@ def test_stage_reuses_recorded_failures_unless_the_retry_mode_covers_them(server
 
     assert run("none") == ["ok", "download_error", "unavailable"]
     hits = dict(server.hits)
-    assert run("none") == ["ok", "download_error", "unavailable"] and server.hits == hits   # a resume: no requests
-    assert run("transient") == ["ok", "ok", "unavailable"]
-    assert server.hits["/good/v1.mp4"] > hits["/good/v1.mp4"] and server.hits["/good/gone.mp4"] == 1
+    assert run("none") == ["ok", "ok", "unavailable"]                     # a resume retries the transient one
+    assert server.hits["/good/v1.mp4"] > hits["/good/v1.mp4"]
+    assert server.hits["/good/v0.mp4"] == hits["/good/v0.mp4"] and server.hits["/good/gone.mp4"] == 1
+    assert run("transient") == ["ok", "ok", "unavailable"] and server.hits["/good/gone.mp4"] == 1
     assert run("all") == ["ok", "ok", "unavailable"] and server.hits["/good/gone.mp4"] == 2
     with pytest.raises(ValueError, match="retry_failed"):
         fast("x/{video_id}", retry_failed="some")

@@ -188,7 +188,8 @@ def _lambert_sh_colors(model, v: torch.Tensor) -> torch.Tensor:
     return albedo * (basis @ light.T)
 
 
-def test_render_is_the_target_mesh_lit_in_the_target_pose(model):
+@pytest.mark.parametrize("with_source_render", [False, True])
+def test_render_is_the_target_mesh_lit_in_the_target_pose(model, with_source_render):
     """I_r against the target mesh shaded by an independent float64 Lambert + SH computation (directional light, a
     real pose change): shading in the source pose would light the face from the wrong side."""
     src = coeffs(yaw=-0.45, pitch=0.2, exp_seed=1, seed=2)
@@ -197,7 +198,7 @@ def test_render_is_the_target_mesh_lit_in_the_target_pose(model):
     src[0, GAMMA.start::9] = 0.2
     src[0, [GAMMA.start + 3, GAMMA.start + 9 + 3, GAMMA.start + 18 + 3]] = -0.5    # light from +x (band 1, -x term)
     src[0, [GAMMA.start + 1, GAMMA.start + 10, GAMMA.start + 19]] = -0.3          # and from above
-    g = compute_guidance(model, src, drv, SIZE, with_source_render=False)
+    g = compute_guidance(model, src, drv, SIZE, with_source_render=with_source_render)   # both code paths
     target = src.clone()
     target[:, EXP], target[:, ANGLE], target[:, TRANS] = drv[:, EXP], drv[:, ANGLE], drv[:, TRANS]
     cam = PerspectiveCamera.deep3d(SIZE)

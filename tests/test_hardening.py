@@ -90,6 +90,7 @@ def test_cli_user_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, ca
     assert "single field" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_one_line_in_a_subprocess(tmp_path):
     res = _cli("prepare", "vox", "--out", str(tmp_path / "o"), "--metadata", str(tmp_path / "missing.csv"),
                "--extractor", "none", "--executor", "local")
@@ -240,6 +241,7 @@ def test_a_crashed_runs_lock_is_stale(tmp_path):
     lock.release()
 
 
+@pytest.mark.slow
 def test_two_concurrent_runs_the_second_refuses_naming_the_first(tmp_path):
     out = tmp_path / "out"
     code = f"from tests.test_hardening import run_toy; run_toy({str(out)!r}, delay=0.4)"
@@ -412,6 +414,7 @@ def test_sigterm_shuts_ray_down(tmp_path):
             proc.kill()
 
 
+@pytest.mark.slow
 def test_kill_and_resume_on_the_engine_equals_a_solo_run(tmp_path):
     """The guarantee every stage on the engine gets: SIGKILL mid-run, rerun, and the shards equal a solo run's."""
     out = tmp_path / "killed"

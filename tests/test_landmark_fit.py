@@ -198,10 +198,11 @@ def test_recovers_head_pose_on_synthetic_sequences(full_model, capsys):
         print(f"\nlandmark fit, 64 frames, yaw <= 45 deg, 1 px noise: rotation error median {np.median(errors):.2f} "
               f"deg, p90 {np.percentile(errors, 90):.2f}, max {errors.max():.2f}; translation error median "
               f"{np.median(trans_errors):.3f} dm (relative depth error median {np.median(depth_errors):.3f})")
-    # about 1.5x the figures measured here (median 0.75 deg, p90 1.38), so that a constant 2 deg yaw or pitch bias
-    # fails (issue 15); the issue's acceptance threshold was 3 deg
-    assert np.median(errors) <= 1.15
-    assert np.percentile(errors, 90) <= 2.1
+    # about 1.5x the figures measured here with the defaults (median 1.02 deg, p90 1.66; 0.75 / 1.38 with the
+    # once-per-chunk identity prior before issue 12, whose identities leave the prior on real clips), so that a
+    # constant 2 deg yaw or pitch bias fails (issue 15: it gives a median above 2 deg); the old threshold was 3 deg
+    assert np.median(errors) <= 1.5
+    assert np.percentile(errors, 90) <= 2.5
     assert np.median(depth_errors) < 0.08    # depth and face size trade off through identity: a few percent
 
 
@@ -305,7 +306,7 @@ def tiny_world_truth():
 
 def test_recovers_head_pose_on_the_tiny_synthetic_world(tiny_world_truth, capsys):
     """Fit every chunk of the tiny world from its crop landmarks (+0.5 px noise) through the extractor; the rotation
-    error vs the ground truth stays near what was measured (median 0.59 deg, p90 1.00)."""
+    error vs the ground truth stays near what was measured (median 0.89 deg, p90 1.39)."""
     world, truth = tiny_world_truth
     rng = np.random.default_rng(0)
     landmarks = np.asarray(truth["crop_landmarks"].to_pylist()) + rng.normal(0, 0.5, (truth.num_rows, 136))
@@ -322,10 +323,11 @@ def test_recovers_head_pose_on_the_tiny_synthetic_world(tiny_world_truth, capsys
               f"{yaw.max():.0f} deg), truth landmarks + 0.5 px: rotation error median {np.median(errors):.2f} deg, "
               f"p90 {np.percentile(errors, 90):.2f}, max {errors.max():.2f}; relative depth error median "
               f"{np.median(depth):.3f}; landmark RMSE median {np.median(out['fit_error']):.2f} px")
-    # about 1.5x the figures measured here (median 0.59 deg, p90 1.00), so that a constant 2 deg yaw or pitch bias
-    # fails (issue 15)
-    assert np.median(errors) <= 0.9
-    assert np.percentile(errors, 90) <= 1.5
+    # about 1.5x the figures measured here with the defaults (median 0.89 deg, p90 1.39; 0.59 / 1.00 before issue
+    # 12's identity prior, temporal term and noise estimate), so that a constant 2 deg yaw or pitch bias fails
+    # (issue 15: it gives a median near 2 deg)
+    assert np.median(errors) <= 1.3
+    assert np.percentile(errors, 90) <= 2.1
 
 
 def test_extractor_runs_as_a_ray_actor(ray_session, small_model):

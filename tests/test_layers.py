@@ -12,10 +12,10 @@ import importlib.util
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("reenact", "pipelines", "baselines", "benchmark")

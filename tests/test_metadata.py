@@ -5,8 +5,17 @@ from collections import Counter
 
 import pytest
 
-from pipelines.metadata import (COLUMNS, Clip, VideoJob, metadata_table, parse_bbox, parse_csv_text, read_metadata,
-                                superseded_lines, video_jobs)
+from pipelines.metadata import (
+    COLUMNS,
+    Clip,
+    VideoJob,
+    metadata_table,
+    parse_bbox,
+    parse_csv_text,
+    read_metadata,
+    superseded_lines,
+    video_jobs,
+)
 from reenact.data.schema import METADATA, ChunkId
 from tests.conftest import fixture_path
 

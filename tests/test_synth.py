@@ -17,13 +17,13 @@ import pytest
 import torch
 from PIL import Image
 
+from reenact.data.schema import SYNTH_TRUTH, ChunkId, is_safe_id
 from reenact.face3d.camera import PerspectiveCamera
 from reenact.face3d.coeffs import ANGLE, EXP, TRANS
 from reenact.face3d.face import build_face, project_landmarks
 from reenact.face3d.procedural import procedural_model
 from reenact.face3d.raster import RasterSettings, rasterize
 from reenact.face3d.transforms import matrix_to_euler
-from reenact.data.schema import SYNTH_TRUTH, ChunkId, is_safe_id
 from reenact.synth import scene, world, writer
 from tests.conftest import fixture_path
 

@@ -46,7 +46,6 @@ def draw(path: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.patches import FancyBboxPatch
 
     boxes = {b.name: b for b in BOXES}

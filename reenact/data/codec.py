@@ -86,7 +86,7 @@ def uint8_to_tensor(rgb: np.ndarray) -> torch.Tensor:
     """RGB uint8 ``(H, W, 3)`` or ``(B, H, W, 3)`` -> float32 ``(3, H, W)`` or ``(B, 3, H, W)`` in [0, 1]."""
     if rgb.dtype != np.uint8 or rgb.shape[-1] != 3:
         raise ValueError(f"expected RGB uint8 (..., H, W, 3), got {rgb.dtype} {rgb.shape}")
-    t = torch.from_numpy(np.ascontiguousarray(rgb)).to(torch.float32) / 255.0
+    t = torch.from_numpy(np.array(rgb, copy=not rgb.flags.writeable, order="C")).to(torch.float32) / 255.0
     return t.movedim(-1, -3)                                    # ... x 3 x H x W
 
 

@@ -87,7 +87,7 @@ class FitConfig:
                                                       "caller's setting)"})
     max_rmse: float = field(default=6.0, metadata={"help": "frames whose landmark RMSE (px at 256^2) exceeds this "
                                                           "are written with status fit_error"})
-    id_prior_frames: float = field(default=16.0, metadata={
+    id_prior_frames: float = field(default=4.0, metadata={
         "help": "the identity prior weighs max(1, T / id_prior_frames) times for T frames, so beyond this many "
                 "frames its weight no longer fades against the data (0: once per chunk, the plain MAP whose "
                 "identity leaves the prior on long real clips)"})
@@ -579,8 +579,8 @@ class LandmarkFitEstimator:
             ``config.max_rmse``.
         track: the frames of a call are a video in order (follow the face through them).
         photometric_frames: with images, fit texture and light (:mod:`reenact.faces.photometric`) on this many
-            ``ok`` frames spread over the call; tex is shared and every frame gets the mean light (0: tex and gamma
-            stay zero, the flat render).
+            ``ok`` frames spread over the call; tex is shared and every frame gets the mean light (0, the default:
+            tex and gamma stay zero, the flat render; the ``landmarks`` row adapter fits them on 4 frames per chunk).
         photometric: :class:`reenact.faces.photometric.PhotometricConfig`.
         symmetric_landmarks: average dlib's points on each frame with those on its mirror image
             (:func:`reenact.faces.landmarks68.landmarks68` ``symmetric``): dlib's predictor is not mirror-symmetric,
@@ -591,7 +591,7 @@ class LandmarkFitEstimator:
     name = NAME
 
     def __init__(self, model: str = "procedural-full", config: FitConfig = FitConfig(), *, checks=None,
-                 gates=None, track: bool = True, photometric_frames: int = 4, photometric=None,
+                 gates=None, track: bool = True, photometric_frames: int = 0, photometric=None,
                  symmetric_landmarks: bool = True, assets: str | None = None):
         from reenact.face3d.io import load_morphable_model
         from reenact.faces.detect import DetectionChecks

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from reenact.face3d.camera import REFERENCE_FOCAL, REFERENCE_SIZE, PerspectiveCamera
-from reenact.face3d.shading import INIT_LIGHT
 from reenact.face3d.coeffs import ANGLE, EXP, GAMMA, ID, NUM_COEFFS, TEX, TRANS
+from reenact.face3d.shading import INIT_LIGHT
 
 FPS = 25
 VIDEO_WIDTH, VIDEO_HEIGHT = 640, 360

@@ -38,12 +38,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from reenact.data.schema import SYNTH_TRUTH, ChunkId
 from reenact.face3d.camera import PerspectiveCamera
 from reenact.face3d.coeffs import ANGLE, EXP, ID, TRANS
 from reenact.face3d.morphable import NUM_EXP, NUM_ID, MorphableModel
 from reenact.face3d.transforms import euler_to_matrix, rigid_transform
 from reenact.ffmpeg import ffmpeg_exe
-from reenact.data.schema import SYNTH_TRUTH, ChunkId
 from reenact.files import atomic_write_bytes
 from reenact.synth.world import CROP_SIZE, FPS, Sequence, World
 
