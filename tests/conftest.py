@@ -114,3 +114,15 @@ def state_dict_entries(state) -> list[list]:
     """``[[key, shape, dtype], ...]`` of a module or state dict, in order: the layout of the fixtures' keys JSON."""
     state = state.state_dict() if hasattr(state, "state_dict") else state
     return [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in state.items()]
+
+
+def make_testsrc_clip(path: Path, frames: int, hue: int = 0, size: str = "160x120", rate: int = 25) -> Path:
+    """An H.264 clip of ffmpeg's moving test source, tinted by ``hue`` degrees (so videos differ)."""
+    import subprocess
+
+    from pipelines.media import ffmpeg_exe
+
+    subprocess.run([ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "lavfi", "-i",
+                    f"testsrc=size={size}:rate={rate},hue=h={hue}", "-frames:v", str(frames), "-c:v", "libx264",
+                    "-preset", "veryfast", "-pix_fmt", "yuv420p", str(path)], check=True)
+    return path

@@ -20,10 +20,9 @@ import pytest
 
 from pipelines.availability import availability, read_chunk_list, report
 from pipelines.engine import Stage
-from pipelines.media import ffmpeg_exe
 from pipelines.prepare import FramewiseStage, VoxConfig, prepare_vox
 from reenact.data.shards import done_shards, read_stage, shard_paths
-from tests.conftest import REPO
+from tests.conftest import REPO, make_testsrc_clip
 from tests.http_server import LocalServer
 
 VIDEOS = [f"vid{k}" for k in range(6)]
@@ -41,9 +40,7 @@ def world(tmp_path_factory):
     files = {}
     for k, vid in enumerate(VIDEOS):
         path = root / f"{vid}.mp4"
-        subprocess.run([ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "lavfi", "-i",
-                        f"testsrc=size=160x120:rate=25,hue=h={60 * k}", "-frames:v", "12", "-c:v", "libx264",
-                        "-preset", "veryfast", "-pix_fmt", "yuv420p", str(path)], check=True)
+        make_testsrc_clip(path, 12, hue=60 * k)
         files[path.name] = path.read_bytes()
     lines = ["video_id,start,end,bbox,fps,width,height,partition,person_id"]
     for k, vid in enumerate(ORDER):
