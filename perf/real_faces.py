@@ -42,7 +42,6 @@ from reenact.face3d.transforms import euler_to_matrix, rotation_angle_between  #
 from reenact.faces.landmarks68 import mirror_box, mirror_points  # noqa: E402
 
 CHUNKS = (64, 8)
-TEX_GAMMA = list(range(TEX.start, TEX.stop)) + list(range(GAMMA.start, GAMMA.stop))
 
 
 # ---------------------------------------------------------------- detection (cached)
@@ -250,14 +249,17 @@ def photometric_figures(name: str, det, estimator, frames: int, max_frames: int 
     start, cpu = time.perf_counter(), time.process_time()
     result = photometric_fit(images, est.coeffs, points, model=estimator.model)
     ms = 1000 * (time.perf_counter() - start) / len(pick), 1000 * (time.process_time() - cpu) / len(pick)
-    stored = est.coeffs.clone()
-    stored[:, TEX_GAMMA] = result.coeffs[:, TEX_GAMMA]
+    stored = est.coeffs.clone()            # as LandmarkFitEstimator.fit_texture writes them: tex, the mean light
+    stored[:, TEX], stored[:, GAMMA] = result.coeffs[:, TEX], result.coeffs[:, GAMMA].mean(0)
     as_stored, _ = render_error(images, stored, points, estimator.model)
     brows_only, brow_mask = render_error(images, result.coeffs, points, estimator.model, outline=False)
     mask = result.mask[:, 0].bool()
-    print(f"  photometric on {len(pick)} frames: mean |I_r - frame| in the face mask {result.error:.4f} "
-          f"(flat render {result.flat_error:.4f}); landmark-fit geometry with the fitted tex and light {as_stored:.4f}; "
+    print(f"  {name} photometric on {len(pick)} frames: mean |I_r - frame| in the face mask {result.error:.4f} "
+          f"(flat render {result.flat_error:.4f}); as stored (landmark-fit geometry, fitted tex, mean light) {as_stored:.4f}; "
           f"{ms[0]:.0f} ms/frame ({ms[1]:.0f} CPU-ms/frame)")
+    tex_rms = float(result.coeffs[0, TEX].square().mean().sqrt())
+    turned = float(rotation_differences(est.coeffs.numpy(), result.coeffs.numpy()).max())
+    print(f"  refined geometry: rotation moved by at most {turned:.2f} deg; texture RMS {tex_rms:.2f}")
     print(f"  face mask {int(mask.sum()) / len(pick):.0f} px/frame = {float(mask.sum() / brow_mask.sum()):.1%} of "
           f"the brow-cut-only mask, whose error is {brows_only:.4f}")
     print("  by region (share of mask, mean error): " + ", ".join(

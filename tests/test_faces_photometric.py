@@ -77,17 +77,18 @@ def test_outline_mask_is_the_polygon_of_dlibs_outline():
 
 def test_texture_light_and_pose_are_recovered_from_a_render(model):
     """Start from the truth's geometry with a 3 degree yaw error, zero texture and light: the fit brings the render
-    to the frame (measured: error 0.012 from a flat 0.158) and the pose back towards the truth (3 -> 0.24 deg)."""
+    to the frame (measured: error 0.012 from a flat 0.158) and, without the prior that holds the rotation to the
+    landmark fit's, the pose back to the truth (3 -> 0.2 deg)."""
     coeffs = truth(1)
     image, points = scene_of(model, coeffs)
     start = coeffs.clone()
     start[:, TEX], start[:, GAMMA] = 0.0, 0.0
     start[:, ANGLE.start + 1] += np.deg2rad(3.0)
-    result = photometric_fit(image, start, points, model, PhotometricConfig(steps=60))
+    result = photometric_fit(image, start, points, model, PhotometricConfig(steps=60, rotation_weight=0.0))
     assert result.error < 0.3 * result.flat_error and result.error < 0.02, (result.error, result.flat_error)
     rotation = lambda c: euler_to_matrix(c[:, ANGLE].double())  # noqa: E731
     before = torch.rad2deg(rotation_angle_between(rotation(start), rotation(coeffs)))
     after = torch.rad2deg(rotation_angle_between(rotation(result.coeffs), rotation(coeffs)))
-    assert (after < 0.5 * before).all(), (before, after)
+    assert (after < 0.25 * before).all(), (before, after)
     fixed = photometric_fit(image, start, points, model, PhotometricConfig(steps=60, refine_geometry=False))
     assert torch.equal(fixed.coeffs[:, ANGLE], start[:, ANGLE]) and fixed.error > result.error

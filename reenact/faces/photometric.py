@@ -9,11 +9,13 @@ current screen vertices, so the colour at a pixel is differentiable in the lit v
 :func:`reenact.face3d.raster.interpolate`, and also in the geometry. Energy, minimised with Adam::
 
     E = mean_{pixels in M} |I_r - I| (per channel) + w_tex |delta|^2 / 80 + w_gamma |gamma|^2 / 27
-        + w_lm mean_k |p_k - q_k|^2 / s^2 + w_exp |beta - beta_0|^2 / 64
+        + w_lm mean_k |p_k - q_k|^2 / s^2 + w_exp |beta - beta_0|^2 / 64 + w_rot |theta - theta_0|^2 / 3
 
 with one delta for all frames (one face), one gamma per frame (light may change), and per frame an expression beta
-and a pose refined from the landmark fit's (beta_0), held to dlib's inner 51 points q_k (p_k the model's, s the face
-size; the 17 jaw points slide along the silhouette and are left out).
+and a pose refined from the landmark fit's (beta_0, theta_0), held to dlib's inner 51 points q_k (p_k the model's, s
+the face size; the 17 jaw points slide along the silhouette and are left out) and to the fitted rotation (without
+that term the light's gradient turns a near-frontal head by up to 7 degrees, pitch with a compensating shift, which
+the inner points hardly see).
 
 The face mask M is where the data says the face is: pixels the rendered face covers, inside the outline of dlib's
 points (the 17 jaw points, closed along the 10 brow points). The model's mesh reaches past the brows into the
@@ -46,14 +48,15 @@ OUTLINE = list(range(0, 17)) + list(range(26, 16, -1))
 class PhotometricConfig:
     """Settings of :func:`photometric_fit`."""
 
-    steps: int = 150             # Adam steps
+    steps: int = 300             # Adam steps
     lr: float = 0.05             # Adam learning rate of delta and gamma
-    tex_weight: float = 1e-3     # prior weight on delta (per coefficient)
-    gamma_weight: float = 1e-3   # prior weight on gamma (per coefficient)
+    tex_weight: float = 1e-4     # prior weight on delta (per coefficient); 1e-3 held tpsmm_driving's error at 0.060
+    gamma_weight: float = 1e-4   # prior weight on gamma (per coefficient)
     refine_geometry: bool = True  # refine expression and pose per frame (else the landmark fit's stays)
-    geometry_lr: float = 2e-3    # Adam learning rate of the expression (coefficients) and pose (rad, decimetres)
+    geometry_lr: float = 1e-2    # Adam learning rate of the expression (coefficients) and pose (rad, decimetres)
     landmark_weight: float = 10.0  # weight of the inner 51 points' squared error relative to the face size
     exp_weight: float = 1e-3     # prior weight on the expression's change (per coefficient)
+    rotation_weight: float = 3.0  # prior weight on the rotation's change (per angle, radians^2): all three 1 deg: 9e-4
     rasterize_every: int = 10    # steps between two visibility updates while the geometry moves
     outline: bool = True         # the mask stops at dlib's face outline (else only at the brows)
     fit_size: int = 128          # fit on the frames area-averaged to this short side (0: full size); the result,
@@ -240,7 +243,8 @@ class _Scene:
         if self.refine:
             points = screen[:, self.landmark_local, :2][:, INNER]
             landmark = ((points - self.points).square().sum(-1) / self.size[:, None].square()).mean()
-            loss = loss + c.landmark_weight * landmark + c.exp_weight * pose[:, 6:].square().mean()
+            loss = (loss + c.landmark_weight * landmark + c.exp_weight * pose[:, 6:].square().mean()
+                    + c.rotation_weight * pose[:, :3].square().mean())
         return loss
 
     def _at_pixels(self, colors: torch.Tensor, screen: torch.Tensor) -> torch.Tensor:
