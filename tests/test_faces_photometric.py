@@ -92,3 +92,16 @@ def test_texture_light_and_pose_are_recovered_from_a_render(model):
     assert (after < 0.25 * before).all(), (before, after)
     fixed = photometric_fit(image, start, points, model, PhotometricConfig(steps=60, refine_geometry=False))
     assert torch.equal(fixed.coeffs[:, ANGLE], start[:, ANGLE]) and fixed.error > result.error
+
+
+def test_the_least_squares_start_already_explains_a_render(model):
+    """Texture and light by alternating least squares at the true geometry, before any Adam step (measured: error
+    0.005 from a flat 0.17); without it the start is the flat render."""
+    coeffs = truth(1)
+    image, points = scene_of(model, coeffs)
+    start = coeffs.clone()
+    start[:, TEX], start[:, GAMMA] = 0.0, 0.0
+    solved = photometric_fit(image, start, points, model, PhotometricConfig(steps=0))
+    assert solved.error < 0.02 and solved.flat_error > 0.1, (solved.error, solved.flat_error)
+    flat = photometric_fit(image, start, points, model, PhotometricConfig(steps=0, warm_start=0))
+    assert flat.error == pytest.approx(flat.flat_error)
