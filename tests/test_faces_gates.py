@@ -109,6 +109,16 @@ def test_identity_outside_the_prior_fails_every_frame():
     assert check_fit(c, points, torch.full((6,), 0.5), (SIZE, SIZE)).passed.all()
 
 
+def test_schema_3_adds_the_gate_statuses_and_keeps_every_older_one():
+    """Shards of schema version 2 carry only the older strings; each still parses as a Status."""
+    from reenact.data.schema import SCHEMA_VERSION, STATUSES
+
+    version_2 = ("ok", "skipped", "unavailable", "private", "download_error", "timeout", "decode_error", "too_short",
+                 "out_of_frame", "bad_metadata", "rejected", "no_face", "fit_error")
+    assert SCHEMA_VERSION == 3 and [Status(s).value for s in version_2] == list(version_2)
+    assert set(STATUSES) - set(version_2) == {"implausible", "detector_disagreement"}
+
+
 def test_gate_thresholds_are_the_documented_ones():
     gates = Gates()
     assert (gates.max_rmse_rel, gates.max_pose_step_deg, gates.max_id_rms, gates.max_border_points) == \
