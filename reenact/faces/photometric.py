@@ -57,7 +57,7 @@ class PhotometricConfig:
     landmark_weight: float = 10.0  # weight of the inner 51 points' squared error relative to the face size
     exp_weight: float = 1e-3     # prior weight on the expression's change (per coefficient)
     rotation_weight: float = 3.0  # prior weight on the rotation's change (per angle, radians^2): all three 1 deg: 9e-4
-    rasterize_every: int = 10    # steps between two visibility updates while the geometry moves
+    rasterize_every: int = 20    # steps between two visibility updates while the geometry moves (< 1 deg)
     outline: bool = True         # the mask stops at dlib's face outline (else only at the brows)
     warm_start: int = 3          # rounds of alternating least squares for delta and gamma before Adam (0: zeros)
     fit_size: int = 128          # fit on the frames area-averaged to this short side (0: full size); the result,
