@@ -60,6 +60,8 @@ class PhotometricConfig:
     rasterize_every: int = 20    # steps between two visibility updates while the geometry moves (< 1 deg)
     outline: bool = True         # the mask stops at dlib's face outline (else only at the brows)
     warm_start: int = 3          # rounds of alternating least squares for delta and gamma before Adam (0: zeros)
+    threads: int = 1             # torch intra-op threads during the fit (0: keep the caller's); its tensors are
+    #                              small, so on a busy machine more threads cost more CPU than they save
     fit_size: int = 128          # fit on the frames area-averaged to this short side (0: full size); the result,
     #                              its render and its error are at full size (texture and light are smooth: from
     #                              256^2 it halves the cost for 0.0005-0.002 more error on the real clips)
@@ -136,7 +138,13 @@ def photometric_fit(images: torch.Tensor, coeffs: torch.Tensor, landmarks: torch
         from reenact.face3d.io import load_morphable_model
 
         model = load_morphable_model(model, assets)
-    coeffs = coeffs.to(model.mean_shape.dtype)
+    from reenact.faces.landmark_fit import torch_threads
+
+    with torch_threads(config.threads):
+        return _fit(images, coeffs.to(model.mean_shape.dtype), landmarks, model, config)
+
+
+def _fit(images, coeffs, landmarks, model, config: PhotometricConfig) -> PhotometricResult:
     small, small_landmarks = _downsampled(images, landmarks, config.fit_size)
     scene = _Scene(model, small, coeffs, small_landmarks, config)
     tex, gamma = scene.least_squares(config.warm_start)
