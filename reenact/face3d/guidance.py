@@ -158,7 +158,7 @@ def _nchw(x: torch.Tensor) -> torch.Tensor:
 
 def compute_guidance(model: MorphableModel, source_coeffs: torch.Tensor, driving_coeffs: torch.Tensor,
                      size: int = 256, *, camera: PerspectiveCamera | None = None,
-                     with_source_render: bool = True, backend: str = "torch",
+                     with_source_render: bool = True, backend: str = "auto",
                      occlusion_rule: OcclusionRule = "depth_test") -> Guidance:
     """F_c, O_c, I_r (and the source render) for ``B`` pairs of ``(B, 257)`` coefficients at ``size`` x ``size``.
 

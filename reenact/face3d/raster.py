@@ -22,7 +22,10 @@ Conventions (pinned by ``tests/test_raster.py::test_convention_*``):
 Computation is in float32 (float64 for boxes larger than 4x4 pixels). Outputs carry no gradient with respect to
 the vertices; :func:`interpolate` is differentiable in ``attrs``.
 
-The torch backend's kernel (how it is fast, its per-triangle table) is :mod:`reenact.face3d.raster_kernel`.
+Backends: "torch" (:mod:`reenact.face3d.raster_kernel`, vectorised PyTorch, CPU or CUDA; the reference),
+"numba" (:mod:`reenact.face3d.raster_numba`, a compiled CPU scan-converter, the same raster bit for bit and several
+times faster on one thread), the optional "pytorch3d", and "auto": numba for CPU tensors, else pytorch3d when it
+imports, else torch (and torch wherever numba cannot be imported).
 """
 from __future__ import annotations
 
@@ -35,13 +38,14 @@ import torch
 
 from reenact.face3d.raster_kernel import pixel_corners, rasterize_torch
 
-Backend = Literal["auto", "torch", "pytorch3d"]
-BACKENDS = ("auto", "torch", "pytorch3d")
+Backend = Literal["auto", "torch", "numba", "pytorch3d"]
+BACKENDS = ("auto", "torch", "numba", "pytorch3d")
 
 
 @dataclass(frozen=True)
 class RasterSettings:
-    """What to rasterize into: ``image_size`` is ``(H, W)``; ``backend`` is "torch", "pytorch3d" or "auto"."""
+    """What to rasterize into: ``image_size`` is ``(H, W)``; ``backend`` is "torch", "numba", "pytorch3d" or
+    "auto" (see the module docstring)."""
 
     image_size: tuple[int, int]
     cull_backfaces: bool = False
@@ -92,8 +96,12 @@ def rasterize(verts: torch.Tensor, faces: torch.Tensor, settings: RasterSettings
         :class:`Fragments` with ``(B, H, W)`` fields.
     """
     _check_inputs(verts, faces)
-    if resolve_backend(settings.backend) == "pytorch3d":
+    backend = resolve_backend(settings.backend, verts.device)
+    if backend == "pytorch3d":
         return _rasterize_pytorch3d(verts, faces, settings)
+    if backend == "numba":
+        triangle_id, bary, depth = _numba_kernel()(verts, faces, settings.image_size, settings.cull_backfaces)
+        return Fragments(triangle_id=triangle_id, bary=bary, depth=depth)
     with torch.no_grad():
         triangle_id, bary, depth = rasterize_torch(verts.detach(), faces.long(), settings.image_size,
                                                    settings.cull_backfaces)
@@ -136,16 +144,37 @@ def _weighted_corners(values: torch.Tensor, weights: torch.Tensor, out: torch.Te
     return total.addcmul_(values[1], weights[1]).addcmul_(values[2], weights[2])
 
 
-def resolve_backend(backend: str) -> str:
-    """The backend that will run: "auto" is "pytorch3d" when it can be imported, else "torch"."""
+def resolve_backend(backend: str, device: torch.device | str = "cpu") -> str:
+    """The backend that will run for tensors on ``device``: "auto" is "numba" on CPU when numba imports, else
+    "pytorch3d" when it imports, else "torch". An explicit "numba" needs CPU tensors and numba."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    on_cpu = torch.device(device).type == "cpu"
+    if backend == "numba":
+        if not on_cpu:
+            raise ValueError(f"backend='numba' rasterizes CPU tensors only, got tensors on {device}; "
+                             "use 'torch' or 'auto'")
+        if _numba_kernel() is None:
+            raise ImportError("backend='numba' was requested but numba cannot be imported; use 'torch' or 'auto'")
+        return "numba"
+    if backend == "auto" and on_cpu and _numba_kernel() is not None:
+        return "numba"
     if backend == "torch":
         return "torch"
     available = _pytorch3d_available()
     if backend == "pytorch3d" and not available:
         raise ImportError("backend='pytorch3d' was requested but pytorch3d cannot be imported; use 'torch' or 'auto'")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return "pytorch3d" if available else "torch"
+
+
+@functools.lru_cache(maxsize=None)
+def _numba_kernel():
+    """The numba backend's entry point, or None where numba cannot be imported (asked once; "auto" then runs torch)."""
+    try:
+        from reenact.face3d.raster_numba import rasterize_numba
+    except Exception:  # ImportError, or a numba/llvmlite that does not load here
+        return None
+    return rasterize_numba
 
 
 def _check_inputs(verts: torch.Tensor, faces: torch.Tensor) -> None:
