@@ -377,7 +377,7 @@ def test_auto_backend_is_numba_on_cpu_and_torch_elsewhere_without_pytorch3d():
 def test_auto_backend_degrades_to_torch_when_numba_does_not_import(monkeypatch):
     monkeypatch.setitem(sys.modules, "numba", None)                       # import numba raises ImportError
     monkeypatch.setitem(sys.modules, "reenact.face3d.raster_numba", None)
-    raster._numba_kernel.cache_clear()
+    raster.numba_kernels.cache_clear()
     try:
         assert raster.resolve_backend("auto") in ("torch", "pytorch3d")
         with pytest.raises(ImportError, match="numba"):
@@ -386,7 +386,7 @@ def test_auto_backend_degrades_to_torch_when_numba_does_not_import(monkeypatch):
         frags = rasterize(verts, faces, RasterSettings((28, 36), backend="auto"))
         assert frags.mask.any()
     finally:
-        raster._numba_kernel.cache_clear()
+        raster.numba_kernels.cache_clear()
 
 
 def assert_same_raster(a: Fragments, b: Fragments) -> None:

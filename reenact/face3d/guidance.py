@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from reenact.face3d.camera import PerspectiveCamera, pixel_grid, pixel_to_grid
 from reenact.face3d.coeffs import Coeffs, check_coeffs, target_coeffs
-from reenact.face3d.face import build_face, lit_colors, shown_vertices
+from reenact.face3d.face import build_face, cpu_kernels, lit_colors, shown_vertices
 from reenact.face3d.morphable import MorphableModel
 from reenact.face3d.raster import Fragments, RasterSettings, interpolate, rasterize
 
@@ -104,6 +104,11 @@ def depth_tested_occlusion(target: Fragments, source: Fragments, faces: torch.Te
                            tolerance: float | None = None) -> torch.Tensor:
     """Eq. 4 with the depth-test rule: ``(B, H, W)`` float, :func:`depth_tested_triangles` of each covered target
     pixel's triangle (the same test, run only for the triangles the target shows, once per pixel)."""
+    tolerance = DEPTH_TOLERANCE if tolerance is None else tolerance
+    kernels = cpu_kernels(target.triangle_id, source.depth, source_screen)
+    if kernels is not None:
+        return kernels.depth_tested_occlusion_numba(target.triangle_id, source.depth, faces, source_screen, tolerance,
+                                                    SLOPE_CAP)
     b, h, w = target.triangle_id.shape
     ids = target.triangle_id.reshape(-1)
     covered = _nonzero(ids >= 0)                                             # n flat pixels
@@ -111,7 +116,7 @@ def depth_tested_occlusion(target: Fragments, source: Fragments, faces: torch.Te
     batch = covered // (h * w)
     corner_ids = faces.index_select(0, triangle) + (batch * source_screen.shape[1]).unsqueeze(1)    # n x 3
     corners = source_screen.reshape(-1, 3).index_select(0, corner_ids.reshape(-1)).view(-1, 3, 3)
-    visible = _centroids_visible(corners, batch, source.depth, DEPTH_TOLERANCE if tolerance is None else tolerance)
+    visible = _centroids_visible(corners, batch, source.depth, tolerance)
     occlusion = torch.zeros(b * h * w, dtype=source_screen.dtype, device=ids.device)
     return occlusion.index_copy_(0, covered, visible.to(occlusion.dtype)).view(b, h, w)
 

@@ -62,6 +62,12 @@ class MorphableModel:
         object.__setattr__(self, "_adjacent", torch.where(self.vertex_triangles < 0, padding, self.vertex_triangles))
 
     @property
+    def adjacent(self) -> torch.Tensor:
+        """``(V, K)`` int64 adjacent triangles per vertex with the -1 padding replaced by ``F`` (one past the last
+        triangle, where a zero normal goes)."""
+        return self._adjacent
+
+    @property
     def num_vertices(self) -> int:
         return self.mean_shape.shape[0]
 

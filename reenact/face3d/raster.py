@@ -30,6 +30,7 @@ imports, else torch (and torch wherever numba cannot be imported).
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -100,7 +101,8 @@ def rasterize(verts: torch.Tensor, faces: torch.Tensor, settings: RasterSettings
     if backend == "pytorch3d":
         return _rasterize_pytorch3d(verts, faces, settings)
     if backend == "numba":
-        triangle_id, bary, depth = _numba_kernel()(verts, faces, settings.image_size, settings.cull_backfaces)
+        kernels = numba_kernels()
+        triangle_id, bary, depth = kernels.rasterize_numba(verts, faces, settings.image_size, settings.cull_backfaces)
         return Fragments(triangle_id=triangle_id, bary=bary, depth=depth)
     with torch.no_grad():
         triangle_id, bary, depth = rasterize_torch(verts.detach(), faces.long(), settings.image_size,
@@ -125,6 +127,8 @@ def interpolate(fragments: Fragments, faces: torch.Tensor, attrs: torch.Tensor) 
         raise ValueError(f"attrs must be (B={B}, V, D), got {tuple(attrs.shape)}")
     if faces.dim() != 2 or faces.shape[1] != 3:
         raise ValueError(f"faces must be (F, 3), got {tuple(faces.shape)}")
+    if _interpolates_with_numba(attrs, fragments):
+        return numba_kernels().interpolate_numba(fragments.triangle_id, fragments.bary, faces, attrs)
     V, D, P = attrs.shape[1], attrs.shape[2], B * H * W
     corners = pixel_corners(fragments.triangle_id, faces.long(), V).view(-1)  # 3P rows of the (B * V) table
     weights = fragments.bary.permute(3, 0, 1, 2).reshape(3, P).to(attrs.dtype)  # a view for rasterize's bary
@@ -136,6 +140,12 @@ def interpolate(fragments: Fragments, faces: torch.Tensor, attrs: torch.Tensor) 
         for channel, target in zip(channels, out):
             _weighted_corners(channel.index_select(0, corners).view(3, P), weights, out=target)
     return out.view(D, B, H, W).permute(1, 2, 3, 0)
+
+
+def _interpolates_with_numba(attrs: torch.Tensor, fragments: Fragments) -> bool:
+    """The numba kernel serves float32 CPU attributes without autograd (the same numbers as the torch code)."""
+    return (attrs.device.type == "cpu" and attrs.dtype == torch.float32 and fragments.triangle_id.device.type == "cpu"
+            and not (torch.is_grad_enabled() and attrs.requires_grad) and numba_kernels() is not None)
 
 
 def _weighted_corners(values: torch.Tensor, weights: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -154,10 +164,10 @@ def resolve_backend(backend: str, device: torch.device | str = "cpu") -> str:
         if not on_cpu:
             raise ValueError(f"backend='numba' rasterizes CPU tensors only, got tensors on {device}; "
                              "use 'torch' or 'auto'")
-        if _numba_kernel() is None:
+        if numba_kernels() is None:
             raise ImportError("backend='numba' was requested but numba cannot be imported; use 'torch' or 'auto'")
         return "numba"
-    if backend == "auto" and on_cpu and _numba_kernel() is not None:
+    if backend == "auto" and on_cpu and numba_kernels() is not None:
         return "numba"
     if backend == "torch":
         return "torch"
@@ -168,13 +178,13 @@ def resolve_backend(backend: str, device: torch.device | str = "cpu") -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _numba_kernel():
-    """The numba backend's entry point, or None where numba cannot be imported (asked once; "auto" then runs torch)."""
+def numba_kernels(module: str = "raster_numba"):
+    """A numba kernels' module of this package (:mod:`reenact.face3d.raster_numba` by default), or None where
+    numba cannot be imported (asked once; "auto" and the other CPU dispatchers then run torch)."""
     try:
-        from reenact.face3d.raster_numba import rasterize_numba
+        return importlib.import_module(f"reenact.face3d.{module}")
     except Exception:  # ImportError, or a numba/llvmlite that does not load here
         return None
-    return rasterize_numba
 
 
 def _check_inputs(verts: torch.Tensor, faces: torch.Tensor) -> None:

@@ -76,6 +76,27 @@ def _fma(typingctx, a, b, c):
     return a(a, b, c), codegen
 
 
+def _unary_llvm_intrinsic(name: str):
+    """A numba intrinsic calling LLVM's ``name`` on a float32 or float64 (a single instruction on x86-64 with
+    SSE4.1; numba's ``np.ceil`` goes through libm)."""
+    @intrinsic
+    def call(typingctx, x):
+        if not isinstance(x, types.Float):
+            return None
+
+        def codegen(context, builder, signature, args):
+            fn = builder.module.declare_intrinsic(name, [args[0].type])
+            return builder.call(fn, args)
+
+        return x(x), codegen
+
+    return call
+
+
+ceil = _unary_llvm_intrinsic("llvm.ceil")
+floor = _unary_llvm_intrinsic("llvm.floor")
+
+
 @intrinsic
 def _float32_bits(typingctx, x):
     """The bits of a float32 as an int32."""
@@ -101,9 +122,20 @@ def _bits_float32(typingctx, x):
 
 
 @njit(cache=True, inline="always")
-def _mad(a, b, c, fused):
-    """``a * b + c`` as torch's ``addcmul`` computes it here: rounded once when ``fused``, else twice."""
+def mad(a, b, c, fused):
+    """``a * b + c`` as torch's ``addcmul`` computes it here (``fused = torch_fuses_multiply_add()``): rounded once
+    when ``fused``, else twice."""
     return _fma(a, b, c) if fused else a * b + c
+
+
+@njit(cache=True, inline="always")
+def _min(a, b):
+    return a if a < b else b
+
+
+@njit(cache=True, inline="always")
+def _max(a, b):
+    return a if a > b else b
 
 
 @njit(cache=True, inline="always")
@@ -137,21 +169,21 @@ def _scan_triangle(xyz, b, i0, i1, i2, f, H, W, cull, fused, keys):
     if area2 == 0 or (cull and area2 > 0):      # degenerate, or culled (front faces have area2 < 0)
         return
     s = np.float32(1.0) if area2 > 0 else np.float32(-1.0)
-    lo_x = min(max(np.ceil(min(min(x0, x1), x2)), np.float32(0.0)), np.float32(W - 1))
-    lo_y = min(max(np.ceil(min(min(y0, y1), y2)), np.float32(0.0)), np.float32(H - 1))
-    ext_x = min(np.floor(max(max(x0, x1), x2)), np.float32(W - 1)) - lo_x   # < 0: no centre in the box
-    ext_y = min(np.floor(max(max(y0, y1), y2)), np.float32(H - 1)) - lo_y
+    lo_x = _min(_max(ceil(_min(_min(x0, x1), x2)), np.float32(0.0)), np.float32(W - 1))
+    lo_y = _min(_max(ceil(_min(_min(y0, y1), y2)), np.float32(0.0)), np.float32(H - 1))
+    ext_x = _min(floor(_max(_max(x0, x1), x2)), np.float32(W - 1)) - lo_x   # < 0: no centre in the box
+    ext_y = _min(floor(_max(_max(y0, y1), y2)), np.float32(H - 1)) - lo_y
     origin = np.int64(lo_y) * W + np.int64(lo_x)
-    if max(ext_x, ext_y) >= FLOAT32_BOX:
+    if _max(ext_x, ext_y) >= FLOAT32_BOX:
         _scan_box_float64(x0, y0, z0, x1, y1, z1, x2, y2, z2, lo_x, lo_y, ext_x, ext_y, origin, f, W, fused, keys)
         return
     qx, qy = lo_x - x0, lo_y - y0               # the box's first pixel centre relative to corner 0
-    c1 = _mad(-e2x, qy, qx * e2y, fused)
-    c2 = _mad(-qx, e1y, e1x * qy, fused)
+    c1 = mad(-e2x, qy, qx * e2y, fused)
+    c2 = mad(-qx, e1y, e1x * qy, fused)
     c0 = (area2 - c1) - c2
     dz1, dz2 = z1 - z0, z2 - z0
-    d0 = _mad(c2, dz2, c1 * dz1, fused) / area2 + z0
-    if min(min(c0 * s, c1 * s), c2 * s) >= 0:  # the first pixel is tested whatever the box (as the torch backend)
+    d0 = mad(c2, dz2, c1 * dz1, fused) / area2 + z0
+    if _min(_min(c0 * s, c1 * s), c2 * s) >= 0:  # the first pixel is tested whatever the box (as the torch backend)
         k = _key(d0, f)
         if k < keys[origin]:
             keys[origin] = k
@@ -160,19 +192,19 @@ def _scan_triangle(xyz, b, i0, i1, i2, f, H, W, cull, fused, keys):
     # edge k runs from corner k + 1 to corner k + 2: E_k(dj, di) = E_k - ey_k dj + ex_k di
     ex0, ex1, ex2 = e2x - e1x, -e2x, e1x
     ey0, ey1, ey2 = e2y - e1y, -e2y, e1y
-    ddx = -(_mad(ey2, dz2, ey1 * dz1, fused) / area2)
-    ddy = _mad(ex2, dz2, ex1 * dz1, fused) / area2
+    ddx = -(mad(ey2, dz2, ey1 * dz1, fused) / area2)
+    ddy = mad(ex2, dz2, ex1 * dz1, fused) / area2
     for di in range(np.int64(ext_y) + 1):
         fi = np.float32(di)
         for dj in range(np.int64(ext_x) + 1):
             if di == 0 and dj == 0:
                 continue
             fj = np.float32(dj)
-            m0 = _mad(ex0, fi, c0 - ey0 * fj, fused) * s
-            m1 = _mad(ex1, fi, c1 - ey1 * fj, fused) * s
-            m2 = _mad(ex2, fi, c2 - ey2 * fj, fused) * s
-            if min(min(m0, m1), m2) >= 0:
-                k = _key(_mad(ddy, fi, d0 + ddx * fj, fused), f)
+            m0 = mad(ex0, fi, c0 - ey0 * fj, fused) * s
+            m1 = mad(ex1, fi, c1 - ey1 * fj, fused) * s
+            m2 = mad(ex2, fi, c2 - ey2 * fj, fused) * s
+            if _min(_min(m0, m1), m2) >= 0:
+                k = _key(mad(ddy, fi, d0 + ddx * fj, fused), f)
                 p = origin + di * W + dj
                 if k < keys[p]:
                     keys[p] = k
@@ -190,24 +222,24 @@ def _scan_box_float64(x0, y0, z0, x1, y1, z1, x2, y2, z2, lo_x, lo_y, ext_x, ext
         return
     s = 1.0 if area2 > 0 else -1.0
     qx, qy = np.float64(lo_x) - X0, np.float64(lo_y) - Y0
-    c1 = _mad(-e2x, qy, qx * e2y, fused)
-    c2 = _mad(-qx, e1y, e1x * qy, fused)
+    c1 = mad(-e2x, qy, qx * e2y, fused)
+    c2 = mad(-qx, e1y, e1x * qy, fused)
     c0 = (area2 - c1) - c2
     dz1, dz2 = np.float64(z1) - Z0, np.float64(z2) - Z0
-    d0 = _mad(c2, dz2, c1 * dz1, fused) / area2 + Z0
+    d0 = mad(c2, dz2, c1 * dz1, fused) / area2 + Z0
     ex0, ex1, ex2 = e2x - e1x, -e2x, e1x
     ey0, ey1, ey2 = e2y - e1y, -e2y, e1y
-    ddx = -(_mad(ey2, dz2, ey1 * dz1, fused) / area2)
-    ddy = _mad(ex2, dz2, ex1 * dz1, fused) / area2
+    ddx = -(mad(ey2, dz2, ey1 * dz1, fused) / area2)
+    ddy = mad(ex2, dz2, ex1 * dz1, fused) / area2
     for di in range(np.int64(ext_y) + 1):
         fi = np.float64(di)
         for dj in range(np.int64(ext_x) + 1):
             fj = np.float64(dj)
-            m0 = _mad(ex0, fi, c0 - ey0 * fj, fused) * s
-            m1 = _mad(ex1, fi, c1 - ey1 * fj, fused) * s
-            m2 = _mad(ex2, fi, c2 - ey2 * fj, fused) * s
-            if min(min(m0, m1), m2) >= 0:
-                k = _key(np.float32(_mad(ddy, fi, d0 + ddx * fj, fused)), f)
+            m0 = mad(ex0, fi, c0 - ey0 * fj, fused) * s
+            m1 = mad(ex1, fi, c1 - ey1 * fj, fused) * s
+            m2 = mad(ex2, fi, c2 - ey2 * fj, fused) * s
+            if _min(_min(m0, m1), m2) >= 0:
+                k = _key(np.float32(mad(ddy, fi, d0 + ddx * fj, fused)), f)
                 p = origin + di * W + dj
                 if k < keys[p]:
                     keys[p] = k
@@ -229,18 +261,48 @@ def _decode(xyz, faces, keys, H, W, b, fused, triangle_id, bary, depth):
                 continue
             f = key & _LOW_32
             triangle_id[b, i, j] = f
-            o = min(order, _FLOAT32_INF_BITS)   # an order past +inf (a NaN) reads as +inf
+            o = _min(order, _FLOAT32_INF_BITS)   # an order past +inf (a NaN) reads as +inf
             depth[b, i, j] = _bits_float32(np.int32(((o >> 31) & _LOW_31) ^ o))
             i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
             x0, y0 = xyz[b, i0, 0] - half, xyz[b, i0, 1] - half
             e1x, e2x = (xyz[b, i1, 0] - half) - x0, (xyz[b, i2, 0] - half) - x0
             e1y, e2y = (xyz[b, i1, 1] - half) - y0, (xyz[b, i2, 1] - half) - y0
             qx, qy = np.float32(j) - x0, np.float32(i) - y0
-            area2 = _mad(-e2x, e1y, e1x * e2y, fused)
-            w1 = _mad(-e2x, qy, qx * e2y, fused)
-            w2 = _mad(-qx, e1y, e1x * qy, fused)
+            area2 = mad(-e2x, e1y, e1x * e2y, fused)
+            w1 = mad(-e2x, qy, qx * e2y, fused)
+            w2 = mad(-qx, e1y, e1x * qy, fused)
             w0 = (area2 - w1) - w2
             r = np.float32(1.0) / area2
             bary[0, b, i, j] = w0 * r
             bary[1, b, i, j] = w1 * r
             bary[2, b, i, j] = w2 * r
+
+
+def interpolate_numba(triangle_id: torch.Tensor, bary: torch.Tensor, faces: torch.Tensor,
+                      attrs: torch.Tensor) -> torch.Tensor:
+    """:func:`reenact.face3d.raster.interpolate` on CPU without autograd, the same numbers as its torch version:
+    ``(B, H, W)`` ids, ``(B, H, W, 3)`` barycentrics, ``(F, 3)`` faces, ``(B, V, D)`` float32 attrs ->
+    ``(B, H, W, D)``, a channels-last view of a ``(D, B, H, W)`` tensor."""
+    B, H, W = triangle_id.shape
+    out = np.empty((attrs.shape[2], B, H, W), np.float32)
+    _interpolate(triangle_id.numpy(), bary.permute(3, 0, 1, 2).contiguous().numpy(),
+                 faces.to(torch.int64).contiguous().numpy(), attrs.contiguous().numpy(), torch_fuses_multiply_add(),
+                 out)
+    return torch.from_numpy(out).permute(1, 2, 3, 0)
+
+
+@njit(cache=True)
+def _interpolate(triangle_id, bary, faces, attrs, fused, out):
+    """``out[d, b, i, j] = sum_k bary[k, b, i, j] attrs[b, faces[t, k], d]`` (t = 0 where empty, where the
+    barycentrics are 0), in the torch version's order: ``w0 v0``, then two multiply-adds."""
+    B, H, W = triangle_id.shape
+    for b in range(B):
+        for i in range(H):
+            for j in range(W):
+                t = max(triangle_id[b, i, j], 0)
+                v0, v1, v2 = faces[t, 0], faces[t, 1], faces[t, 2]
+                w0, w1, w2 = bary[0, b, i, j], bary[1, b, i, j], bary[2, b, i, j]
+                for d in range(attrs.shape[2]):
+                    total = attrs[b, v0, d] * w0
+                    total = mad(attrs[b, v1, d], w1, total, fused)
+                    out[d, b, i, j] = mad(attrs[b, v2, d], w2, total, fused)
