@@ -35,10 +35,18 @@ class FaceMesh:
     colors: torch.Tensor | None
 
 
-def _pose(model: MorphableModel, c: Coeffs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Eq. 1 and the pose: (rest ``(B, V, 3)``, rotation ``(B, 3, 3)``, posed vertices ``(B, V, 3)``)."""
+def _pose(model: MorphableModel, c: Coeffs,
+          identities: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eq. 1 and the pose: (rest ``(N, V, 3)``, rotation ``(N, 3, 3)``, posed vertices ``(N, V, 3)``). With
+    ``identities`` = B, the N = k B meshes are k groups of B that share the first B rows' identity (alpha)."""
     rotation = euler_to_matrix(c.angle)
-    rest = model.shape(c.id, c.exp)
+    if identities is None:
+        rest = model.shape(c.id, c.exp)
+    else:
+        n = c.exp.shape[0]
+        if identities <= 0 or n % identities:
+            raise ValueError(f"identities must divide the {n} meshes, got {identities}")
+        rest = model.shape(c.id[:identities].unsqueeze(0), c.exp.view(n // identities, identities, -1)).flatten(0, 1)
     return rest, rotation, rigid_transform(rest, rotation, c.trans)
 
 
@@ -96,11 +104,15 @@ def shown_vertices(fragments: Fragments, faces: torch.Tensor, num_vertices: int)
 
 
 def build_face(model: MorphableModel, coeffs: torch.Tensor, camera: PerspectiveCamera,
-               with_colors: bool = True) -> FaceMesh:
-    """Pose, project and (optionally) shade the face of ``coeffs (B, 257)``."""
+               with_colors: bool = True, identities: int | None = None) -> FaceMesh:
+    """Pose, project and (optionally) shade the face of ``coeffs (N, 257)``.
+
+    ``identities`` = B says that the N = k B meshes are k groups of B with the identity (alpha) of the first B rows,
+    e.g. guidance's [source; target]: Eq. 1's identity part is then computed once per identity.
+    """
     check_coeffs(coeffs)
     c = Coeffs.from_vector(coeffs)
-    rest, rotation, verts = _pose(model, c)
+    rest, rotation, verts = _pose(model, c, identities)
     colors = lit_colors(model, rest, rotation, c.tex, c.gamma) if with_colors else None
     return FaceMesh(rest=rest, rotation=rotation, verts=verts, screen=camera.project(verts), colors=colors)
 

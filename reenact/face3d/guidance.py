@@ -176,7 +176,7 @@ def compute_guidance(model: MorphableModel, source_coeffs: torch.Tensor, driving
     source_coeffs, driving_coeffs = source_coeffs.to(dtype), driving_coeffs.to(dtype)
     b, faces = source_coeffs.shape[0], model.triangles
     both = torch.cat([source_coeffs, target_coeffs(source_coeffs, driving_coeffs)])   # 2B: [source; target]
-    mesh = build_face(model, both, camera, with_colors=False)
+    mesh = build_face(model, both, camera, with_colors=False, identities=b)   # v_t has alpha_s: Eq. 1 shares it
     rest, rotation, screen, both = mesh.rest, mesh.rotation, mesh.screen, Coeffs.from_vector(both)
     frags = rasterize(screen, faces, RasterSettings(image_size=(camera.height, camera.width), backend=backend))
     frag_s, frag_t = split_fragments(frags, b)
