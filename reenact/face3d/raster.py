@@ -120,7 +120,8 @@ def interpolate(fragments: Fragments, faces: torch.Tensor, attrs: torch.Tensor) 
     Returns:
         ``(B, H, W, D)``: ``sum_k bary_k * attrs[faces[triangle_id, k]]``; zero where empty (the barycentrics are 0
         there, so for finite ``attrs``). A channels-last view of a channels-first tensor: ``.permute(0, 3, 1, 2)``
-        gives ``(B, D, H, W)`` without a copy.
+        gives ``(B, D, H, W)`` without a copy (contiguous from the numba kernel, which serves float32 CPU attributes
+        without autograd; the torch code's is ``(D, B, H, W)`` memory).
     """
     B, H, W = fragments.triangle_id.shape
     if attrs.dim() != 3 or attrs.shape[0] != B:

@@ -282,27 +282,30 @@ def interpolate_numba(triangle_id: torch.Tensor, bary: torch.Tensor, faces: torc
                       attrs: torch.Tensor) -> torch.Tensor:
     """:func:`reenact.face3d.raster.interpolate` on CPU without autograd, the same numbers as its torch version:
     ``(B, H, W)`` ids, ``(B, H, W, 3)`` barycentrics, ``(F, 3)`` faces, ``(B, V, D)`` float32 attrs ->
-    ``(B, H, W, D)``, a channels-last view of a ``(D, B, H, W)`` tensor."""
+    ``(B, H, W, D)``, a channels-last view of a contiguous ``(B, D, H, W)`` tensor."""
     B, H, W = triangle_id.shape
-    out = np.empty((attrs.shape[2], B, H, W), np.float32)
+    out = np.empty((B, attrs.shape[2], H, W), np.float32)
     _interpolate(triangle_id.numpy(), bary.permute(3, 0, 1, 2).contiguous().numpy(),
                  faces.to(torch.int64).contiguous().numpy(), attrs.contiguous().numpy(), torch_fuses_multiply_add(),
                  out)
-    return torch.from_numpy(out).permute(1, 2, 3, 0)
+    return torch.from_numpy(out).permute(0, 2, 3, 1)
 
 
 @njit(cache=True)
 def _interpolate(triangle_id, bary, faces, attrs, fused, out):
-    """``out[d, b, i, j] = sum_k bary[k, b, i, j] attrs[b, faces[t, k], d]`` (t = 0 where empty, where the
-    barycentrics are 0), in the torch version's order: ``w0 v0``, then two multiply-adds."""
+    """``out[b, d, i, j] = sum_k bary[k, b, i, j] attrs[b, faces[t, k], d]``, 0 where empty, in the torch version's
+    order: ``w0 v0``, then two multiply-adds."""
     B, H, W = triangle_id.shape
     for b in range(B):
         for i in range(H):
             for j in range(W):
-                t = max(triangle_id[b, i, j], 0)
+                t = triangle_id[b, i, j]
+                if t < 0:
+                    out[b, :, i, j] = 0.0
+                    continue
                 v0, v1, v2 = faces[t, 0], faces[t, 1], faces[t, 2]
                 w0, w1, w2 = bary[0, b, i, j], bary[1, b, i, j], bary[2, b, i, j]
                 for d in range(attrs.shape[2]):
                     total = attrs[b, v0, d] * w0
                     total = mad(attrs[b, v1, d], w1, total, fused)
-                    out[d, b, i, j] = mad(attrs[b, v2, d], w2, total, fused)
+                    out[b, d, i, j] = mad(attrs[b, v2, d], w2, total, fused)
