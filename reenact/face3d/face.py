@@ -35,18 +35,20 @@ class FaceMesh:
     colors: torch.Tensor | None
 
 
-def _pose(model: MorphableModel, c: Coeffs,
-          identities: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Eq. 1 and the pose: (rest ``(N, V, 3)``, rotation ``(N, 3, 3)``, posed vertices ``(N, V, 3)``). With
-    ``identities`` = B, the N = k B meshes are k groups of B that share the first B rows' identity (alpha)."""
-    rotation = euler_to_matrix(c.angle)
+def _shape(model: MorphableModel, c: Coeffs, identities: int | None = None) -> torch.Tensor:
+    """Eq. 1 before pose: rest shapes ``(N, V, 3)``. With ``identities`` = B, the N = k B meshes are k groups of B
+    that share the first B rows' identity (alpha)."""
     if identities is None:
-        rest = model.shape(c.id, c.exp)
-    else:
-        n = c.exp.shape[0]
-        if identities <= 0 or n % identities:
-            raise ValueError(f"identities must divide the {n} meshes, got {identities}")
-        rest = model.shape(c.id[:identities].unsqueeze(0), c.exp.view(n // identities, identities, -1)).flatten(0, 1)
+        return model.shape(c.id, c.exp)
+    n = c.exp.shape[0]
+    if identities <= 0 or n % identities:
+        raise ValueError(f"identities must divide the {n} meshes, got {identities}")
+    return model.shape(c.id[:identities].unsqueeze(0), c.exp.view(n // identities, identities, -1)).flatten(0, 1)
+
+
+def _pose(model: MorphableModel, c: Coeffs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eq. 1 and the pose: (rest ``(N, V, 3)``, rotation ``(N, 3, 3)``, posed vertices ``(N, V, 3)``)."""
+    rest, rotation = _shape(model, c), euler_to_matrix(c.angle)
     return rest, rotation, rigid_transform(rest, rotation, c.trans)
 
 
@@ -112,9 +114,15 @@ def build_face(model: MorphableModel, coeffs: torch.Tensor, camera: PerspectiveC
     """
     check_coeffs(coeffs)
     c = Coeffs.from_vector(coeffs)
-    rest, rotation, verts = _pose(model, c, identities)
+    rest, rotation = _shape(model, c, identities), euler_to_matrix(c.angle)
+    kernels = cpu_kernels(rest, rotation, c.trans)
+    if kernels is not None:          # pose and projection in one pass (the same values to float32 rounding)
+        verts, screen = kernels.pose_and_project(rest, rotation, c.trans, camera)
+    else:
+        verts = rigid_transform(rest, rotation, c.trans)
+        screen = camera.project(verts)
     colors = lit_colors(model, rest, rotation, c.tex, c.gamma) if with_colors else None
-    return FaceMesh(rest=rest, rotation=rotation, verts=verts, screen=camera.project(verts), colors=colors)
+    return FaceMesh(rest=rest, rotation=rotation, verts=verts, screen=screen, colors=colors)
 
 
 @dataclass(frozen=True)

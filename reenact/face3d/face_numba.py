@@ -29,6 +29,35 @@ _NORMAL_EPS = np.float32(1e-12)                        # F.normalize's eps
 _DET_EPS = np.float32(1e-12)                           # guidance._screen_depth_gradient's
 
 
+def pose_and_project(rest: torch.Tensor, rotation: torch.Tensor, trans: torch.Tensor,
+                     camera) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posed vertices ``rest @ R^T + t`` and their screen positions (``camera.project``) in one pass:
+    ``(N, V, 3)`` float32 rest shapes, ``(N, 3, 3)`` rotations, ``(N, 3)`` translations -> ``(N, V, 3)`` twice."""
+    verts = np.empty(tuple(rest.shape), np.float32)
+    screen = np.empty(tuple(rest.shape), np.float32)
+    lens = np.array([camera.focal, camera.cx, camera.cy, camera.distance], np.float32)  # torch rounds them so too
+    _pose_and_project(rest.contiguous().numpy(), rotation.contiguous().numpy(), trans.contiguous().numpy(), lens,
+                      verts, screen)
+    return torch.from_numpy(verts), torch.from_numpy(screen)
+
+
+@njit(cache=True)
+def _pose_and_project(rest, rotation, trans, lens, verts, screen):
+    focal, cx, cy, distance = lens[0], lens[1], lens[2], lens[3]
+    for n in range(rest.shape[0]):
+        r, t = rotation[n], trans[n]
+        for v in range(rest.shape[1]):
+            x, y, z = rest[n, v, 0], rest[n, v, 1], rest[n, v, 2]
+            px = ((x * r[0, 0] + y * r[0, 1]) + z * r[0, 2]) + t[0]
+            py = ((x * r[1, 0] + y * r[1, 1]) + z * r[1, 2]) + t[1]
+            pz = ((x * r[2, 0] + y * r[2, 1]) + z * r[2, 2]) + t[2]
+            verts[n, v, 0], verts[n, v, 1], verts[n, v, 2] = px, py, pz
+            depth = distance - pz
+            screen[n, v, 0] = cx + focal * px / depth
+            screen[n, v, 1] = cy - focal * py / depth
+            screen[n, v, 2] = depth
+
+
 def shown_vertices_numba(triangle_id: torch.Tensor, faces: torch.Tensor, num_vertices: int) -> torch.Tensor:
     """``(n,)`` int64 sorted ids of the vertices of the triangles some pixel of ``triangle_id (B, H, W)`` shows."""
     shown = np.zeros(num_vertices, np.bool_)
@@ -143,8 +172,7 @@ def _centroid_visible(screen, corners, depth, tolerance, slope_cap):
     cy = ((p0[1] + p1[1]) + p2[1]) / third
     cz = ((p0[2] + p1[2]) + p2[2]) / third
     col, row = floor(cx), floor(cy)
-    if not (col >= 0 and col < W and row >= 0 and row < H):
-        return np.float32(0.0)
+    inside = col >= 0 and col < W and row >= 0 and row < H
     e1x, e1y, e1z = p1[0] - p0[0], p1[1] - p0[1], p1[2] - p0[2]
     e2x, e2y, e2z = p2[0] - p0[0], p2[1] - p0[1], p2[2] - p0[2]
     det = e1x * e2y - e1y * e2x
@@ -154,5 +182,5 @@ def _centroid_visible(screen, corners, depth, tolerance, slope_cap):
     gy = (e2z * e1x - e1z * e2x) / det
     half = np.float32(0.5)
     slack = min(abs(gx * ((col + half) - cx) + gy * ((row + half) - cy)), slope_cap)
-    zbuf = depth[np.int64(row), np.int64(col)]
-    return np.float32(1.0) if cz <= (zbuf + tolerance) + slack else np.float32(0.0)
+    zbuf = depth[min(max(np.int64(row), 0), H - 1), min(max(np.int64(col), 0), W - 1)]
+    return np.float32(1.0) if inside and cz <= (zbuf + tolerance) + slack else np.float32(0.0)
