@@ -76,8 +76,11 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("raster_numba.barycentric_order", RASTER_NUMBA, "bary[1, b, i, j] = w1 * r", "bary[1, b, i, j] = w2 * r",
              T("test_raster", "test_convention_barycentrics_are_screen_space",
                "test_interpolate_matches_brute_force")),
-    Mutation("raster_numba.farthest_wins", RASTER_NUMBA, "if k < keys[origin]:", "if k != keys[origin]:",
-             T("test_raster", "test_face_like_mesh_of_subpixel_triangles_matches_brute_force")),
+    Mutation("raster_numba.farthest_wins", RASTER_NUMBA, "if k < keys[origin]:",
+             "if k > keys[origin] or keys[origin] == _EMPTY_KEY:",
+             T("test_raster", "test_random_meshes_match_brute_force"),
+             "the first-pixel test of boxes; the face-like mesh has no overlapping triangles to tell nearest from "
+             "farthest"),
     Mutation("raster_numba.cull_front_faces", RASTER_NUMBA, "(cull and area2 > 0)", "(cull and area2 < 0)",
              T("test_raster", "test_convention_front_facing_is_counter_clockwise_as_displayed_and_culling")),
     # ----------------------------------------------------------------------------------- camera, coefficients
