@@ -90,34 +90,41 @@ def lit_colors_numba(rest: torch.Tensor, rotation: torch.Tensor, albedo: torch.T
 @njit(cache=True)
 def _lit_colors(rest, rotation, albedo, light, triangles, adjacent, vertices, face_normals, out):
     N, B = rest.shape[0], albedo.shape[0]
+    sh = np.empty(9, np.float32)
     for n in range(N):
         _unit_face_normals(rest[n], triangles, face_normals)
+        r, g, a = rotation[n], light[n], albedo[n % B]
         for v in vertices:
-            x, y, z = _unit_vertex_normal(face_normals, adjacent[v])
-            r = rotation[n]
+            x, y, z = _unit_vertex_normal(face_normals, adjacent, v)
             cx = (r[0, 0] * x + r[0, 1] * y) + r[0, 2] * z        # camera-space normal: R n
             cy = (r[1, 0] * x + r[1, 1] * y) + r[1, 2] * z
             cz = (r[2, 0] * x + r[2, 1] * y) + r[2, 2] * z
-            _shade_vertex(cx, cy, cz, light[n], albedo[n % B, v], out[n, v])
+            _sh_basis(cx, cy, cz, sh)
+            for ch in range(3):
+                irradiance = np.float32(0.0)
+                for k in range(9):
+                    irradiance += sh[k] * g[ch, k]
+                out[n, v, ch] = irradiance * a[v, ch]
 
 
 @njit(cache=True)
 def _unit_face_normals(verts, triangles, normals):
     """``normalize(cross(v0 - v1, v1 - v2))`` of every triangle into ``normals[:F]`` (row F stays 0)."""
     for f in range(triangles.shape[0]):
-        a, b, c = verts[triangles[f, 0]], verts[triangles[f, 1]], verts[triangles[f, 2]]
-        ux, uy, uz = a[0] - b[0], a[1] - b[1], a[2] - b[2]
-        wx, wy, wz = b[0] - c[0], b[1] - c[1], b[2] - c[2]
+        i0, i1, i2 = triangles[f, 0], triangles[f, 1], triangles[f, 2]
+        ux, uy, uz = verts[i0, 0] - verts[i1, 0], verts[i0, 1] - verts[i1, 1], verts[i0, 2] - verts[i1, 2]
+        wx, wy, wz = verts[i1, 0] - verts[i2, 0], verts[i1, 1] - verts[i2, 1], verts[i1, 2] - verts[i2, 2]
         nx, ny, nz = uy * wz - uz * wy, uz * wx - ux * wz, ux * wy - uy * wx
         norm = max(np.sqrt(nx * nx + ny * ny + nz * nz), _NORMAL_EPS)
         normals[f, 0], normals[f, 1], normals[f, 2] = nx / norm, ny / norm, nz / norm
 
 
 @njit(cache=True, inline="always")
-def _unit_vertex_normal(face_normals, adjacent):
-    """The normalised sum of a vertex's adjacent unit face normals."""
+def _unit_vertex_normal(face_normals, adjacent, v):
+    """The normalised sum of vertex ``v``'s adjacent unit face normals."""
     x = y = z = np.float32(0.0)
-    for f in adjacent:
+    for k in range(adjacent.shape[1]):
+        f = adjacent[v, k]
         x += face_normals[f, 0]
         y += face_normals[f, 1]
         z += face_normals[f, 2]
@@ -126,17 +133,12 @@ def _unit_vertex_normal(face_normals, adjacent):
 
 
 @njit(cache=True, inline="always")
-def _shade_vertex(x, y, z, light, albedo, out):
-    """Deep3D's SH irradiance at the unit camera-space normal (x, y, z) times the albedo, per channel."""
-    b1, b2, b3 = -_K1 * y, _K1 * z, -_K1 * x
-    b4, b5, b7 = _K2 * x * y, -_K2 * y * z, -_K2 * x * z
-    b6 = _K6 * (np.float32(3.0) * (z * z) - np.float32(1.0))
-    b8 = _K8 * (x * x - y * y)
-    for ch in range(3):
-        g = light[ch]
-        irradiance = (_K0 * g[0] + b1 * g[1] + b2 * g[2] + b3 * g[3] + b4 * g[4] + b5 * g[5] + b6 * g[6]
-                      + b7 * g[7] + b8 * g[8])
-        out[ch] = irradiance * albedo[ch]
+def _sh_basis(x, y, z, out):
+    """Deep3D's 9 SH basis values (:func:`reenact.face3d.shading.sh_basis`) at the unit normal (x, y, z)."""
+    out[0], out[1], out[2], out[3] = _K0, -_K1 * y, _K1 * z, -_K1 * x
+    out[4], out[5], out[7] = _K2 * x * y, -_K2 * y * z, -_K2 * x * z
+    out[6] = _K6 * (np.float32(3.0) * (z * z) - np.float32(1.0))
+    out[8] = _K8 * (x * x - y * y)
 
 
 def depth_tested_occlusion_numba(target_id: torch.Tensor, source_depth: torch.Tensor, faces: torch.Tensor,
