@@ -295,3 +295,16 @@ def test_pose_and_projection_kernel_matches_the_torch_code(model):
     expected = rigid_transform(rest, rotation, c[:, TRANS])
     assert torch.allclose(verts, expected, atol=1e-6)
     assert torch.allclose(screen, cam.project(expected), atol=1e-4)                 # pixels
+
+
+def test_numba_kernels_serve_only_cpu_float32_tensors_without_autograd():
+    """CUDA tensors (here the meta device stands in), float64 and tensors that need a gradient take the torch code."""
+    from reenact.face3d.face import cpu_kernels
+
+    x = torch.zeros(2, 3)
+    assert cpu_kernels(x, torch.zeros(2, dtype=torch.int64)) is not None
+    assert cpu_kernels(x, torch.zeros(2, 3, device="meta")) is None
+    assert cpu_kernels(x.double()) is None
+    assert cpu_kernels(x.requires_grad_(True)) is None
+    with torch.no_grad():
+        assert cpu_kernels(x) is not None
