@@ -2,7 +2,8 @@
 
     python perf/bench_guidance.py [--size 256] [--threads 1] [--batches 1 8] [--repeats 20]
 
-Target (issue #9): <= 15 ms per pair. Rows: vertex maths alone (Eq. 1, pose, projection), one rasterization with
+Target (issue #9): <= 15 ms per pair. Rows: vertex maths alone (Eq. 1, pose, projection; per mesh with torch, and
+per pair as guidance does it: the identity part once, pose + projection in numba), one rasterization with
 each CPU backend (numba, what guidance uses on CPU, and the torch reference), the full guidance per pair with the
 source render off (what the pipeline stores) and on, and the naive yardstick (:func:`naive_guidance`: the
 straightforward version of the same maths). The rows take turns, one call of each per round, so that all see the
@@ -29,7 +30,7 @@ from perf.timing import print_table  # noqa: E402
 from reenact.app.demo import sample_coeffs  # noqa: E402
 from reenact.face3d.camera import PerspectiveCamera, pixel_grid  # noqa: E402
 from reenact.face3d.coeffs import Coeffs, target_coeffs  # noqa: E402
-from reenact.face3d.face import posed_vertices  # noqa: E402
+from reenact.face3d.face import build_face, posed_vertices  # noqa: E402
 from reenact.face3d.guidance import DEPTH_TOLERANCE, SLOPE_CAP, compute_guidance  # noqa: E402
 from reenact.face3d.morphable import MorphableModel  # noqa: E402
 from reenact.face3d.procedural import procedural_model  # noqa: E402
@@ -100,8 +101,10 @@ def batch_rows(model: MorphableModel, camera: PerspectiveCamera, b: int, args: a
     src, drv = sample_coeffs(b, 0.7, g), sample_coeffs(b, 0.7, g)
     screen = camera.project(posed_vertices(model, src)[0])
     numba, torch_ = (RasterSettings(image_size=(args.size, args.size), backend=b) for b in ("numba", "torch"))
+    pair = torch.cat([src, target_coeffs(src, drv)])
     timings = {
         "vertices (Eq. 1 + pose + projection), per mesh": lambda: camera.project(posed_vertices(model, src)[0]),
+        "vertices of [source; target] as guidance, per pair": lambda: build_face(model, pair, camera, False, b),
         "rasterization numba, per mesh": lambda: rasterize(screen, model.triangles, numba),
         "rasterization torch, per mesh": lambda: rasterize(screen, model.triangles, torch_),
         "guidance F_c+O_c+I_r+mask, per pair": lambda: compute_guidance(model, src, drv, args.size,
