@@ -368,6 +368,7 @@ def test_auto_backend_is_numba_on_cpu_and_torch_elsewhere_without_pytorch3d():
         raster.resolve_backend("pytorch3d")
     with pytest.raises(ValueError, match="CPU"):
         raster.resolve_backend("numba", "cuda")
+    assert raster.exact_backend("cpu") == "numba" and raster.exact_backend("cuda") == "torch"
     verts, faces = one_triangle([(0, 0), (0, 4), (4, 0)])
     auto = rasterize(verts, faces, RasterSettings((4, 4), backend="auto"))
     torch_ = rasterize(verts, faces, RasterSettings((4, 4), backend="torch"))
@@ -380,6 +381,7 @@ def test_auto_backend_degrades_to_torch_when_numba_does_not_import(monkeypatch):
     raster.numba_kernels.cache_clear()
     try:
         assert raster.resolve_backend("auto") in ("torch", "pytorch3d")
+        assert raster.exact_backend("cpu") == "torch"
         with pytest.raises(ImportError, match="numba"):
             raster.resolve_backend("numba")
         verts, faces = random_mesh(1, batch=1)

@@ -31,7 +31,7 @@ from reenact.face3d.camera import PerspectiveCamera, pixel_grid, pixel_to_grid
 from reenact.face3d.coeffs import Coeffs, check_coeffs, target_coeffs
 from reenact.face3d.face import build_face, cpu_kernels, lit_colors, shown_vertices
 from reenact.face3d.morphable import MorphableModel
-from reenact.face3d.raster import Fragments, RasterSettings, interpolate, rasterize
+from reenact.face3d.raster import Fragments, RasterSettings, exact_backend, interpolate, rasterize
 
 #: Depth slack (decimetres, i.e. 1 mm) for the depth-tested occlusion rule: far below the depth gap of any real
 #: self-occlusion (nose over cheek, the far cheek at large yaw), above the sub-pixel depth variation of a surface.
@@ -163,12 +163,14 @@ def _nchw(x: torch.Tensor) -> torch.Tensor:
 
 def compute_guidance(model: MorphableModel, source_coeffs: torch.Tensor, driving_coeffs: torch.Tensor,
                      size: int = 256, *, camera: PerspectiveCamera | None = None,
-                     with_source_render: bool = True, backend: str = "auto",
+                     with_source_render: bool = True, backend: str | None = None,
                      occlusion_rule: OcclusionRule = "depth_test") -> Guidance:
     """F_c, O_c, I_r (and the source render) for ``B`` pairs of ``(B, 257)`` coefficients at ``size`` x ``size``.
 
     ``camera`` defaults to Deep3D's camera scaled to ``size`` (the contract for coefficients in the suite).
-    Coefficients of any floating dtype are accepted and computed in the model's dtype (float32).
+    Coefficients of any floating dtype are accepted and computed in the model's dtype (float32). ``backend`` is the
+    rasterizer's (default: :func:`reenact.face3d.raster.exact_backend`, numba on CPU, torch on CUDA); on CPU the
+    other per-vertex and per-pixel steps run in numba too (:mod:`reenact.face3d.face_numba`).
     """
     check_coeffs(source_coeffs, driving_coeffs, name="source and driving coefficients")
     camera = camera or PerspectiveCamera.deep3d(size)
@@ -178,6 +180,7 @@ def compute_guidance(model: MorphableModel, source_coeffs: torch.Tensor, driving
     both = torch.cat([source_coeffs, target_coeffs(source_coeffs, driving_coeffs)])   # 2B: [source; target]
     mesh = build_face(model, both, camera, with_colors=False, identities=b)   # v_t has alpha_s: Eq. 1 shares it
     rest, rotation, screen, both = mesh.rest, mesh.rotation, mesh.screen, Coeffs.from_vector(both)
+    backend = backend or exact_backend(screen.device)                       # numba on CPU, else torch
     frags = rasterize(screen, faces, RasterSettings(image_size=(camera.height, camera.width), backend=backend))
     frag_s, frag_t = split_fragments(frags, b)
     if occlusion_rule == "depth_test":

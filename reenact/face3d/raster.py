@@ -155,6 +155,12 @@ def _weighted_corners(values: torch.Tensor, weights: torch.Tensor, out: torch.Te
     return total.addcmul_(values[1], weights[1]).addcmul_(values[2], weights[2])
 
 
+def exact_backend(device: torch.device | str = "cpu") -> str:
+    """The fastest backend with exactly this module's conventions on ``device``: "numba" on CPU when it imports,
+    else "torch" (never pytorch3d, whose edge and tie rules differ)."""
+    return "numba" if torch.device(device).type == "cpu" and numba_kernels() is not None else "torch"
+
+
 def resolve_backend(backend: str, device: torch.device | str = "cpu") -> str:
     """The backend that will run for tensors on ``device``: "auto" is "numba" on CPU when numba imports, else
     "pytorch3d" when it imports, else "torch". An explicit "numba" needs CPU tensors and numba."""
