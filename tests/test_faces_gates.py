@@ -190,6 +190,24 @@ def test_an_unsettled_disagreement_keeps_its_status_through_the_fit(model, estim
     assert plain.status[3] == Status.NO_FACE
 
 
+def test_the_row_adapter_writes_the_detections_status(model, monkeypatch):
+    """Through ``pipelines``: a frame whose detectors disagree is a ``detector_disagreement`` row with the reason."""
+    from pipelines.extractors.landmark_fit import LandmarksExtractor
+    from reenact.data.codec import encode_png
+    from reenact.faces.landmark_fit import FaceLandmarks
+
+    extractor = LandmarksExtractor(model="procedural-small", landmark_source="dlib", photometric_frames=0)
+    points = landmarks_of(model, smooth_sequence(3))
+    points[1] = float("nan")
+    found = FaceLandmarks(points, boxes_around(points), (Status.OK, Status.DETECTOR_DISAGREEMENT, Status.OK),
+                          ("", "detectors disagree: MTCNN box (1, 2, 3, 4) vs dlib box (5, 6, 7, 8)", ""))
+    monkeypatch.setattr(extractor.estimator, "detect_landmarks", lambda images, track=None: found)
+    image = encode_png(np.zeros((SIZE, SIZE, 3), np.uint8))
+    out = extractor({"chunk_id": ["p#v#000000#000003"] * 3, "frame_index": [0, 1, 2], "image": [image] * 3})
+    assert out["status"] == ["ok", "detector_disagreement", "ok"], out["error"]
+    assert out["error"][1].startswith("detectors disagree: MTCNN box") and out["coeffs"][1] is None
+
+
 def test_a_one_frame_false_box_of_both_detectors_leaves_the_track():
     d = face_track()
     d[7] = torch.tensor([150.0, 150.0, 200.0, 200.0])
