@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from perf.real_clips import CLIPS, available, load_clip  # noqa: E402
 from reenact.data.codec import uint8_to_tensor  # noqa: E402
-from reenact.face3d.coeffs import ANGLE, ID  # noqa: E402
+from reenact.face3d.coeffs import ANGLE, GAMMA, ID, TEX  # noqa: E402
 from reenact.face3d.transforms import euler_to_matrix, rotation_angle_between  # noqa: E402
 from reenact.faces.landmarks68 import mirror_box, mirror_points  # noqa: E402
 
@@ -211,6 +211,8 @@ def main() -> None:
     parser.add_argument("--model", default="procedural-full")
     parser.add_argument("--photometric-frames", type=int, default=0,
                         help="fit texture and light on this many frames per clip and report the photometric error")
+    parser.add_argument("--photometric-only", action="store_true",
+                        help="only the photometric figures (with --photometric-frames), not the pose figures")
     parser.add_argument("--synthetic", action="store_true", help="also the dlib-point rotation error on renders")
     parser.add_argument("--symmetric", action="store_true",
                         help="mirror-averaged dlib points (landmarks68(symmetric=True)) instead of plain ones")
@@ -224,7 +226,8 @@ def main() -> None:
     sign = roll_sign(estimator)
     detections = cached_detections(args.clips, args.cache, args.max_frames, args.symmetric)
     for name in args.clips:
-        print_figures(name, clip_figures(name, detections[name], estimator, sign))
+        if not args.photometric_only:
+            print_figures(name, clip_figures(name, detections[name], estimator, sign))
         if args.photometric_frames:
             photometric_figures(name, detections[name], estimator, args.photometric_frames, args.max_frames)
     if args.synthetic:
@@ -232,18 +235,68 @@ def main() -> None:
 
 
 def photometric_figures(name: str, det, estimator, frames: int, max_frames: int | None) -> None:
-    from reenact.faces.photometric import photometric_fit
+    """Texture and light (and refined expression and pose) on ``frames`` frames spread over the clip: the error
+    inside the face mask beside the flat render's, the coefficients as stored (landmark-fit geometry), the brow-only
+    mask's figure and coverage, the error by region, and the stage's cost."""
+    from reenact.faces.photometric import photometric_fit, render_error
 
     clip = load_clip(name, max_frames=max_frames)
     ok = np.flatnonzero(det["ok"] & np.isfinite(det["points"]).all((1, 2)))
     pick = ok[np.linspace(0, len(ok) - 1, min(frames, len(ok))).astype(int)]
-    est = estimator.fit_points(torch.from_numpy(det["points"][pick]), [(256, 256)] * len(pick),
-                               frame_index=pick * 2)   # spread frames: not neighbours
+    points = torch.from_numpy(det["points"][pick])
+    est = estimator.fit_points(points, [(256, 256)] * len(pick), frame_index=pick * 2)   # spread: not neighbours
     images = uint8_to_tensor(clip.frames[pick])
-    start = time.perf_counter()
-    result = photometric_fit(images, est.coeffs, torch.from_numpy(det["points"][pick]), model=estimator.model_name)
-    print(f"  photometric on {len(pick)} frames: mean |I_r - frame| in the face mask {result.error:.4f} "
-          f"(flat render {result.flat_error:.4f}; {time.perf_counter() - start:.0f} s)")
+    start, cpu = time.perf_counter(), time.process_time()
+    result = photometric_fit(images, est.coeffs, points, model=estimator.model)
+    ms = 1000 * (time.perf_counter() - start) / len(pick), 1000 * (time.process_time() - cpu) / len(pick)
+    stored = est.coeffs.clone()            # as LandmarkFitEstimator.fit_texture writes them: tex, the mean light
+    stored[:, TEX], stored[:, GAMMA] = result.coeffs[:, TEX], result.coeffs[:, GAMMA].mean(0)
+    as_stored, _ = render_error(images, stored, points, estimator.model)
+    brows_only, brow_mask = render_error(images, result.coeffs, points, estimator.model, outline=False)
+    mask = result.mask[:, 0].bool()
+    print(f"  {name} photometric on {len(pick)} frames: mean |I_r - frame| in the face mask {result.error:.4f} "
+          f"(flat render {result.flat_error:.4f}); as stored (landmark-fit geometry, fitted tex, mean light) {as_stored:.4f}; "
+          f"{ms[0]:.0f} ms/frame ({ms[1]:.0f} CPU-ms/frame)")
+    tex_rms = float(result.coeffs[0, TEX].square().mean().sqrt())
+    turned = float(rotation_differences(est.coeffs.numpy(), result.coeffs.numpy()).max())
+    print(f"  refined geometry: rotation moved by at most {turned:.2f} deg; texture RMS {tex_rms:.2f}")
+    print(f"  face mask {int(mask.sum()) / len(pick):.0f} px/frame = {float(mask.sum() / brow_mask.sum()):.1%} of "
+          f"the brow-cut-only mask, whose error is {brows_only:.4f}")
+    print("  by region (share of mask, mean error): " + ", ".join(
+        f"{k} {share:.0%} {err:.3f}" for k, (share, err) in error_by_region(result.render, images, mask, points).items()))
+
+
+def error_by_region(render: torch.Tensor, images: torch.Tensor, mask: torch.Tensor, points: torch.Tensor) -> dict:
+    """Where the photometric error is: eyes (dilated 2 px), mouth interior, lips, the band just below the brow
+    line (0.08 face sizes), the mask's border (3 px), the rest; ``region -> (share of mask pixels, mean error)``."""
+    from scipy import ndimage
+    from skimage.draw import polygon2mask
+
+    from reenact.faces.gates import face_size
+    from reenact.faces.photometric import below_brows
+
+    error = (render - images).abs().mean(1).numpy()
+    sums: dict[str, list[float]] = {}
+    for b, p in enumerate(points.numpy()):
+        inside = mask[b].numpy()
+        poly = lambda idx, p=p, shape=inside.shape: polygon2mask(shape, p[idx][:, ::-1] - 0.5)  # noqa: E731
+        eyes = ndimage.binary_dilation(poly(list(range(36, 42))) | poly(list(range(42, 48))), iterations=2)
+        mouth = poly(list(range(60, 68)))
+        lowered = p.copy()
+        lowered[17:27, 1] += 0.08 * float(face_size(torch.from_numpy(p)))
+        parts = {"eyes": eyes, "mouth interior": mouth, "lips": poly(list(range(48, 60))) & ~mouth,
+                 "below brows": ~below_brows(torch.from_numpy(lowered[None]), *inside.shape)[0].numpy() & ~eyes,
+                 "border": ~ndimage.binary_erosion(inside, iterations=3)}
+        rest = inside.copy()
+        for key, part in parts.items():
+            part = part & rest
+            rest &= ~part
+            total = sums.setdefault(key, [0.0, 0.0])
+            total[0], total[1] = total[0] + error[b][part].sum(), total[1] + part.sum()
+        total = sums.setdefault("rest", [0.0, 0.0])
+        total[0], total[1] = total[0] + error[b][rest].sum(), total[1] + rest.sum()
+    pixels = sum(t[1] for t in sums.values())
+    return {k: (t[1] / pixels, t[0] / max(t[1], 1)) for k, t in sums.items()}
 
 
 def synthetic_figures() -> None:

@@ -66,7 +66,7 @@ def test_shuffled_landmarks_fail_the_rmse_gate(model, estimator):
     points = landmarks_of(model, smooth_sequence())
     points[9] = points[9][torch.from_numpy(np.random.default_rng(2).permutation(68))]
     result = fit(estimator, points)
-    assert result.status[9] == Status.FIT_ERROR and "RMSE" in result.error[9]
+    assert result.status[9] == Status.IMPLAUSIBLE and "landmark RMSE" in result.error[9], result.error[9]
     # the temporal term drags its neighbours along (measured: 5 of 24 frames fail), not the clip
     assert sum(s != Status.OK for s in result.status) <= 6
 
@@ -76,7 +76,7 @@ def test_a_wrong_box_fails_the_box_gate(model, estimator):
     boxes = boxes_around(points)
     boxes[5] = torch.tensor([10.0, 10.0, 50.0, 50.0], dtype=torch.float64)           # a box on the background
     result = fit(estimator, points, boxes)
-    assert result.status[5] == Status.FIT_ERROR and "face box" in result.error[5]
+    assert result.status[5] == Status.IMPLAUSIBLE and "lie in the face box" in result.error[5], result.error[5]
     assert result.status[4] == Status.OK
 
 
@@ -88,14 +88,14 @@ def test_a_cut_off_chin_fails_the_in_frame_gate(model, estimator):
     points = points.clamp(0.5, SIZE - 0.5)                          # where a predictor leaves the jaw: at the edge
     result = fit(estimator, points)
     for i in range(12, 15):
-        assert result.status[i] == Status.FIT_ERROR and "border" in result.error[i], result.error[i]
+        assert result.status[i] == Status.IMPLAUSIBLE and "at the image border" in result.error[i], result.error[i]
 
 
 def test_a_pose_jump_between_neighbours_fails_the_pose_step_gate(model, estimator):
     c = smooth_sequence()
     c[10, ANGLE.start] += np.deg2rad(24.0)                          # a 24 deg pitch jump for one frame
     result = fit(estimator, landmarks_of(model, c))
-    assert result.status[10] == Status.FIT_ERROR and "jumps" in result.error[10]
+    assert result.status[10] == Status.IMPLAUSIBLE and "head rotation jumps" in result.error[10], result.error[10]
 
 
 def test_identity_outside_the_prior_fails_every_frame():
@@ -103,9 +103,20 @@ def test_identity_outside_the_prior_fails_every_frame():
     c[:, ID] = 3.0
     points = torch.rand(6, 68, 2, dtype=torch.float64) * 100 + 50
     result = check_fit(c, points, torch.full((6,), 0.5), (SIZE, SIZE))
-    assert not result.passed.any() and all("identity" in r for r in result.reason)
+    assert not result.passed.any() and set(result.status) == {Status.IMPLAUSIBLE}
+    assert all("identity coefficients RMS 3.00 outside the prior" in r for r in result.reason), result.reason
     c[:, ID] = 0.5
     assert check_fit(c, points, torch.full((6,), 0.5), (SIZE, SIZE)).passed.all()
+
+
+def test_schema_3_adds_the_gate_statuses_and_keeps_every_older_one():
+    """Shards of schema version 2 carry only the older strings; each still parses as a Status."""
+    from reenact.data.schema import SCHEMA_VERSION, STATUSES
+
+    version_2 = ("ok", "skipped", "unavailable", "private", "download_error", "timeout", "decode_error", "too_short",
+                 "out_of_frame", "bad_metadata", "rejected", "no_face", "fit_error")
+    assert SCHEMA_VERSION == 3 and [Status(s).value for s in version_2] == list(version_2)
+    assert set(STATUSES) - set(version_2) == {"implausible", "detector_disagreement"}
 
 
 def test_gate_thresholds_are_the_documented_ones():
@@ -160,7 +171,41 @@ def test_a_confident_disagreement_is_settled_by_the_track_or_becomes_a_status():
     tracked = resolve(m, dl)
     assert tracked.source[6] == "mtcnn" and tracked.status[6] == Status.OK and "track" in tracked.reason[6]
     alone = resolve(m, dl, track=False)                              # photos: nothing to decide with
-    assert alone.status[6] == Status.NO_FACE and "disagree" in alone.reason[6]
+    assert alone.status[6] == Status.DETECTOR_DISAGREEMENT and "detectors disagree" in alone.reason[6]
+    assert set(alone.status[:6] + alone.status[7:]) == {Status.OK}
+
+
+def test_an_unsettled_disagreement_keeps_its_status_through_the_fit(model, estimator):
+    """The detection's status (not a generic no_face) is what the fitted chunk writes for a frame left out."""
+    points = landmarks_of(model, smooth_sequence(6))
+    points[3] = float("nan")
+    status = [Status.OK] * 6
+    status[3] = Status.DETECTOR_DISAGREEMENT
+    result = estimator.fit_points(points, [(SIZE, SIZE)] * 6, frame_index=np.arange(6), statuses=status,
+                                  reasons=[""] * 3 + ["detectors disagree: ..."] + [""] * 2)
+    assert result.status[3] == Status.DETECTOR_DISAGREEMENT and result.error[3].startswith("detectors disagree")
+    assert result.status[0] == Status.OK
+    points[3] = float("nan")
+    plain = estimator.fit_points(points, [(SIZE, SIZE)] * 6, frame_index=np.arange(6))
+    assert plain.status[3] == Status.NO_FACE
+
+
+def test_the_row_adapter_writes_the_detections_status(model, monkeypatch):
+    """Through ``pipelines``: a frame whose detectors disagree is a ``detector_disagreement`` row with the reason."""
+    from pipelines.extractors.landmark_fit import LandmarksExtractor
+    from reenact.data.codec import encode_png
+    from reenact.faces.landmark_fit import FaceLandmarks
+
+    extractor = LandmarksExtractor(model="procedural-small", landmark_source="dlib", photometric_frames=0)
+    points = landmarks_of(model, smooth_sequence(3))
+    points[1] = float("nan")
+    found = FaceLandmarks(points, boxes_around(points), (Status.OK, Status.DETECTOR_DISAGREEMENT, Status.OK),
+                          ("", "detectors disagree: MTCNN box (1, 2, 3, 4) vs dlib box (5, 6, 7, 8)", ""))
+    monkeypatch.setattr(extractor.estimator, "detect_landmarks", lambda images, track=None: found)
+    image = encode_png(np.zeros((SIZE, SIZE, 3), np.uint8))
+    out = extractor({"chunk_id": ["p#v#000000#000003"] * 3, "frame_index": [0, 1, 2], "image": [image] * 3})
+    assert out["status"] == ["ok", "detector_disagreement", "ok"], out["error"]
+    assert out["error"][1].startswith("detectors disagree: MTCNN box") and out["coeffs"][1] is None
 
 
 def test_a_one_frame_false_box_of_both_detectors_leaves_the_track():
@@ -168,7 +213,7 @@ def test_a_one_frame_false_box_of_both_detectors_leaves_the_track():
     d[7] = torch.tensor([150.0, 150.0, 200.0, 200.0])
     m, dl = injected(mtcnn_like(d), torch.ones(12, dtype=torch.float64), d, torch.full((12,), 1.2))
     out = resolve(m, dl)
-    assert out.status[7] == Status.NO_FACE and "track" in out.reason[7]
+    assert out.status[7] == Status.IMPLAUSIBLE and "jumps off the face track" in out.reason[7]
     assert all(out.status[i] == Status.OK for i in range(12) if i != 7)
 
 

@@ -68,12 +68,20 @@ def test_acceptance_mirror_yaw_and_chunking(figures):
     assert figures["mirror_yaw"] <= 2.0 and figures["chunk8_p90"] <= 3.0, figures
 
 
-def test_texture_and_light_bring_the_render_close_to_the_frame(lp_d0, estimator):
+@pytest.mark.parametrize("name", ["lp_d0", "tpsmm_driving"])
+def test_texture_and_light_bring_the_render_close_to_the_frame(name, estimator):
+    """Issue 12's photometric acceptance on the first and last frames of each clip: mean |I_r - frame| inside the
+    face mask <= 0.06, well below the flat render's (measured: lp_d0 0.039, tpsmm_driving 0.0586, flat 0.13 and
+    0.16; ``perf/real_faces.py --photometric-frames 4``: 0.042 and 0.058)."""
     from reenact.faces.photometric import photometric_fit
 
-    frames, det = lp_d0
-    pick = [0, 12]
-    result = estimator.fit_points(torch.from_numpy(det["points"][pick]), [(256, 256)] * 2, frame_index=[0, 12])
-    photometric = photometric_fit(uint8_to_tensor(frames[pick]), result.coeffs,
-                                  torch.from_numpy(det["points"][pick]), estimator.model)
-    assert photometric.error <= 0.06 and photometric.error < 0.6 * photometric.flat_error, photometric
+    if not real_clips.available():
+        pytest.skip(f"real clips not found in {real_clips.REAL} (../shared/fixtures/real)")
+    frames = real_clips.load_clip(name).frames
+    pick = [0, len(frames) - 1]
+    images = uint8_to_tensor(frames[pick])
+    found = estimator.detect_landmarks(images, track=False)
+    assert set(found.status) == {Status.OK}, found.reason
+    result = estimator.fit_points(found.points, [(256, 256)] * 2, frame_index=pick)
+    photometric = photometric_fit(images, result.coeffs, found.points, estimator.model)
+    assert photometric.error <= 0.06 and photometric.error < 0.5 * photometric.flat_error, photometric.error

@@ -269,7 +269,7 @@ def test_extractor_marks_bad_fits(small_model):
     strict = LandmarksExtractor(model="procedural-small", config=lf.FitConfig(max_rmse=4.0))
     out = strict({"chunk_id": ["x#y#000000#000004"] * 4, "frame_index": [0, 2, 4, 6],
                   "landmarks": [p.reshape(-1) for p in points]})
-    assert out["status"][2] == "fit_error" and "RMSE" in out["error"][2]
+    assert out["status"][2] == "implausible" and "RMSE" in out["error"][2]
     assert out["fit_error"][2] > 4.0 and out["coeffs"][2] is not None
     column_only = LandmarksExtractor(model="procedural-small", landmark_source="column")
     assert column_only({"chunk_id": ["x#y#000000#000004"], "frame_index": [0], "landmarks": [None]})["status"] == \

@@ -67,7 +67,7 @@ class LandmarksExtractor:
         """Landmarks of the chunk's rows (column or detected), then one fit."""
         given = {i: self._given(batch, i, rows[i]) for i in members}
         points = {i: p for i, p in given.items() if p is not None}
-        boxes, reasons = {}, {}
+        boxes, reasons, statuses = {}, {}, {}
         wanted = [i for i in members if given[i] is None and rows[i]["status"] == Status.OK.value]
         images = {i: decode_row(batch["image"][i] if "image" in batch else None, rows[i]) for i in wanted}
         images = {i: im for i, im in images.items() if im is not None}
@@ -75,6 +75,7 @@ class LandmarksExtractor:
             found = self.estimator.detect_landmarks(list(images.values()))
             for k, i in enumerate(images):
                 points[i], boxes[i], reasons[i] = found.points[k], found.boxes[k], found.reason[k]
+                statuses[i] = found.status[k]
         fit = [i for i in members if i in points]
         if not fit:
             return
@@ -82,7 +83,8 @@ class LandmarksExtractor:
         nan_box = torch.full((4,), float("nan"), dtype=torch.float64)
         estimate = self.estimator.fit_points(
             torch.stack([points[i] for i in fit]), sizes, boxes=torch.stack([boxes.get(i, nan_box) for i in fit]),
-            frame_index=[rows[i]["frame_index"] for i in fit], reasons=[reasons.get(i, "") for i in fit])
+            frame_index=[rows[i]["frame_index"] for i in fit], reasons=[reasons.get(i, "") for i in fit],
+            statuses=[statuses.get(i, Status.OK) for i in fit])
         if self.estimator.photometric_frames > 0 and all(i in images for i in fit):
             estimate = self.estimator.fit_texture([images[i] for i in fit], estimate)
         for k, i in enumerate(fit):

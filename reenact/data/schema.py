@@ -18,7 +18,9 @@ from enum import Enum
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2          # 2: PAIRS gained pose discrepancy and status columns; image columns stored as HF Image
+SCHEMA_VERSION = 3          # 2: PAIRS gained pose discrepancy and status columns; image columns stored as HF Image
+#                             3: statuses ``implausible`` and ``detector_disagreement`` (issue 12); older shards are
+#                                read unchanged (their statuses are a subset of this vocabulary)
 
 
 class Status(str, Enum):
@@ -35,8 +37,12 @@ class Status(str, Enum):
     OUT_OF_FRAME = "out_of_frame"    # bbox outside the frame
     BAD_METADATA = "bad_metadata"    # malformed metadata row
     REJECTED = "rejected"            # unsafe id or path (traversal)
-    NO_FACE = "no_face"
-    FIT_ERROR = "fit_error"
+    NO_FACE = "no_face"              # no detector found a face it trusts
+    FIT_ERROR = "fit_error"          # the fit itself failed (an exception, a non-finite result, nothing to fit)
+    IMPLAUSIBLE = "implausible"      # fitted, but a named plausibility gate failed (reenact.faces.gates: landmark
+    #                                  RMSE vs face size, pose jump, identity outside the prior, face leaving the frame,
+    #                                  landmarks off the face box; detection: a box off the face track)
+    DETECTOR_DISAGREEMENT = "detector_disagreement"   # MTCNN and dlib confidently disagree, nothing decides
 
 
 STATUSES = tuple(s.value for s in Status)

@@ -100,8 +100,10 @@ class CheckedFaces:
     boxes: ``(B, 4)`` the face box to use (dlib's where the detectors agree, since its 68-point predictor was
         trained on its boxes; MTCNN's where only it is trusted), NaN where no face is trusted.
     source: per frame ``both``, ``mtcnn``, ``dlib`` or ``none``.
-    status: per frame ``Status.OK`` or ``Status.NO_FACE``; reason: why (also set, for information, on ``ok`` frames
-        where one detector was overruled).
+    status: per frame ``Status.OK``; ``NO_FACE`` (no detector found a face it trusts);
+        ``DETECTOR_DISAGREEMENT`` (both are confident, their boxes disagree and no face track settles it);
+        ``IMPLAUSIBLE`` (the chosen box jumps off the face track and the other detector's box is not on it either).
+        reason: why (also set, for information, on ``ok`` frames where one detector was overruled).
     mtcnn, dlib: each detector's own result.
     """
 
@@ -137,11 +139,11 @@ def cross_check(images: ImageBatch, checks: DetectionChecks = DetectionChecks(),
 
     Per frame: MTCNN's box counts when its probability is at least ``min_mtcnn_prob``. Both found and agreeing:
     dlib's box (``both``). They disagree: MTCNN's box when dlib's HOG score is below ``min_dlib_score_alone`` (dlib's
-    weak boxes are where its false positives are), else the one that agrees with the track, else ``no_face`` with
-    both boxes in the reason. Only dlib: its box when its score is at least ``min_dlib_score_alone``. Only MTCNN:
-    its box. Then the track: a chosen box far from the median of its neighbours (``max_track_jump``,
-    ``max_track_size_ratio``) is swapped for the other detector's box when that one is on the track, else the frame
-    becomes ``no_face``.
+    weak boxes are where its false positives are), else the one that agrees with the track, else
+    ``detector_disagreement`` with both boxes in the reason. Only dlib: its box when its score is at least
+    ``min_dlib_score_alone``. Only MTCNN: its box. Neither: ``no_face``. Then the track: a chosen box far from the
+    median of its neighbours (``max_track_jump``, ``max_track_size_ratio``) is swapped for the other detector's box
+    when that one is on the track, else the frame becomes ``implausible``.
     """
     images = image_list(images)
     return resolve(detect(images, "mtcnn", device=device), detect(images, "dlib"), checks, track=track)
@@ -173,13 +175,13 @@ def resolve(m: FaceBoxes, d: FaceBoxes, checks: DetectionChecks = DetectionCheck
             boxes[i], source[i] = m.boxes[i], "mtcnn"
         else:
             reason[i] = _no_face_reason(m, d, i, checks)
-    if track and n > 2:
-        _follow_track(boxes, source, reason, conflict, m, d, checks)
+    off_track = _follow_track(boxes, source, reason, conflict, m, d, checks) if track and n > 2 else set()
     for i in conflict:
         if source[i] == "none":
             reason[i] = (f"detectors disagree: MTCNN box {_fmt(m.boxes[i])} (p {float(m.score[i]):.2f}) vs dlib box "
                          f"{_fmt(d.boxes[i])} (score {float(d.score[i]):.2f}), and no face track decides")
-    status = tuple(Status.OK if s != "none" else Status.NO_FACE for s in source)
+    status = tuple(Status.OK if s != "none" else Status.DETECTOR_DISAGREEMENT if i in conflict
+                   else Status.IMPLAUSIBLE if i in off_track else Status.NO_FACE for i, s in enumerate(source))
     return CheckedFaces(boxes, tuple(source), status, tuple(reason), m, d)
 
 
@@ -212,11 +214,13 @@ def track_median(boxes: torch.Tensor, window: int) -> torch.Tensor:
     return out
 
 
-def _follow_track(boxes, source, reason, conflict, m: FaceBoxes, d: FaceBoxes, checks: DetectionChecks) -> None:
-    """Check every chosen box against the track of its neighbours; resolve conflicts and one-frame jumps."""
+def _follow_track(boxes, source, reason, conflict, m: FaceBoxes, d: FaceBoxes, checks: DetectionChecks) -> set[int]:
+    """Check every chosen box against the track of its neighbours; resolve conflicts and one-frame jumps. Returns
+    the frames whose box left the track with no detector's box on it."""
     reference = track_median(boxes, checks.track_window)
     on_track = lambda b, i: bool(boxes_agree(b, reference[i], checks.max_track_jump,  # noqa: E731
                                              checks.max_track_size_ratio))
+    off_track = set()
     for i in range(len(boxes)):
         if not torch.isfinite(reference[i]).all():
             continue
@@ -237,3 +241,5 @@ def _follow_track(boxes, source, reason, conflict, m: FaceBoxes, d: FaceBoxes, c
                 reason[i] = (f"the face box {_fmt(boxes[i])} jumps off the face track (neighbours' median "
                              f"{_fmt(reference[i])})")
                 boxes[i], source[i] = float("nan"), "none"
+                off_track.add(i)
+    return off_track

@@ -27,7 +27,8 @@ class CoeffEstimate:
 
     coeffs: ``(B, 257)`` float32 in the frame's Deep3D camera (:func:`reenact.faces.images.frame_camera`); NaN rows
         where ``status`` is not ``ok`` and nothing was fitted.
-    status: B :class:`reenact.data.schema.Status` values (``ok``, ``no_face``, ``fit_error``, ...).
+    status: B :class:`reenact.data.schema.Status` values (``ok``, ``no_face``, ``detector_disagreement``,
+        ``implausible`` (fitted, coefficients kept, but a plausibility gate failed), ``fit_error``, ...).
     error: B human-readable reasons (empty where ``ok``).
     landmarks: ``(B, K, 2)`` float64 continuous pixels the estimate used (K = 68 or 5), NaN where none.
     fit_error: ``(B,)`` float64 landmark RMSE in pixels where a fit ran, else NaN.

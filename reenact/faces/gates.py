@@ -1,4 +1,5 @@
-"""Plausibility gates: a fitted frame is ``ok`` only when it passes every named check, else a status and a reason.
+"""Plausibility gates: a fitted frame is ``ok`` only when it passes every named check, else ``implausible``
+(:attr:`reenact.data.schema.Status.IMPLAUSIBLE`) with a reason naming each failed check and its figure.
 
 Checks (thresholds in :class:`Gates`, each tested with injected errors in ``tests/test_faces_gates.py``):
 
@@ -13,7 +14,9 @@ Checks (thresholds in :class:`Gates`, each tested with injected errors in ``test
   is an error of the fit or of the detector, not a head turn at 25-30 fps).
 * ``identity_prior``: the identity coefficients' RMS stays below ``max_id_rms`` (alpha ~ N(0, 1) per coefficient;
   a fit that needs a face far outside the model's prior is not describing this face). It fails every frame of the fit.
-* detector agreement is checked before the fit (:func:`reenact.faces.detect.cross_check`); its reasons are kept.
+* detector agreement is checked before the fit (:func:`reenact.faces.detect.cross_check`): a confident
+  disagreement that no face track settles is ``detector_disagreement``, a box off the face track ``implausible``;
+  those frames are not fitted and keep the detection's status and reason.
 """
 from __future__ import annotations
 
@@ -106,7 +109,7 @@ def check_fit(coeffs: torch.Tensor, landmarks: torch.Tensor, rmse: torch.Tensor,
         for f in failures:
             f.append(f"identity coefficients RMS {id_rms:.2f} outside the prior (> {gates.max_id_rms})")
     passed = torch.tensor([not f for f in failures], dtype=torch.bool)
-    status = tuple(Status.OK if not f else Status.FIT_ERROR for f in failures)
+    status = tuple(Status.OK if not f else Status.IMPLAUSIBLE for f in failures)
     return GateResult(passed, status, tuple("; ".join(f) for f in failures))
 
 

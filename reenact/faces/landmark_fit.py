@@ -86,7 +86,7 @@ class FitConfig:
                                                       "so one thread is fastest on a busy machine (0: keep the "
                                                       "caller's setting)"})
     max_rmse: float = field(default=6.0, metadata={"help": "frames whose landmark RMSE (px at 256^2) exceeds this "
-                                                          "are written with status fit_error"})
+                                                          "are written with status implausible"})
     id_prior_frames: float = field(default=4.0, metadata={
         "help": "the identity prior weighs max(1, T / id_prior_frames) times for T frames, so beyond this many "
                 "frames its weight no longer fades against the data (0: once per chunk, the plain MAP whose "
@@ -568,7 +568,7 @@ class LandmarkFitEstimator:
     All images passed to one call are fitted together (one shared identity): pass the frames of one video or chunk,
     in order. Frames of different sizes are fitted in separate groups, each in its frame's Deep3D camera. Faces are
     found by :func:`reenact.faces.detect.cross_check` (both detectors, tracked through the frames when ``track``),
-    and every fitted frame passes the plausibility gates of :mod:`reenact.faces.gates` or gets ``fit_error`` with
+    and every fitted frame passes the plausibility gates of :mod:`reenact.faces.gates` or gets ``implausible`` with
     the reason.
 
     Args:
@@ -637,7 +637,7 @@ class LandmarkFitEstimator:
             return self.fit_points(torch.as_tensor(landmarks, dtype=torch.float64), sizes, frame_index=frame_index)
         found = self.detect_landmarks(images)
         estimate = self.fit_points(found.points, sizes, boxes=found.boxes, frame_index=frame_index,
-                                   reasons=found.reason)
+                                   reasons=found.reason, statuses=found.status)
         return self.fit_texture(images, estimate) if self.photometric_frames > 0 else estimate
 
     def fit_texture(self, images: list[torch.Tensor], estimate: CoeffEstimate) -> CoeffEstimate:
@@ -661,9 +661,10 @@ class LandmarkFitEstimator:
         return replace(estimate, coeffs=coeffs)
 
     def fit_points(self, landmarks: torch.Tensor, sizes: list[tuple[int, int]], *, boxes: torch.Tensor | None = None,
-                   frame_index=None, reasons=None) -> CoeffEstimate:
+                   frame_index=None, reasons=None, statuses=None) -> CoeffEstimate:
         """Fit given 68 points ``(B, 68, 2)`` of frames of ``sizes`` ``[(width, height)]``; NaN rows are ``no_face``
-        (``reasons``: why, per frame, e.g. the detection's)."""
+        or the detection's status where it is not ``ok`` (``statuses``) (``reasons``: why, per frame, e.g. the
+        detection's)."""
         count = len(landmarks)
         frame_index = np.arange(count) if frame_index is None else np.asarray(frame_index, dtype=np.int64)
         coeffs, rmse = nan_rows(count, NUM_COEFFS).float(), nan_rows(count)
@@ -673,7 +674,8 @@ class LandmarkFitEstimator:
         for i in range(count):
             if not torch.isfinite(landmarks[i]).all():
                 why = reasons[i] if reasons is not None and reasons[i] else "no face found"
-                status[i], error[i] = Status.NO_FACE, f"{why} in the {sizes[i][0]}x{sizes[i][1]} frame"
+                found = Status(statuses[i]) if statuses is not None and statuses[i] != Status.OK else Status.NO_FACE
+                status[i], error[i] = found, f"{why} in the {sizes[i][0]}x{sizes[i][1]} frame"
             else:
                 groups.setdefault(sizes[i], []).append(i)
         for size, members in groups.items():
@@ -701,7 +703,10 @@ class LandmarkFitEstimator:
             if self.gates is not None else None
         for k, i in enumerate(members):
             coeffs[i], rmse[i] = fitted[k], float(result.rmse[k])
-            if not np.isfinite(result.rmse[k]) or result.rmse[k] > limit:
-                status[i], error[i] = Status.FIT_ERROR, f"landmark RMSE {result.rmse[k]:.2f} px exceeds {limit:.2f} px"
-            elif gate is not None and not gate.passed[k]:
-                status[i], error[i] = gate.status[k], gate.reason[k]
+            if not np.isfinite(result.rmse[k]):
+                status[i], error[i] = Status.FIT_ERROR, "landmark fit gave a non-finite RMSE"
+                continue
+            why = [f"landmark RMSE {result.rmse[k]:.2f} px exceeds {limit:.2f} px"] if result.rmse[k] > limit else []
+            why += [gate.reason[k]] if gate is not None and not gate.passed[k] else []
+            if why:
+                status[i], error[i] = Status.IMPLAUSIBLE, "; ".join(why)
