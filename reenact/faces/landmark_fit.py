@@ -64,6 +64,11 @@ REFERENCE_SIZE = 256           # sizes in FitConfig are pixels of a 256^2 image,
 JAW = slice(0, 17)             # iBUG-68 jaw outline (silhouette points on real faces)
 NUM_POSE = 6                   # per-frame w (3) + t (3)
 NUM_FRAME = NUM_EXP + NUM_POSE  # per-frame unknowns: beta (64), w (3), t (3)
+#: prior weight of the identity's antisymmetric part relative to its symmetric part (:func:`mirror_prior`). Measured
+#: (lp_d0 / tpsmm_driving, oracle sequences / tiny world): 1 (the mirror-averaged prior) gives 8-frame chunking p90
+#: 1.58 / 4.24 deg, oracle median 1.92 / 0.80 deg; 0.3 gives 1.66 / 4.29 and 1.49 / 0.72; 0.1 is unstable on
+#: 8-frame chunks (p90 23 deg on lp_d0).
+ANTISYMMETRIC_PRIOR = 0.3
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,52 @@ class LandmarkBases:
     mean: torch.Tensor
     id: torch.Tensor
     exp: torch.Tensor
+    id_prior: torch.Tensor = None    # 80 x 80 unit prior precision of alpha (mirror-symmetric, see mirror_prior)
+    exp_prior: torch.Tensor = None   # 64 x 64 unit prior precision of beta
+
+    def __post_init__(self):
+        if self.id_prior is None:
+            object.__setattr__(self, "id_prior", torch.eye(self.id.shape[-1], dtype=self.id.dtype))
+        if self.exp_prior is None:
+            object.__setattr__(self, "exp_prior", torch.eye(self.exp.shape[-1], dtype=self.exp.dtype))
+
+
+def mirror_basis(basis: torch.Tensor) -> torch.Tensor:
+    """Landmark rows of a basis ``(68, 3, n)`` -> those of the mirrored faces (x -> -x, iBUG order permuted by
+    :data:`reenact.faces.landmarks68.MIRROR_68`)."""
+    from reenact.faces.landmarks68 import MIRROR_68
+
+    flip = torch.tensor([-1.0, 1.0, 1.0], dtype=basis.dtype)
+    return basis[MIRROR_68] * flip[:, None]
+
+
+def mirror_map(basis: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The coefficient map of the mirror: ``T`` ``(n, n)`` with ``basis @ (T c)`` = mirror of ``basis @ c`` for
+    ``basis`` ``(68, 3, n)`` (least squares), and the relative part of the mirrored basis outside its span (0 when
+    the basis is closed under mirroring)."""
+    flat, mirrored = basis.reshape(-1, basis.shape[-1]), mirror_basis(basis).reshape(-1, basis.shape[-1])
+    t = torch.linalg.pinv(flat, rtol=1e-8) @ mirrored
+    outside = float((flat @ t - mirrored).norm() / mirrored.norm().clamp_min(1e-30))
+    return t, outside
+
+
+def mirror_prior(basis: torch.Tensor, antisymmetric: float = ANTISYMMETRIC_PRIOR) -> torch.Tensor:
+    """Unit prior precision ``(n, n)`` of the coefficients ``c`` of ``basis`` ``(68, 3, n)`` under which a face and
+    its mirror image are equally likely: ``|c+|^2 + antisymmetric |c-|^2`` with ``c+- = (c +- T c) / 2`` the
+    coefficients of the face's symmetric and antisymmetric parts (``T`` = :func:`mirror_map`: the mirror image of
+    the face with coefficients ``c`` has ``T c``, which keeps ``c+`` and negates ``c-``). With ``antisymmetric`` 1
+    this is ``(|c|^2 + |T c|^2) / 2``, the model's prior averaged with its mirror image.
+
+    The plain prior ``|c|^2 = |c+|^2 + |c-|^2 + 2 c+ . c-`` is not mirror-symmetric when the components are not
+    mirror pairs (the procedural model's random identity fields): its cross term favours some asymmetric shapes
+    over their mirror images, which moved the fitted yaw by ~3 degrees between real frames and their mirrors. With
+    a basis closed under mirroring, the fit of a mirrored image under this prior is exactly the mirror of the fit.
+    Directions that do not move the landmarks keep the unit prior (``T`` is 0 there)."""
+    t, _ = mirror_map(basis)
+    eye = torch.eye(len(t), dtype=t.dtype)
+    even, odd = (eye + t) / 2, (eye - t) / 2
+    unobserved = eye - t @ t                                   # T^2 is the projector onto the observed directions
+    return even.T @ even + antisymmetric * odd.T @ odd + unobserved.T @ unobserved
 
 
 def landmark_bases(model: MorphableModel) -> LandmarkBases:
@@ -133,9 +184,10 @@ def landmark_bases(model: MorphableModel) -> LandmarkBases:
     index = model.landmark_indices.cpu()
     rows = (3 * index[:, None] + torch.arange(3)).reshape(-1)                  # 204 rows of the (3V, k) bases
     as64 = lambda t: t.detach().cpu().to(torch.float64)  # noqa: E731
-    return LandmarkBases(mean=as64(model.mean_shape[index]),
+    bases = LandmarkBases(mean=as64(model.mean_shape[index]),
                          id=as64(model.id_base[rows]).reshape(NUM_LANDMARKS, 3, NUM_ID),       # 68 x 3 x 80
                          exp=as64(model.exp_base[rows]).reshape(NUM_LANDMARKS, 3, NUM_EXP))    # 68 x 3 x 64
+    return replace(bases, id_prior=mirror_prior(bases.id))
 
 
 # ---------------------------------------------------------------- geometry
@@ -221,8 +273,8 @@ class _Problem:
     camera: PerspectiveCamera
     target: torch.Tensor         # T x 68 x 2 observed landmarks
     sqrt_w: torch.Tensor         # 68, sqrt(w_k) / sigma
-    id_precision: float          # 1 / s_id^2
-    exp_precision: float         # 1 / s_exp^2
+    id_precision: torch.Tensor   # 80 x 80, prior precision of alpha (1 / s_id^2 times the unit prior matrix)
+    exp_precision: torch.Tensor  # 64 x 64, prior precision of each beta_t
     depth_mean: torch.Tensor     # T, prior mean of trans z
     depth_precision: torch.Tensor  # T, 1 / (prior std of trans z)^2 (0: flat)
     links: torch.Tensor = None   # T - 1 bool: frames t and t + 1 are neighbours (temporal term)
@@ -234,11 +286,11 @@ class _Problem:
 
     def frame_costs(self, state: _State) -> torch.Tensor:
         """Per-frame data + expression prior cost ``(T,)`` (the identity prior is added by :meth:`cost`)."""
-        return (self.residuals(state).square().sum((1, 2)) + self.exp_precision * state.beta.square().sum(1)
+        return (self.residuals(state).square().sum((1, 2)) + ((state.beta @ self.exp_precision) * state.beta).sum(1)
                 + self.depth_precision * (state.trans[:, 2] - self.depth_mean).square())
 
     def cost(self, state: _State) -> torch.Tensor:
-        return (self.frame_costs(state).sum() + self.id_precision * state.alpha.square().sum()
+        return (self.frame_costs(state).sum() + state.alpha @ self.id_precision @ state.alpha
                 + self.temporal_cost(state))
 
     def step_differences(self, state: _State) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -300,14 +352,14 @@ def _per_landmark(d_shape: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
 
 
 def _frame_priors(problem: _Problem, state: _State) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-frame prior precisions (the diagonal of their Hessian) and gradients, both ``(T, 70)`` (beta, w, t)."""
+    """Per-frame prior precisions and gradients, both ``(T, 70)`` (beta, w, t): the diagonal of the depth prior's and
+    the temporal term's Hessian, and the gradient of every prior (the expression prior's full 64 x 64 precision is
+    added to the Hessian by :func:`_normal_equations`)."""
     precision = torch.zeros(len(state.beta), NUM_FRAME, dtype=state.beta.dtype)
-    precision[:, :NUM_EXP] = problem.exp_precision
     precision[:, -1] = problem.depth_precision
-    offsets = torch.zeros_like(precision)
-    offsets[:, :NUM_EXP] = state.beta
-    offsets[:, -1] = state.trans[:, 2] - problem.depth_mean
-    gradient = precision * offsets
+    gradient = torch.zeros_like(precision)
+    gradient[:, :NUM_EXP] = state.beta @ problem.exp_precision
+    gradient[:, -1] = problem.depth_precision * (state.trans[:, 2] - problem.depth_mean)
     if problem.links is not None and any(problem.step_precision) and len(state.beta) > 1:
         step_precision, step_gradient = _temporal_terms(problem, state)
         precision, gradient = precision + step_precision, gradient + step_gradient
@@ -349,11 +401,12 @@ def _normal_equations(problem: _Problem, state: _State, pose_only: bool = False)
     h_ff = jf.transpose(1, 2) @ jf + torch.diag_embed(precision)                      # T x n x n
     if pose_only:
         return None, g_f, None, None, h_ff
+    h_ff[:, :NUM_EXP, :NUM_EXP] += problem.exp_precision
     ids = problem.bases.id                                                            # 68 x 3 x 80
     gram = torch.einsum("tkai,tkaj->kij", lin.d_shape, lin.d_shape)                   # 68 x 3 x 3
-    h_aa = ids.flatten(0, 1).T @ (gram @ ids).flatten(0, 1) + problem.id_precision * torch.eye(NUM_ID, dtype=r.dtype)
+    h_aa = ids.flatten(0, 1).T @ (gram @ ids).flatten(0, 1) + problem.id_precision
     g_a = ids.flatten(0, 1).T @ torch.einsum("tkai,tka->ki", lin.d_shape, lin.r).reshape(-1) \
-        + problem.id_precision * state.alpha                                          # 80
+        + problem.id_precision @ state.alpha                                          # 80
     h_af = lin.alpha_jacobian(problem.bases).transpose(1, 2) @ jf                     # T x 80 x 70
     return g_a, g_f, h_aa, h_af, h_ff
 
@@ -508,8 +561,8 @@ def _fit(target: torch.Tensor, image_size: int, bases: LandmarkBases, config: Fi
     depth_std = config.depth_prior * (camera.distance - trans[:, 2])
     num = len(target)
     problem = _Problem(bases, camera, target, weights.sqrt() / sigma,
-                       id_precision=id_prior_weight(num, config) / config.id_prior**2,
-                       exp_precision=1.0 / config.exp_prior**2, depth_mean=trans[:, 2].clone(),
+                       id_precision=bases.id_prior * (id_prior_weight(num, config) / config.id_prior**2),
+                       exp_precision=bases.exp_prior / config.exp_prior**2, depth_mean=trans[:, 2].clone(),
                        depth_precision=depth_std.pow(-2) if config.depth_prior > 0 else torch.zeros_like(depth_std),
                        links=links, step_precision=step_precisions(config))
     state = _State(torch.zeros(NUM_ID, dtype=torch.float64), torch.zeros(num, NUM_EXP, dtype=torch.float64),
