@@ -27,7 +27,12 @@ prior).
 A temporal term joins neighbouring frames (``rotation_step``, ``trans_step``, ``exp_step``: Gaussian steps between
 frames whose indices differ by one), solved Jacobi-style inside the joint stage: its exact gradient, and a diagonal
 Hessian bound (twice the linked neighbours' precision) so the per-frame blocks stay independent. And every frame
-passes the plausibility gates of :mod:`reenact.faces.gates`. Texture and lighting are not observable from landmarks:
+passes the plausibility gates of :mod:`reenact.faces.gates`.
+The identity prior is mirror-symmetric (:func:`mirror_prior`): a face and its mirror image are equally likely, so
+the fit of a mirrored image is the mirror of the fit (the plain ``|alpha|^2`` of the procedural basis is not, and
+moved yaw by ~3 degrees between real frames and their mirrors). The 17 jaw points are silhouette points
+(``FitConfig.jaw_contour``, landmark marching as in 3DDFA): each slides along a line of candidate vertices to the
+visible contour for the current pose (:func:`select_contour`), re-selected between LM iterations. Texture and lighting are not observable from landmarks:
 :func:`fit_landmarks` writes zeros; :class:`LandmarkFitEstimator` fits them to the pixels
 (:mod:`reenact.faces.photometric`).
 
@@ -62,6 +67,8 @@ from reenact.faces.images import ImageBatch, frame_camera, image_list, nan_rows
 NAME = "landmarks"
 REFERENCE_SIZE = 256           # sizes in FitConfig are pixels of a 256^2 image, scaled to the actual image size
 JAW = slice(0, 17)             # iBUG-68 jaw outline (silhouette points on real faces)
+CONTOUR_SAMPLES = 24           # candidate vertices per jaw line (contour_lines)
+CONTOUR_INNER = 0.5            # the jaw lines reach inwards to this fraction of the landmark's distance from the axis
 NUM_POSE = 6                   # per-frame w (3) + t (3)
 NUM_FRAME = NUM_EXP + NUM_POSE  # per-frame unknowns: beta (64), w (3), t (3)
 #: prior weight of the identity's antisymmetric part relative to its symmetric part (:func:`mirror_prior`). Measured
@@ -104,6 +111,11 @@ class FitConfig:
         "help": "estimate the landmark noise from the residuals of a first joint fit and refit with it (never below "
                 "landmark_sigma): real faces, whose dlib points and model landmarks disagree by ~2 px, then weigh "
                 "the priors as they should"})
+    jaw_contour: bool = field(default=True, metadata={
+        "help": "the 17 jaw points are silhouette points: each slides along a line of candidate vertices to the "
+                "visible contour for the current pose, re-selected between iterations (landmark marching, as in "
+                "3DDFA); off: fixed landmark vertices (landmarks that are projections of the model's own landmark "
+                "vertices, e.g. the synthetic world's ground truth)"})
     exp_step: float = field(default=0.5, metadata={
         "help": "temporal term: std of the expression change between neighbouring frames (0: off)"})
 
@@ -133,6 +145,8 @@ class LandmarkBases:
     exp: torch.Tensor
     id_prior: torch.Tensor = None    # 80 x 80 unit prior precision of alpha (mirror-symmetric, see mirror_prior)
     exp_prior: torch.Tensor = None   # 64 x 64 unit prior precision of beta
+    contour: "ContourLines | None" = None   # candidate vertices of the jaw points (silhouette points)
+    jaw: "tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None" = None   # per-frame jaw rows (select_contour)
 
     def __post_init__(self):
         if self.id_prior is None:
@@ -179,6 +193,43 @@ def mirror_prior(basis: torch.Tensor, antisymmetric: float = ANTISYMMETRIC_PRIOR
     return even.T @ even + antisymmetric * odd.T @ odd + unobserved.T @ unobserved
 
 
+@dataclass(frozen=True)
+class ContourLines:
+    """Per jaw landmark a line of C candidate vertices, from the landmark vertex (c = 0) inwards: rows of the mean
+    ``(17, C, 3)``, id ``(17, C, 3, 80)`` and exp ``(17, C, 3, 64)`` bases, and the model-space outward direction
+    of each line ``(17, 3)`` (z = 0)."""
+
+    mean: torch.Tensor
+    id: torch.Tensor
+    exp: torch.Tensor
+    outward: torch.Tensor
+
+
+def contour_lines(model: MorphableModel, samples: int = CONTOUR_SAMPLES, inner: float = CONTOUR_INNER
+                  ) -> ContourLines:
+    """The jaw points' candidate lines (landmark marching, Zhu et al. 2015 / 3DDFA): per jaw landmark, the mesh
+    vertices under ``samples`` points of the segment from its vertex towards the face's centre line (the model's
+    x = 0, y = 0 in the frontal view), down to ``inner`` of its distance, each the vertex nearest in (x, y) among the
+    front-facing ones (z above the landmark's). In a frontal view the landmark vertex is the outermost of its line;
+    as the head turns, the visible contour on the far side moves inwards along the line (:func:`select_contour`)."""
+    index = model.landmark_indices[JAW].cpu()
+    mean = model.mean_shape.detach().cpu().to(torch.float64)
+    start = mean[index]                                                            # 17 x 3
+    fractions = torch.linspace(1.0, inner, samples, dtype=torch.float64)
+    targets = start[:, None, :2] * fractions[:, None]                             # 17 x C x 2
+    front = mean[:, 2][None, None] >= start[:, 2][:, None, None] - 1e-9            # 17 x 1 x V
+    distance = torch.cdist(targets, mean[None, :, :2].expand(len(start), -1, -1))  # 17 x C x V
+    ids = torch.where(front, distance, torch.inf).argmin(-1)                       # 17 x C
+    ids[:, 0] = index
+    rows = (3 * ids[..., None] + torch.arange(3)).reshape(-1)
+    as64 = lambda t: t.detach().cpu().to(torch.float64)  # noqa: E731
+    count = len(start) * samples
+    outward = torch.cat([start[:, :2], torch.zeros(len(start), 1, dtype=torch.float64)], 1)
+    return ContourLines(mean=mean[ids], id=as64(model.id_base[rows]).reshape(count, 3, NUM_ID).unflatten(0, ids.shape),
+                        exp=as64(model.exp_base[rows]).reshape(count, 3, NUM_EXP).unflatten(0, ids.shape),
+                        outward=outward / outward.norm(dim=1, keepdim=True))
+
+
 def landmark_bases(model: MorphableModel) -> LandmarkBases:
     """Slice the landmark vertices' rows out of the model's bases (no full mesh is evaluated)."""
     index = model.landmark_indices.cpu()
@@ -187,7 +238,7 @@ def landmark_bases(model: MorphableModel) -> LandmarkBases:
     bases = LandmarkBases(mean=as64(model.mean_shape[index]),
                          id=as64(model.id_base[rows]).reshape(NUM_LANDMARKS, 3, NUM_ID),       # 68 x 3 x 80
                          exp=as64(model.exp_base[rows]).reshape(NUM_LANDMARKS, 3, NUM_EXP))    # 68 x 3 x 64
-    return replace(bases, id_prior=mirror_prior(bases.id))
+    return replace(bases, id_prior=mirror_prior(bases.id), contour=contour_lines(model))
 
 
 # ---------------------------------------------------------------- geometry
@@ -255,7 +306,12 @@ class _State:
 
     def shapes(self, bases: LandmarkBases) -> torch.Tensor:
         """Unposed landmarks P ``(T, 68, 3)``."""
-        return bases.mean + bases.id @ self.alpha + torch.einsum("kcn,tn->tkc", bases.exp, self.beta)
+        shapes = bases.mean + bases.id @ self.alpha + torch.einsum("kcn,tn->tkc", bases.exp, self.beta)
+        if bases.jaw is not None:                                  # the jaw points' per-frame vertices
+            mean, ids, exp = bases.jaw
+            jaw = mean + ids @ self.alpha + torch.einsum("tkcn,tn->tkc", exp, self.beta)
+            shapes = torch.cat([jaw, shapes[:, JAW.stop:]], 1)
+        return shapes
 
     def posed(self, bases: LandmarkBases) -> torch.Tensor:
         return self.shapes(bases) @ self.rotation.transpose(1, 2) + self.trans[:, None]   # T x 68 x 3
@@ -278,6 +334,7 @@ class _Problem:
     depth_mean: torch.Tensor     # T, prior mean of trans z
     depth_precision: torch.Tensor  # T, 1 / (prior std of trans z)^2 (0: flat)
     links: torch.Tensor = None   # T - 1 bool: frames t and t + 1 are neighbours (temporal term)
+    model_bases: LandmarkBases | None = None   # with contour lines: bases re-selected per frame (select_contour)
     step_precision: tuple[float, float, float] = (0.0, 0.0, 0.0)   # 1 / std^2 of rotation (rad), trans, exp steps
 
     def residuals(self, state: _State) -> torch.Tensor:
@@ -319,6 +376,29 @@ class _Problem:
         return _Linearisation(residuals, d_proj, d_proj @ state.rotation[:, None], rotated)
 
 
+def select_contour(bases: LandmarkBases, state: _State, camera: PerspectiveCamera) -> LandmarkBases:
+    """The bases with per-frame rows ``(T, 17, ...)`` for the jaw points, which sit on the visible contour of the face at the
+    state's shape and pose: per jaw line (:class:`ContourLines`) the candidate vertex that projects outermost along
+    the line's outward direction as seen in the image (the silhouette, where the line's curve turns away from the
+    camera; in a frontal view the landmark vertex itself). The other 51 rows are the fixed landmark vertices."""
+    lines = bases.contour
+    shapes = (lines.mean + lines.id @ state.alpha
+              + torch.einsum("kcdn,tn->tkcd", lines.exp, state.beta))                 # T x 17 x C x 3
+    rotation = state.rotation[:, None]                                                 # T x 1 x 3 x 3
+    pixels = project(shapes @ rotation.transpose(-1, -2) + state.trans[:, None, None], camera)   # T x 17 x C x 2
+    outward = (lines.outward @ state.rotation.transpose(1, 2))[..., :2] * lines.outward.new_tensor([1.0, -1.0])
+    pick = (pixels * outward[:, :, None]).sum(-1).argmax(-1)                           # T x 17 (y down in pixels)
+    jaw = torch.arange(len(lines.mean))
+    return replace(bases, jaw=(lines.mean[jaw, pick], lines.id[jaw, pick], lines.exp[jaw, pick]))
+
+
+def _reselect(problem: _Problem, state: _State) -> _Problem:
+    """The problem with its jaw points re-selected on the contour for ``state`` (unchanged without contour lines)."""
+    if problem.model_bases is None:
+        return problem
+    return replace(problem, bases=select_contour(problem.model_bases, state, problem.camera))
+
+
 @dataclass(frozen=True)
 class _Linearisation:
     """First-order terms at a state. ``r`` whitened residuals ``(T, 68, 2)``; ``d_proj`` = d r / d Q ``(T, 68, 2, 3)``;
@@ -337,18 +417,23 @@ class _Linearisation:
 
     def frame_jacobian(self, bases: LandmarkBases) -> torch.Tensor:
         """d r / d (beta, w, t) ``(T, 136, 70)``."""
-        return torch.cat([_per_landmark(self.d_shape, bases.exp), self.pose_jacobian()], -1)
+        return torch.cat([_per_landmark(self.d_shape, bases.exp, bases.jaw and bases.jaw[2]),
+                          self.pose_jacobian()], -1)
 
     def alpha_jacobian(self, bases: LandmarkBases) -> torch.Tensor:
         """d r / d alpha ``(T, 136, 80)``."""
-        return _per_landmark(self.d_shape, bases.id)
+        return _per_landmark(self.d_shape, bases.id, bases.jaw and bases.jaw[1])
 
 
-def _per_landmark(d_shape: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """``d_shape (T, 68, 2, 3)`` times each landmark's basis rows ``(68, 3, n)`` -> ``(T, 136, n)``."""
+def _per_landmark(d_shape: torch.Tensor, basis: torch.Tensor, jaw: torch.Tensor | None = None) -> torch.Tensor:
+    """``d_shape (T, 68, 2, 3)`` times each landmark's basis rows ``(68, 3, n)`` -> ``(T, 136, n)``; ``jaw``
+    ``(T, 17, 3, n)``: per-frame rows of the jaw points instead."""
     t = d_shape.shape[0]
     per_k = d_shape.permute(1, 0, 2, 3).reshape(NUM_LANDMARKS, 2 * t, 3) @ basis        # 68 x 2T x n
-    return per_k.reshape(NUM_LANDMARKS, t, 2, -1).permute(1, 0, 2, 3).reshape(t, 2 * NUM_LANDMARKS, -1)
+    out = per_k.reshape(NUM_LANDMARKS, t, 2, -1).permute(1, 0, 2, 3)                     # T x 68 x 2 x n
+    if jaw is not None:
+        out = torch.cat([d_shape[:, JAW] @ jaw, out[:, JAW.stop:]], 1)
+    return out.reshape(t, 2 * NUM_LANDMARKS, -1)
 
 
 def _frame_priors(problem: _Problem, state: _State) -> tuple[torch.Tensor, torch.Tensor]:
@@ -388,8 +473,7 @@ def _normal_equations(problem: _Problem, state: _State, pose_only: bool = False)
     """Gradient and Gauss-Newton blocks of the energy (factor 2 dropped): g_a, g_f, H_aa, H_af, H_ff.
 
     With ``pose_only`` the per-frame blocks are the 6 pose unknowns and the alpha blocks are None.
-    H_aa and g_a sum over frames before touching the 80 columns: H_aa = sum_k A_k^T (sum_t G_tk^T G_tk) A_k with
-    G_tk = d r_tk / d P_tk, so they cost O(T) 3x3 products plus one 80 x 204 x 80 product.
+    The bases may be per frame (the jaw points' vertices of :func:`select_contour`).
     """
     lin = problem.linearise(state)
     r = lin.r.flatten(1)                                                              # T x 136
@@ -402,12 +486,11 @@ def _normal_equations(problem: _Problem, state: _State, pose_only: bool = False)
     if pose_only:
         return None, g_f, None, None, h_ff
     h_ff[:, :NUM_EXP, :NUM_EXP] += problem.exp_precision
-    ids = problem.bases.id                                                            # 68 x 3 x 80
-    gram = torch.einsum("tkai,tkaj->kij", lin.d_shape, lin.d_shape)                   # 68 x 3 x 3
-    h_aa = ids.flatten(0, 1).T @ (gram @ ids).flatten(0, 1) + problem.id_precision
-    g_a = ids.flatten(0, 1).T @ torch.einsum("tkai,tka->ki", lin.d_shape, lin.r).reshape(-1) \
-        + problem.id_precision @ state.alpha                                          # 80
-    h_af = lin.alpha_jacobian(problem.bases).transpose(1, 2) @ jf                     # T x 80 x 70
+    ja = lin.alpha_jacobian(problem.bases)                                           # T x 136 x 80
+    flat = ja.flatten(0, 1)                                                           # 136T x 80
+    h_aa = flat.T @ flat + problem.id_precision
+    g_a = flat.T @ r.reshape(-1) + problem.id_precision @ state.alpha                 # 80
+    h_af = ja.transpose(1, 2) @ jf                                                    # T x 80 x 70
     return g_a, g_f, h_aa, h_af, h_ff
 
 
@@ -435,12 +518,15 @@ def _solve_frames(h_ff: torch.Tensor, rhs: torch.Tensor, mask: torch.Tensor) -> 
     return out
 
 
-def _pose_stage(problem: _Problem, state: _State, config: FitConfig) -> tuple[_State, int]:
-    """LM on the per-frame poses only (alpha, beta fixed): frames are independent, each with its own damping."""
+def _pose_stage(problem: _Problem, state: _State, config: FitConfig) -> tuple[_Problem, _State, int]:
+    """LM on the per-frame poses only (alpha, beta fixed): frames are independent, each with its own damping. The
+    jaw points are re-selected on the contour before every step (and the problem with the last selection returned)."""
+    links = problem.links
     problem = replace(problem, links=None)        # the temporal term couples frames: the joint stage adds it
     mu = torch.full((len(problem.target),), config.damping, dtype=torch.float64)
-    costs = problem.frame_costs(state)
     for it in range(config.pose_iterations):
+        problem = _reselect(problem, state)
+        costs = problem.frame_costs(state)
         _, g_p, _, _, h_pp = _normal_equations(problem, state, pose_only=True)   # cheap: 6 unknowns per frame
         d_pose = -torch.linalg.solve(_damped(h_pp, mu), g_p)                         # T x 6
         trial = state.step(torch.zeros_like(state.alpha), torch.cat([torch.zeros_like(state.beta), d_pose], 1))
@@ -450,16 +536,18 @@ def _pose_stage(problem: _Problem, state: _State, config: FitConfig) -> tuple[_S
         state = _State(state.alpha, state.beta, torch.where(keep[..., None], trial.rotation, state.rotation),
                        torch.where(keep, trial.trans, state.trans))
         converged = bool(((costs - new) <= config.tolerance * costs).all())   # rejected frames count as converged
-        costs = torch.where(better, new, costs)
         mu = torch.where(better, (mu / 3).clamp_min(1e-9), mu * 4)
         if converged:
-            return state, it + 1
-    return state, config.pose_iterations
+            return replace(_reselect(problem, state), links=links), state, it + 1
+    return replace(_reselect(problem, state), links=links), state, config.pose_iterations
 
 
-def _joint_stage(problem: _Problem, state: _State, config: FitConfig) -> tuple[_State, int]:
-    """LM on alpha (shared) and every frame's beta and pose, via the Schur complement of the alpha block."""
+def _joint_stage(problem: _Problem, state: _State, config: FitConfig) -> tuple[_Problem, _State, int]:
+    """LM on alpha (shared) and every frame's beta and pose, via the Schur complement of the alpha block. The jaw
+    points are re-selected on the contour after every accepted step (and the problem with the last selection
+    returned)."""
     mask = _frame_mask(config)
+    problem = _reselect(problem, state)
     mu, cost = config.damping, problem.cost(state)
     blocks = _normal_equations(problem, state)
     for it in range(config.iterations):
@@ -470,11 +558,13 @@ def _joint_stage(problem: _Problem, state: _State, config: FitConfig) -> tuple[_
             mu *= 4
             continue
         converged = bool(cost - new <= config.tolerance * cost)
-        state, cost, mu = trial, new, max(mu / 3, 1e-9)
+        state, mu = trial, max(mu / 3, 1e-9)
+        problem = _reselect(problem, state)
         if converged:
-            return state, it + 1
+            return problem, state, it + 1
+        cost = problem.cost(state)
         blocks = _normal_equations(problem, state)
-    return state, config.iterations
+    return problem, state, config.iterations
 
 
 def _joint_step(g_a, g_f, h_aa, h_af, h_ff, mu: float, mask: torch.Tensor, fit_identity: bool):
@@ -564,17 +654,18 @@ def _fit(target: torch.Tensor, image_size: int, bases: LandmarkBases, config: Fi
                        id_precision=bases.id_prior * (id_prior_weight(num, config) / config.id_prior**2),
                        exp_precision=bases.exp_prior / config.exp_prior**2, depth_mean=trans[:, 2].clone(),
                        depth_precision=depth_std.pow(-2) if config.depth_prior > 0 else torch.zeros_like(depth_std),
-                       links=links, step_precision=step_precisions(config))
+                       links=links, step_precision=step_precisions(config),
+                       model_bases=bases if config.jaw_contour and bases.contour is not None else None)
     state = _State(torch.zeros(NUM_ID, dtype=torch.float64), torch.zeros(num, NUM_EXP, dtype=torch.float64),
                    rotation, trans)
-    state, pose_its = _pose_stage(problem, state, config)
+    problem, state, pose_its = _pose_stage(problem, state, config)
     joint_its = 0
     if config.fit_identity or config.fit_expression:
-        state, joint_its = _joint_stage(problem, state, config)
+        problem, state, joint_its = _joint_stage(problem, state, config)
         noise = residual_sigma(problem, state)
         if config.estimate_sigma and noise > sigma * 1.05:
             problem = replace(problem, sqrt_w=weights.sqrt() / noise)
-            state, more = _joint_stage(problem, state, config)
+            problem, state, more = _joint_stage(problem, state, config)
             joint_its += more
     return _result(problem, state, pose_its + joint_its)
 
