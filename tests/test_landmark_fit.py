@@ -290,6 +290,28 @@ def test_recovers_head_pose_on_synthetic_sequences(full_model, capsys):
     assert np.median(depth_errors) < 0.08    # depth and face size trade off through identity: a few percent
 
 
+def test_a_given_identity_makes_the_pose_independent_of_chunking(small_model):
+    """Chunks of a clip fitted with the clip's identity fixed give the poses of the whole-clip fit (the temporal
+    term across the chunk borders is all that differs); each chunk fitting its own identity does not."""
+    rng = np.random.default_rng(13)
+    c = sample_chunk(rng, 16, yaw_max=30)
+    c[:, ANGLE] = np.cumsum(rng.normal(0, np.deg2rad(1.5), (16, 3)), 0)              # a smooth head motion
+    points = truth_landmarks(small_model, c) + rng.normal(0, 2.0, (16, 68, 2))
+    whole = lf.fit_landmarks(points, SIZE, small_model).coeffs
+
+    def chunked(identity):
+        return np.concatenate([lf.fit_landmarks(points[s:s + 4], SIZE, small_model, identity=identity).coeffs
+                               for s in range(0, 16, 4)])
+
+    given = chunked(whole[0, ID])
+    assert (given[:, ID] == whole[0, ID]).all()
+    assert np.percentile(rotation_errors_deg(whole, given), 90) < 0.6
+    assert np.percentile(rotation_errors_deg(whole, chunked(None)), 90) > 2 * np.percentile(
+        rotation_errors_deg(whole, given), 90)
+    with pytest.raises(ValueError, match="identity"):
+        lf.fit_landmarks(points, SIZE, small_model, identity=np.zeros(5))
+
+
 def test_fit_landmarks_rejects_bad_input(small_model):
     with pytest.raises(ValueError, match=r"\(T, 68, 2\)"):
         lf.fit_landmarks(np.zeros((4, 5, 2)), SIZE, small_model)
