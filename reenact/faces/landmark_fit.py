@@ -71,11 +71,12 @@ CONTOUR_SAMPLES = 24           # candidate vertices per jaw line (contour_lines)
 CONTOUR_INNER = 0.5            # the jaw lines reach inwards to this fraction of the landmark's distance from the axis
 NUM_POSE = 6                   # per-frame w (3) + t (3)
 NUM_FRAME = NUM_EXP + NUM_POSE  # per-frame unknowns: beta (64), w (3), t (3)
-#: prior weight of the identity's antisymmetric part relative to its symmetric part (:func:`mirror_prior`). Measured
-#: (lp_d0 / tpsmm_driving, oracle sequences / tiny world): 1 (the mirror-averaged prior) gives 8-frame chunking p90
-#: 1.58 / 4.24 deg, oracle median 1.92 / 0.80 deg; 0.3 gives 1.66 / 4.29 and 1.49 / 0.72; 0.1 is unstable on
-#: 8-frame chunks (p90 23 deg on lp_d0).
-ANTISYMMETRIC_PRIOR = 0.3
+#: prior weight of the identity's antisymmetric part relative to its symmetric part (:func:`mirror_prior`; 1: the
+#: model's prior averaged with its mirror image). Measured (lp_d0 / tpsmm_driving 8-frame chunks: pose p90 vs the
+#: whole clip, max identity RMS; oracle sequences / tiny world: median rotation error): 1.0: 1.58 / 4.24 deg,
+#: 1.39 / 1.30, oracle 1.92 / 0.80 deg; 0.5: 1.63 / 4.09, 1.42 / 1.46, 1.66 / 0.74; 0.3: 1.66 / 4.28,
+#: 1.44 / 1.63 (over issue 12's 1.5), 1.49 / 0.72; 0.1 is unstable (8-frame p90 23 deg on lp_d0).
+ANTISYMMETRIC_PRIOR = 1.0
 
 
 @dataclass(frozen=True)
