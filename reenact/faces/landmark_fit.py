@@ -25,8 +25,9 @@ Issue 12 changed three things. The identity prior's weight grows with the number
 ``id_prior_frames`` (it no longer fades against the data as frames are added, so long chunks keep alpha inside the
 prior).
 A temporal term joins neighbouring frames (``rotation_step``, ``trans_step``, ``exp_step``: Gaussian steps between
-frames whose indices differ by one), solved Jacobi-style inside the joint stage: its exact gradient, and a diagonal
-Hessian bound (twice the linked neighbours' precision) so the per-frame blocks stay independent. And every frame
+frames whose indices differ by one); its Gauss-Newton Hessian couples neighbouring frames' blocks, so the per-frame
+system of the joint stage is block-tridiagonal and is solved exactly (block Thomas algorithm, :func:`_solve_chain`;
+a Jacobi-style diagonal bound converged too slowly on long chunks). And every frame
 passes the plausibility gates of :mod:`reenact.faces.gates`.
 The identity prior is mirror-symmetric (:func:`mirror_prior`): a face and its mirror image are equally likely, so
 the fit of a mirrored image is the mirror of the fit (the plain ``|alpha|^2`` of the procedural basis is not, and
@@ -457,9 +458,9 @@ def _frame_priors(problem: _Problem, state: _State) -> tuple[torch.Tensor, torch
 
 
 def _temporal_terms(problem: _Problem, state: _State) -> tuple[torch.Tensor, torch.Tensor]:
-    """The temporal term's per-frame diagonal ``(T, 70)`` (twice the number of linked neighbours times the step
-    precision: a Gershgorin bound of the coupled block, so the decoupled per-frame step never overshoots) and its
-    exact gradient ``(T, 70)`` (factor 2 dropped, as everywhere)."""
+    """The temporal term's per-frame diagonal ``(T, 70)`` (the number of linked neighbours times the step
+    precision; :func:`temporal_coupling` gives the blocks between neighbours) and its gradient ``(T, 70)`` (factor 2
+    dropped, as everywhere)."""
     rot, trans, beta = problem.step_differences(state)
     link = problem.links.to(state.beta.dtype)[:, None]
     p_rot, p_trans, p_exp = problem.step_precision
@@ -470,8 +471,23 @@ def _temporal_terms(problem: _Problem, state: _State) -> tuple[torch.Tensor, tor
     degree = torch.zeros(len(state.beta), dtype=state.beta.dtype)
     degree[:-1] += link[:, 0]
     degree[1:] += link[:, 0]
-    weights = torch.cat([torch.full((NUM_EXP,), p_exp), torch.full((3,), p_rot), torch.full((3,), p_trans)]).to(degree)
-    return 2 * degree[:, None] * weights, gradient
+    return degree[:, None] * _step_weights(problem).to(degree), gradient
+
+
+def _step_weights(problem: _Problem) -> torch.Tensor:
+    """``(70,)`` step precisions in the per-frame order beta, w, t."""
+    p_rot, p_trans, p_exp = problem.step_precision
+    return torch.cat([torch.full((NUM_EXP,), p_exp), torch.full((3,), p_rot), torch.full((3,), p_trans)]
+                     ).to(torch.float64)
+
+
+def temporal_coupling(problem: _Problem) -> torch.Tensor | None:
+    """The temporal term's Gauss-Newton blocks between frames t and t + 1: ``-diag(c_t)`` with ``c`` ``(T - 1, 70)``
+    (the step precisions where linked, else 0); None without a temporal term. The rotation step's Jacobian is taken
+    as the identity (exact for small steps between neighbours)."""
+    if problem.links is None or not any(problem.step_precision) or len(problem.target) < 2:
+        return None
+    return problem.links.to(torch.float64)[:, None] * _step_weights(problem)
 
 
 def _normal_equations(problem: _Problem, state: _State, pose_only: bool = False):
@@ -555,8 +571,9 @@ def _joint_stage(problem: _Problem, state: _State, config: FitConfig) -> tuple[_
     problem = _reselect(problem, state)
     mu, cost = config.damping, problem.cost(state)
     blocks = _normal_equations(problem, state)
+    coupling = temporal_coupling(problem)
     for it in range(config.iterations):
-        d_alpha, d_frame = _joint_step(*blocks, mu, mask, config.fit_identity)
+        d_alpha, d_frame = _joint_step(*blocks, mu, mask, config.fit_identity, coupling)
         trial = state.step(d_alpha, d_frame)
         new = problem.cost(trial)
         if new >= cost:                      # rejected: more damping, same linearisation
@@ -572,13 +589,41 @@ def _joint_stage(problem: _Problem, state: _State, config: FitConfig) -> tuple[_
     return problem, state, config.iterations
 
 
-def _joint_step(g_a, g_f, h_aa, h_af, h_ff, mu: float, mask: torch.Tensor, fit_identity: bool):
+def _solve_chain(h_ff: torch.Tensor, coupling: torch.Tensor | None, rhs: torch.Tensor,
+                 mask: torch.Tensor) -> torch.Tensor:
+    """Solve the block-tridiagonal system with diagonal blocks ``h_ff`` ``(T, n, n)`` and blocks ``-diag(c_t)``
+    between frames t and t + 1 (``coupling`` ``(T - 1, n)``, :func:`temporal_coupling`) for ``rhs`` ``(T, n, m)``, on
+    the free unknowns (``mask``) only: block Thomas algorithm, ``x_t = Y_t + Z_t x_t+1`` after a forward sweep."""
+    if coupling is None or not bool(coupling.any()):
+        return _solve_frames(h_ff, rhs, mask)
+    free = mask.nonzero()[:, 0]
+    diag, right, c = h_ff[:, free][:, :, free], rhs[:, free], coupling[:, free]
+    count, n = len(diag), len(free)
+    zs, ys = [], []
+    block, b = diag[0], right[0]
+    for t in range(count - 1):
+        solved = torch.linalg.solve(block, torch.cat([torch.diag(c[t]), b], 1))      # D'^-1 [diag(c_t), b'_t]
+        zs.append(solved[:, :n])
+        ys.append(solved[:, n:])
+        block = diag[t + 1] - c[t][:, None] * zs[-1]
+        b = right[t + 1] + c[t][:, None] * ys[-1]
+    x = [torch.linalg.solve(block, b)]
+    for t in range(count - 2, -1, -1):
+        x.append(ys[t] + zs[t] @ x[-1])
+    out = torch.zeros_like(rhs)
+    out[:, free] = torch.stack(x[::-1])
+    return out
+
+
+def _joint_step(g_a, g_f, h_aa, h_af, h_ff, mu: float, mask: torch.Tensor, fit_identity: bool,
+                coupling: torch.Tensor | None = None):
     """The damped Gauss-Newton step (d_alpha ``(80,)``, d_frame ``(T, 70)``) by block elimination:
-    d_f = H_ff^-1 (-g_f - H_fa d_a) and (H_aa - sum_t H_af H_ff^-1 H_fa) d_a = -g_a + sum_t H_af H_ff^-1 g_f."""
+    d_f = H_ff^-1 (-g_f - H_fa d_a) and (H_aa - H_af H_ff^-1 H_fa) d_a = -g_a + H_af H_ff^-1 g_f, where H_ff is
+    block-diagonal, or block-tridiagonal with the temporal term's ``coupling`` (:func:`temporal_coupling`)."""
     h_ff = _damped(h_ff, mu)
     if not fit_identity:
-        return torch.zeros_like(g_a), -_solve_frames(h_ff, g_f[..., None], mask)[..., 0]
-    solved = _solve_frames(h_ff, torch.cat([h_af.transpose(1, 2), g_f[..., None]], -1), mask)   # T x 70 x 81
+        return torch.zeros_like(g_a), -_solve_chain(h_ff, coupling, g_f[..., None], mask)[..., 0]
+    solved = _solve_chain(h_ff, coupling, torch.cat([h_af.transpose(1, 2), g_f[..., None]], -1), mask)  # T x 70 x 81
     schur = _damped(h_aa, mu) - (h_af @ solved[..., :NUM_ID]).sum(0)                            # 80 x 80
     d_alpha = torch.linalg.solve(schur, -g_a + (h_af @ solved[..., NUM_ID:]).sum((0, 2)))
     return d_alpha, -solved[..., NUM_ID] - solved[..., :NUM_ID] @ d_alpha
