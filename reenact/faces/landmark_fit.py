@@ -118,6 +118,10 @@ class FitConfig:
                 "visible contour for the current pose, re-selected between iterations (landmark marching, as in "
                 "3DDFA); off: fixed landmark vertices (landmarks that are projections of the model's own landmark "
                 "vertices, e.g. the synthetic world's ground truth)"})
+    outlier_frames: float = field(default=3.0, metadata={
+        "help": "in the refit after the noise estimate, frames whose landmark RMSE exceeds this many times the "
+                "chunk's median weigh (this * median / RMSE)^4, so one garbage frame cannot drag the shared identity "
+                "(0: off)"})
     exp_step: float = field(default=0.5, metadata={
         "help": "temporal term: std of the expression change between neighbouring frames (0: off)"})
 
@@ -334,7 +338,7 @@ class _Problem:
     bases: LandmarkBases
     camera: PerspectiveCamera
     target: torch.Tensor         # T x 68 x 2 observed landmarks
-    sqrt_w: torch.Tensor         # 68, sqrt(w_k) / sigma
+    sqrt_w: torch.Tensor         # 68 (or T x 68 with per-frame weights), sqrt(w_k) / sigma
     id_precision: torch.Tensor   # 80 x 80, prior precision of alpha (1 / s_id^2 times the unit prior matrix)
     exp_precision: torch.Tensor  # 64 x 64, prior precision of each beta_t
     depth_mean: torch.Tensor     # T, prior mean of trans z
@@ -345,7 +349,7 @@ class _Problem:
 
     def residuals(self, state: _State) -> torch.Tensor:
         """Whitened residuals ``(T, 68, 2)``."""
-        return (project(state.posed(self.bases), self.camera) - self.target) * self.sqrt_w[:, None]
+        return (project(state.posed(self.bases), self.camera) - self.target) * self.sqrt_w[..., None]
 
     def frame_costs(self, state: _State) -> torch.Tensor:
         """Per-frame data + expression prior cost ``(T,)`` (the identity prior is added by :meth:`cost`)."""
@@ -377,8 +381,8 @@ class _Problem:
         zero = torch.zeros_like(depth)
         d_proj = torch.stack([cam.focal / depth, zero, cam.focal * q[..., 0] / depth**2,
                               zero, -cam.focal / depth, -cam.focal * q[..., 1] / depth**2], -1)
-        d_proj = d_proj.unflatten(-1, (2, 3)) * self.sqrt_w[:, None, None]           # T x 68 x 2 x 3
-        residuals = (project(q, cam) - self.target) * self.sqrt_w[:, None]
+        d_proj = d_proj.unflatten(-1, (2, 3)) * self.sqrt_w[..., None, None]         # T x 68 x 2 x 3
+        residuals = (project(q, cam) - self.target) * self.sqrt_w[..., None]
         return _Linearisation(residuals, d_proj, d_proj @ state.rotation[:, None], rotated)
 
 
@@ -720,18 +724,38 @@ def _fit(target: torch.Tensor, image_size: int, bases: LandmarkBases, config: Fi
     joint_its = 0
     if config.fit_identity or config.fit_expression:
         problem, state, joint_its = _joint_stage(problem, state, config)
-        noise = residual_sigma(problem, state)
-        if config.estimate_sigma and noise > sigma * 1.05:
-            problem = replace(problem, sqrt_w=weights.sqrt() / noise)
+        frame_weights = outlier_weights(problem, state, config.outlier_frames)
+        noise = residual_sigma(problem, state, frame_weights)
+        if config.estimate_sigma and (noise > sigma * 1.05 or bool((frame_weights < 1).any())):
+            noise = max(noise, sigma)
+            problem = replace(problem, sqrt_w=weights.sqrt() * frame_weights.sqrt()[:, None] / noise)
             problem, state, more = _joint_stage(problem, state, config)
             joint_its += more
     return _result(problem, state, pose_its + joint_its)
 
 
-def residual_sigma(problem: _Problem, state: _State) -> float:
-    """Per-coordinate RMS of the landmark residuals in pixels (the noise the data show)."""
-    residual = project(state.posed(problem.bases), problem.camera) - problem.target
-    return float(residual.square().mean().sqrt())
+def frame_rmse(problem: _Problem, state: _State) -> torch.Tensor:
+    """``(T,)`` landmark RMSE in pixels, ``sqrt(mean_k |pi(Q_tk) - x_tk|^2)``."""
+    return (project(state.posed(problem.bases), problem.camera) - problem.target).square().sum(-1).mean(-1).sqrt()
+
+
+def outlier_weights(problem: _Problem, state: _State, factor: float) -> torch.Tensor:
+    """``(T,)`` weights of the frames in the refit: ``min(1, (factor * median RMSE / RMSE_t)^4)``, redescending: a
+    frame whose landmarks are garbage (shuffled points, a false detection) costs less the worse it fits, so it
+    cannot pull the shared identity out of the prior (1 everywhere when ``factor`` is 0 or for fewer than 3
+    frames). Its pose still follows its own points, weakly, and its neighbours."""
+    rmse = frame_rmse(problem, state)
+    if factor <= 0 or len(rmse) < 3:
+        return torch.ones_like(rmse)
+    limit = factor * rmse.median().clamp_min(1e-9)
+    return (limit / rmse.clamp_min(1e-12)).pow(4).clamp(max=1.0)
+
+
+def residual_sigma(problem: _Problem, state: _State, frame_weights: torch.Tensor | None = None) -> float:
+    """Per-coordinate RMS of the landmark residuals in pixels (the noise the data show), frames weighted."""
+    squares = frame_rmse(problem, state).square()
+    weights = torch.ones_like(squares) if frame_weights is None else frame_weights
+    return float((0.5 * (weights * squares).sum() / weights.sum()).sqrt())
 
 
 def _result(problem: _Problem, state: _State, iterations: int) -> FitResult:
