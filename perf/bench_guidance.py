@@ -2,12 +2,15 @@
 
     python perf/bench_guidance.py [--size 256] [--threads 1] [--batches 1 8] [--repeats 20]
 
-Target (issue #9): <= 15 ms per pair. Rows: vertex maths alone (Eq. 1, pose, projection), one rasterization,
-the full guidance per pair with the source render off (what the pipeline stores) and on, and the naive yardstick
-(:func:`naive_guidance`: the straightforward version of the same maths). The rows take turns, one call of each per
-round, so that all see the same load and their ratio holds on a shared machine whose timings drift. Batched rows
-report the time of one call divided by the number of pairs; each row gives the median wall time and, beside it,
-the median CPU time of this thread.
+Target (issue #9): <= 15 ms per pair. Rows: vertex maths alone (Eq. 1, pose, projection; per mesh with torch, and
+per pair as guidance does it: the identity part once, pose + projection in numba), one rasterization with
+each CPU backend (numba, what guidance uses on CPU, and the torch reference), the full guidance per pair with the
+source render off (what the pipeline stores) and on, and the naive yardstick (:func:`naive_guidance`: the
+straightforward version of the same maths). The rows take turns, one call of each per round, so that all see the
+same load and their ratio holds on a shared machine whose timings drift. Batched rows report the time of one call
+divided by the number of pairs; each row gives the median wall time and, beside it, the median CPU time of this
+thread. The numba kernels are compiled without ``parallel=True``: they run on the calling thread, so ``--threads 1``
+(torch's intra-op threads) makes the whole run single-threaded.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from perf.timing import print_table  # noqa: E402
 from reenact.app.demo import sample_coeffs  # noqa: E402
 from reenact.face3d.camera import PerspectiveCamera, pixel_grid  # noqa: E402
 from reenact.face3d.coeffs import Coeffs, target_coeffs  # noqa: E402
-from reenact.face3d.face import posed_vertices  # noqa: E402
+from reenact.face3d.face import build_face, posed_vertices  # noqa: E402
 from reenact.face3d.guidance import DEPTH_TOLERANCE, SLOPE_CAP, compute_guidance  # noqa: E402
 from reenact.face3d.morphable import MorphableModel  # noqa: E402
 from reenact.face3d.procedural import procedural_model  # noqa: E402
@@ -97,10 +100,13 @@ def batch_rows(model: MorphableModel, camera: PerspectiveCamera, b: int, args: a
     """The table rows of batch ``b``: each timing divided by the pairs (or meshes) of the call, and the ratio."""
     src, drv = sample_coeffs(b, 0.7, g), sample_coeffs(b, 0.7, g)
     screen = camera.project(posed_vertices(model, src)[0])
-    settings = RasterSettings(image_size=(args.size, args.size), backend="torch")
+    numba, torch_ = (RasterSettings(image_size=(args.size, args.size), backend=b) for b in ("numba", "torch"))
+    pair = torch.cat([src, target_coeffs(src, drv)])
     timings = {
         "vertices (Eq. 1 + pose + projection), per mesh": lambda: camera.project(posed_vertices(model, src)[0]),
-        "rasterization, per mesh": lambda: rasterize(screen, model.triangles, settings),
+        "vertices of [source; target] as guidance, per pair": lambda: build_face(model, pair, camera, False, b),
+        "rasterization numba, per mesh": lambda: rasterize(screen, model.triangles, numba),
+        "rasterization torch, per mesh": lambda: rasterize(screen, model.triangles, torch_),
         "guidance F_c+O_c+I_r+mask, per pair": lambda: compute_guidance(model, src, drv, args.size,
                                                                        with_source_render=False),
         "naive yardstick of the same, per pair": lambda: naive_guidance(model, src, drv, args.size),
@@ -117,6 +123,15 @@ def batch_rows(model: MorphableModel, camera: PerspectiveCamera, b: int, args: a
     return rows + [["naive / guidance (wall, cpu)", b, f"{naive[0] / fast[0]:.2f}x", f"{naive[1] / fast[1]:.2f}x"]]
 
 
+def first_call_s(model: MorphableModel, camera: PerspectiveCamera) -> float:
+    """Seconds of the first guidance call in this process: numba compiles its kernels (or loads them from its
+    on-disk cache, ``cache=True``) then."""
+    coeffs = torch.zeros(1, 257)
+    start = time.perf_counter()
+    compute_guidance(model, coeffs, coeffs, camera.width)
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=256)
@@ -129,6 +144,7 @@ def main() -> None:
     model = procedural_model(args.model)
     camera = PerspectiveCamera.deep3d(args.size)
     g = torch.Generator().manual_seed(0)
+    print(f"numba kernels: first call (compile, or load from numba's cache) {first_call_s(model, camera):.2f} s")
     rows = [row for b in args.batches for row in batch_rows(model, camera, b, args, g)]
     print(f"mesh: procedural-{args.model} ({model.num_vertices} vertices, {model.num_triangles} triangles), "
           f"{args.size}x{args.size}, torch threads {args.threads}, {platform.processor() or platform.machine()}")

@@ -1,6 +1,7 @@
 """Rasterizer speed: one rasterization and one 2-channel interpolation, median ms, on one CPU thread by default.
 
-    python perf/bench_raster.py [--size 256] [--threads 1] [--repeats 30] [--device cpu] [--profile]
+    python perf/bench_raster.py [--size 256] [--threads 1] [--repeats 30] [--device cpu] [--backends torch numba]
+                                [--profile]
 
 Meshes: ``grid`` is a synthetic face stand-in, a jittered height-field grid of 189 x 189 = 35,721 vertices and
 70,688 triangles (the full BFM's 35,709 / 70,789) whose projection covers about 180 x 200 pixels of 256^2, so most
@@ -8,7 +9,8 @@ triangles are 0.3-1 pixel; ``procedural`` is the procedural morphable model (ree
 size in a neutral pose, when it can be built. Issue #2 budget: one rasterization well under 7 ms on one CPU thread
 (two of them, the vertex maths and the interpolation make one pair's guidance, <= 15 ms).
 A "naive yardstick" row times the straightforward vectorised rasterizer (``naive_rasterize``) under the same load,
-since timings on a shared machine drift. ``--profile`` adds torch's per-operator table for the first mesh.
+since timings on a shared machine drift. One row per backend (numba is CPU only, and single-threaded: it is not
+compiled with ``parallel=True``). ``--profile`` adds torch's per-operator table for the first mesh (torch backend).
 """
 from __future__ import annotations
 
@@ -118,6 +120,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--backends", nargs="+", default=["torch", "numba"], choices=["torch", "numba"])
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive yardstick rows")
     args = parser.parse_args()
@@ -129,19 +132,21 @@ def main() -> None:
     procedural = procedural_mesh(args.size)
     if procedural is not None:
         meshes["procedural-full"] = procedural
-    settings = RasterSettings(image_size=(args.size, args.size), backend="torch")
+    backends = [b for b in args.backends if device.type == "cpu" or b == "torch"]
     size = (args.size, args.size)
     load_before = os.getloadavg()[0]
     rows = []
     for name, (verts, faces) in meshes.items():
         verts, faces = verts.to(device), faces.to(device)
-        frags = rasterize(verts, faces, settings)
-        attrs = verts[..., :2].contiguous()
-        raster = timings(lambda v=verts, f=faces: (rasterize(v, f, settings), sync()), args.repeats)
-        interp = timings(lambda fr=frags, f=faces, a=attrs: (interpolate(fr, f, a), sync()), args.repeats)
         threads = args.threads if device.type == "cpu" else device.type
-        rows.append([name, f"{verts.shape[1]} / {faces.shape[0]}", f"{args.size}x{args.size}", threads,
-                     int(frags.mask.sum()), *raster, interp[0], interp[1]])
+        for backend in backends:
+            settings = RasterSettings(image_size=size, backend=backend)
+            frags = rasterize(verts, faces, settings)
+            attrs = verts[..., :2].contiguous()
+            raster = timings(lambda v=verts, f=faces, s=settings: (rasterize(v, f, s), sync()), args.repeats)
+            interp = timings(lambda fr=frags, f=faces, a=attrs: (interpolate(fr, f, a), sync()), args.repeats)
+            rows.append([f"{name}, {backend}", f"{verts.shape[1]} / {faces.shape[0]}", f"{args.size}x{args.size}",
+                         threads, int(frags.mask.sum()), *raster, interp[0], interp[1]])
         if device.type == "cpu" and not args.no_naive:
             naive = timings(lambda v=verts, f=faces: naive_rasterize(v, f, size), args.repeats, warmup=2)
             rows.append([f"{name}, naive yardstick", "", "", threads, "", *naive, "", ""])
@@ -152,7 +157,7 @@ def main() -> None:
                  "raster min ms", "raster CPU median ms", "interp (D=2) median ms", "interp min ms"], rows)
     print("budget (issue #2): one rasterization well under 7 ms; one pair's guidance <= 15 ms")
     if args.profile:
-        _profile(*next(iter(meshes.values())), settings, device)
+        _profile(*next(iter(meshes.values())), RasterSettings(image_size=size, backend="torch"), device)
 
 
 def _profile(verts: torch.Tensor, faces: torch.Tensor, settings: RasterSettings, device: torch.device) -> None:

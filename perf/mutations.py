@@ -47,6 +47,8 @@ def T(module: str, *names: str) -> tuple[str, ...]:  # noqa: N802 - short constr
 
 
 RASTER = "reenact/face3d/raster_kernel.py"
+RASTER_NUMBA = "reenact/face3d/raster_numba.py"
+FACE_NUMBA = "reenact/face3d/face_numba.py"
 GUIDANCE = "reenact/face3d/guidance.py"
 
 MUTATIONS: tuple[Mutation, ...] = (
@@ -68,6 +70,19 @@ MUTATIONS: tuple[Mutation, ...] = (
              ".bitwise_left_shift_(32).bitwise_or_(face_id.max() - face_id)",
              T("test_raster", "test_face_like_mesh_of_subpixel_triangles_matches_brute_force"),
              "the first-pixel pass of small boxes, as above"),
+    # the numba backend (its tests run over both backends)
+    Mutation("raster_numba.border_clamp", RASTER_NUMBA, "np.float32(W - 1)) - lo_x", "np.float32(W - 2)) - lo_x",
+             T("test_raster", "test_convention_image_spans_zero_to_size", "test_random_meshes_match_brute_force")),
+    Mutation("raster_numba.barycentric_order", RASTER_NUMBA, "bary[1, b, i, j] = w1 * r", "bary[1, b, i, j] = w2 * r",
+             T("test_raster", "test_convention_barycentrics_are_screen_space",
+               "test_interpolate_matches_brute_force")),
+    Mutation("raster_numba.farthest_wins", RASTER_NUMBA, "if k < keys[origin]:",
+             "if k > keys[origin] or keys[origin] == _EMPTY_KEY:",
+             T("test_raster", "test_random_meshes_match_brute_force"),
+             "the first-pixel test of boxes; the face-like mesh has no overlapping triangles to tell nearest from "
+             "farthest"),
+    Mutation("raster_numba.cull_front_faces", RASTER_NUMBA, "(cull and area2 > 0)", "(cull and area2 < 0)",
+             T("test_raster", "test_convention_front_facing_is_counter_clockwise_as_displayed_and_culling")),
     # ----------------------------------------------------------------------------------- camera, coefficients
     Mutation("camera.pixel_grid_half_pixel", "reenact/face3d/camera.py",
              "ys = torch.arange(height, device=device, dtype=dtype) + 0.5",
@@ -106,6 +121,13 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("guidance.occlusion_ignores_depth", GUIDANCE,
              "return inside & (centroid[..., 2] <= zbuf + tolerance + slack)", "return inside",
              T("test_guidance", "test_large_yaw_marks_the_self_occluded_cheek_occluded")),
+    # the numba kernels that stand in for the torch code above on CPU (those tests run with both)
+    Mutation("face_numba.normals_R_not_RT", FACE_NUMBA, "r[0, 1] * y) + r[0, 2] * z", "r[1, 0] * y) + r[2, 0] * z",
+             T("test_face3d_core", "test_shading_uses_the_posed_surface_normals")),
+    Mutation("face_numba.occlusion_no_centroid_inside_check", FACE_NUMBA, "if inside and cz <=", "if cz <=",
+             T("test_guidance", "test_occlusion_of_a_source_face_partly_outside_the_image_matches_brute_force")),
+    Mutation("face_numba.occlusion_ignores_depth", FACE_NUMBA, "if inside and cz <= (zbuf + tolerance) + slack",
+             "if inside", T("test_guidance", "test_large_yaw_marks_the_self_occluded_cheek_occluded")),
     # ---------------------------------------------------------------------------------------------- crop range
     Mutation("crop.frame_range_inclusive_end", "pipelines/crop.py",
              "return range(_first_index(start, fps, ref_fps), _first_index(end, fps, ref_fps))",

@@ -87,6 +87,18 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         terminalreporter.write_line(f"(fixtures folder: {FIXTURES}; set REENACT_FIXTURES to use another)")
 
 
+@pytest.fixture(params=["numba", "torch"])
+def face3d_kernels(request, monkeypatch) -> str:
+    """Run a 3D-core test with the numba CPU kernels (what CPU tensors get) and again with the torch code they stand
+    in for (what CUDA runs, and CPU without numba), so that both are held to it."""
+    if request.param == "torch":
+        from reenact.face3d import face, raster
+
+        monkeypatch.setattr(face, "numba_kernels", lambda *args: None)
+        monkeypatch.setattr(raster, "numba_kernels", lambda *args: None)
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray session for the whole test run (2 CPUs, as on CI)."""

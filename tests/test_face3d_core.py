@@ -205,7 +205,7 @@ def _finite_difference_normals(verts: torch.Tensor, side: int) -> torch.Tensor:
     return torch.nn.functional.normalize(torch.linalg.cross(down, right, dim=-1), dim=-1)
 
 
-def test_shading_uses_the_posed_surface_normals(small_model):
+def test_shading_uses_the_posed_surface_normals(small_model, face3d_kernels):
     """The normals the renderer lights are those of the posed surface: read back from the lit colours of a light
     that is linear in the normal, against finite-difference normals of the posed vertices (independent of the
     mesh's face normals and of the rotation convention)."""

@@ -51,7 +51,7 @@ def test_identical_source_and_driving_gives_zero_flow_and_full_visibility(model)
     assert torch.allclose(g.render, g.source_render, atol=1e-5)
 
 
-def test_pure_yaw_flow_matches_analytic_reprojection(model):
+def test_pure_yaw_flow_matches_analytic_reprojection(model, face3d_kernels):
     """Back-project each target pixel with its depth, undo the target pose, apply the source pose, project."""
     src, drv = coeffs(yaw=0.0), coeffs(yaw=0.35)
     g = compute_guidance(model, src, drv, SIZE)
@@ -83,7 +83,7 @@ def test_sampling_source_render_with_flow_reproduces_target_render(model):
     assert err.mean() < 0.01 and torch.quantile(err, 0.99) < 0.05, (err.mean(), err.max())
 
 
-def test_large_yaw_marks_the_self_occluded_cheek_occluded(model):
+def test_large_yaw_marks_the_self_occluded_cheek_occluded(model, face3d_kernels):
     """Source turned 60 degrees (its +x cheek faces away): in a frontal target that cheek is occluded."""
     src, drv = coeffs(yaw=math.radians(60)), coeffs(yaw=0.0)
     g = compute_guidance(model, src, drv, SIZE)
@@ -189,7 +189,7 @@ def _lambert_sh_colors(model, v: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("with_source_render", [False, True])
-def test_render_is_the_target_mesh_lit_in_the_target_pose(model, with_source_render):
+def test_render_is_the_target_mesh_lit_in_the_target_pose(model, with_source_render, face3d_kernels):
     """I_r against the target mesh shaded by an independent float64 Lambert + SH computation (directional light, a
     real pose change): shading in the source pose would light the face from the wrong side."""
     src = coeffs(yaw=-0.45, pitch=0.2, exp_seed=1, seed=2)
@@ -238,7 +238,7 @@ def _brute_force_source_visibility(model, v: torch.Tensor, cam: PerspectiveCamer
     return inside & ~hidden
 
 
-def test_occlusion_of_a_source_face_partly_outside_the_image_matches_brute_force():
+def test_occlusion_of_a_source_face_partly_outside_the_image_matches_brute_force(face3d_kernels):
     """The source face half outside the image: target pixels whose triangle the source image does not show are
     occluded; the rest follow a brute-force visibility test of each triangle's centroid."""
     from reenact.face3d.guidance import DEPTH_TOLERANCE
@@ -262,3 +262,49 @@ def test_occlusion_of_a_source_face_partly_outside_the_image_matches_brute_force
     assert (~expected)[face].float().mean() > 0.3                   # a good part of the target is not in the source
     agree = (g.occlusion[0, 0].bool() == expected)[face].float().mean()
     assert agree > 0.98, agree                                     # 0.995 measured; 0.82 without the check
+
+
+def test_numba_kernels_match_the_torch_code(model, monkeypatch):
+    """On CPU, pose + projection, raster, shown vertices, normals + shading, occlusion and interpolation run in numba:
+    the same guidance as the torch code up to float32 rounding of the screen vertices, which may move a pixel centre
+    lying on an edge to the neighbouring triangle (a few pixels in 10^4)."""
+    from reenact.face3d import face, raster
+
+    src = torch.cat([coeffs(yaw=-0.5, exp_seed=1, seed=2), coeffs(yaw=0.3, pitch=0.2, seed=5)])
+    drv = torch.cat([coeffs(yaw=0.45, pitch=-0.1, exp_seed=3), coeffs(yaw=-0.6, exp_seed=4)])
+    fast = compute_guidance(model, src, drv, SIZE)
+    monkeypatch.setattr(face, "numba_kernels", lambda *args: None)
+    monkeypatch.setattr(raster, "numba_kernels", lambda *args: None)
+    reference = compute_guidance(model, src, drv, SIZE)
+    inside = reference.face_mask.bool()
+    assert (reference.occlusion[inside] == 0).sum() > 200 and (reference.occlusion[inside] == 1).sum() > 2000
+    for name, tol in (("flow", 1e-3), ("occlusion", 0), ("face_mask", 0), ("source_mask", 0), ("render", 1e-5),
+                      ("source_render", 1e-5)):
+        gap = (getattr(fast, name) - getattr(reference, name)).abs().amax(1)      # B x H x W
+        assert (gap > tol).float().mean() < 1e-3, name
+
+
+def test_pose_and_projection_kernel_matches_the_torch_code(model):
+    from reenact.face3d import face_numba
+    from reenact.face3d.transforms import rigid_transform
+
+    c = coeffs(yaw=0.4, pitch=-0.3, exp_seed=2, batch=2)
+    rest, rotation = model.shape(c[:, ID], c[:, EXP]), euler_to_matrix(c[:, ANGLE])
+    cam = PerspectiveCamera.deep3d(SIZE)
+    verts, screen = face_numba.pose_and_project(rest, rotation, c[:, TRANS], cam)
+    expected = rigid_transform(rest, rotation, c[:, TRANS])
+    assert torch.allclose(verts, expected, atol=1e-6)
+    assert torch.allclose(screen, cam.project(expected), atol=1e-4)                 # pixels
+
+
+def test_numba_kernels_serve_only_cpu_float32_tensors_without_autograd():
+    """CUDA tensors (here the meta device stands in), float64 and tensors that need a gradient take the torch code."""
+    from reenact.face3d.face import cpu_kernels
+
+    x = torch.zeros(2, 3)
+    assert cpu_kernels(x, torch.zeros(2, dtype=torch.int64)) is not None
+    assert cpu_kernels(x, torch.zeros(2, 3, device="meta")) is None
+    assert cpu_kernels(x.double()) is None
+    assert cpu_kernels(x.requires_grad_(True)) is None
+    with torch.no_grad():
+        assert cpu_kernels(x) is not None

@@ -5,6 +5,8 @@ barycentrics within 1e-5 there.
 """
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -14,6 +16,12 @@ from reenact.face3d.raster import Fragments, RasterSettings, interpolate, raster
 EDGE_EPS = 1e-6  # pixels this close to any triangle edge are not compared (the issue's acceptance)
 BARY_TOL = 1e-5
 DEPTH_TOL = 1e-5
+RASTERIZERS = ("torch", "numba")  # every CPU backend the suite ships; each must keep every convention
+
+
+@pytest.fixture(params=RASTERIZERS)
+def backend(request) -> str:
+    return request.param
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -79,8 +87,8 @@ def random_mesh(seed: int, batch: int = 2, size: tuple[int, int] = (28, 36)) -> 
     return verts.contiguous(), faces
 
 
-def assert_matches_brute_force(verts, faces, size, cull_backfaces=False) -> Fragments:
-    frags = rasterize(verts, faces, RasterSettings(size, cull_backfaces=cull_backfaces, backend="torch"))
+def assert_matches_brute_force(verts, faces, size, cull_backfaces=False, backend="torch") -> Fragments:
+    frags = rasterize(verts, faces, RasterSettings(size, cull_backfaces=cull_backfaces, backend=backend))
     ids, bary, depth, near = brute_force(verts, faces, size, cull_backfaces)
     compared = ~near
     mismatch = (frags.triangle_id != ids) & compared
@@ -98,13 +106,13 @@ def assert_matches_brute_force(verts, faces, size, cull_backfaces=False) -> Frag
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("cull", [False, True])
-def test_random_meshes_match_brute_force(seed, cull):
+def test_random_meshes_match_brute_force(seed, cull, backend):
     verts, faces = random_mesh(seed)
-    frags = assert_matches_brute_force(verts, faces, (28, 36), cull_backfaces=cull)
+    frags = assert_matches_brute_force(verts, faces, (28, 36), cull_backfaces=cull, backend=backend)
     assert frags.mask.float().mean() > (0.1 if cull else 0.3)  # the comparison is not vacuous
 
 
-def test_face_like_mesh_of_subpixel_triangles_matches_brute_force():
+def test_face_like_mesh_of_subpixel_triangles_matches_brute_force(backend):
     # a jittered grid like a face at 256^2: most triangles hold zero or one pixel centre, some two to four
     g = torch.Generator().manual_seed(7)
     rows, cols = 30, 34
@@ -115,11 +123,11 @@ def test_face_like_mesh_of_subpixel_triangles_matches_brute_force():
     idx = torch.arange(rows * cols).view(rows, cols)
     tl, tr, bl, br = idx[:-1, :-1], idx[:-1, 1:], idx[1:, :-1], idx[1:, 1:]
     faces = torch.cat([torch.stack([tl, bl, tr], -1), torch.stack([tr, bl, br], -1)]).view(-1, 3)
-    frags = assert_matches_brute_force(verts, faces, (24, 24))
+    frags = assert_matches_brute_force(verts, faces, (24, 24), backend=backend)
     assert frags.mask.sum() > 300
 
 
-def test_every_box_size_path():
+def test_every_box_size_path(backend):
     # boxes of 1..9 pixels a side, so the first-pixel test, the float32 window and float64 windows of 4, 8 and 16 run
     sizes = torch.arange(1, 10, dtype=torch.float32)
     x0 = torch.cumsum(sizes + 1.3, 0) - 8.0
@@ -129,7 +137,7 @@ def test_every_box_size_path():
     corners = torch.cat([corners, torch.rand(corners.shape[:2] + (1,), generator=torch.Generator().manual_seed(1))],
                         -1)
     verts, faces = corners.view(1, -1, 3), torch.arange(corners.shape[0] * 3).view(-1, 3)
-    assert_matches_brute_force(verts, faces, (13, 60))
+    assert_matches_brute_force(verts, faces, (13, 60), backend=backend)
 
 
 def test_float64_windows_in_chunks_give_the_same_raster(monkeypatch):
@@ -143,9 +151,9 @@ def test_float64_windows_in_chunks_give_the_same_raster(monkeypatch):
     assert torch.equal(whole.depth, chunked.depth)
 
 
-def test_batch_equals_one_mesh_at_a_time():
+def test_batch_equals_one_mesh_at_a_time(backend):
     verts, faces = random_mesh(4, batch=3)
-    settings = RasterSettings((28, 36), backend="torch")
+    settings = RasterSettings((28, 36), backend=backend)
     batched = rasterize(verts, faces, settings)
     for b in range(3):
         single = rasterize(verts[b:b + 1], faces, settings)
@@ -154,10 +162,10 @@ def test_batch_equals_one_mesh_at_a_time():
         assert torch.equal(batched.bary[b:b + 1], single.bary)
 
 
-def test_interpolate_matches_brute_force():
+def test_interpolate_matches_brute_force(backend):
     verts, faces = random_mesh(5)
     attrs = torch.randn(2, verts.shape[1], 4, generator=torch.Generator().manual_seed(0))
-    frags = rasterize(verts, faces, RasterSettings((28, 36), backend="torch"))
+    frags = rasterize(verts, faces, RasterSettings((28, 36), backend=backend))
     ids, bary, _, near = brute_force(verts, faces, (28, 36))
     expected = (bary.unsqueeze(-1) * attrs.double()[torch.arange(2).view(2, 1, 1, 1),
                                                     faces[ids.clamp(min=0)]]).sum(-2)
@@ -197,31 +205,31 @@ def one_triangle(corners, depth=(0.5, 0.5, 0.5)) -> tuple[torch.Tensor, torch.Te
     return torch.cat([xy, torch.tensor(depth).view(3, 1)], -1).view(1, 3, 3), torch.tensor([[0, 1, 2]])
 
 
-def test_convention_pixel_centres_and_y_down():
+def test_convention_pixel_centres_and_y_down(backend):
     # legs along the top and left image borders: pixel (i, j) has its centre at (j + 0.5, i + 0.5), y down, and a
     # centre exactly on the hypotenuse x + y = 4 is covered
     verts, faces = one_triangle([(0, 0), (0, 4), (4, 0)])
-    frags = rasterize(verts, faces, RasterSettings((6, 5)))
+    frags = rasterize(verts, faces, RasterSettings((6, 5), backend=backend))
     i, j = torch.meshgrid(torch.arange(6), torch.arange(5), indexing="ij")
     assert torch.equal(frags.mask[0], (i + j) <= 3)
     assert frags.triangle_id[0, 0, 0] == 0 and frags.triangle_id[0, 5, 0] == -1
 
 
-def test_convention_image_spans_zero_to_size():
+def test_convention_image_spans_zero_to_size(backend):
     # two triangles covering [0, W] x [0, H] exactly cover every pixel; shifted right by just over half a pixel they
     # leave the first column
     H, W = 4, 8
     verts = torch.tensor([[[0.0, 0, 0.5], [0, H, 0.5], [W, 0, 0.5], [W, H, 0.5]]])
     faces = torch.tensor([[0, 1, 2], [2, 1, 3]])
-    assert rasterize(verts, faces, RasterSettings((H, W))).mask.all()
-    mask = rasterize(verts + torch.tensor([0.501, 0.0, 0.0]), faces, RasterSettings((H, W))).mask[0]
+    assert rasterize(verts, faces, RasterSettings((H, W), backend=backend)).mask.all()
+    mask = rasterize(verts + torch.tensor([0.501, 0.0, 0.0]), faces, RasterSettings((H, W), backend=backend)).mask[0]
     assert not mask[:, 0].any() and mask[:, 1:].all()
 
 
-def test_convention_barycentrics_are_screen_space():
+def test_convention_barycentrics_are_screen_space(backend):
     # interpolating the screen positions themselves gives back the pixel centres (affine in image coordinates)
     verts, faces = one_triangle([(0.3, 0.2), (2.1, 9.7), (11.6, 1.4)], depth=(1.0, 7.0, 3.0))
-    frags = rasterize(verts, faces, RasterSettings((10, 12)))
+    frags = rasterize(verts, faces, RasterSettings((10, 12), backend=backend))
     xy = interpolate(frags, faces, verts[..., :2])[0]
     i, j = torch.meshgrid(torch.arange(10.0), torch.arange(12.0), indexing="ij")
     grid = torch.stack([j + 0.5, i + 0.5], -1)
@@ -233,9 +241,9 @@ def test_convention_barycentrics_are_screen_space():
     assert torch.allclose(frags.depth[0][m], (frags.bary[0][m] * verts[0, :, 2]).sum(-1), atol=1e-5)
 
 
-def test_convention_empty_pixels():
+def test_convention_empty_pixels(backend):
     verts, faces = one_triangle([(1, 1), (1, 3), (3, 1)])
-    frags = rasterize(verts, faces, RasterSettings((5, 5)))
+    frags = rasterize(verts, faces, RasterSettings((5, 5), backend=backend))
     empty = ~frags.mask
     assert empty.any()
     assert (frags.triangle_id[empty] == -1).all()
@@ -244,33 +252,34 @@ def test_convention_empty_pixels():
     assert frags.triangle_id.dtype == torch.int64 and frags.bary.shape == (1, 5, 5, 3)
 
 
-def test_convention_smaller_depth_is_nearer_whatever_the_id_or_sign():
+def test_convention_smaller_depth_is_nearer_whatever_the_id_or_sign(backend):
     square = [(0, 0), (0, 4), (4, 0)]
     for near, far in ((0.2, 0.7), (-3.0, -1.0), (-1.0, 2.0), (1e-30, 1e-29)):
         a, _ = one_triangle(square, depth=(far,) * 3)
         b, _ = one_triangle(square, depth=(near,) * 3)
         faces = torch.tensor([[0, 1, 2], [3, 4, 5]])
-        frags = rasterize(torch.cat([a, b], 1), faces, RasterSettings((4, 4)))  # the nearer one has id 1
+        # the nearer one has id 1
+        frags = rasterize(torch.cat([a, b], 1), faces, RasterSettings((4, 4), backend=backend))
         assert (frags.triangle_id[frags.mask] == 1).all()
         assert (frags.depth[frags.mask] == near).all()
 
 
-def test_tie_rule_equal_depth_smallest_id_wins():
+def test_tie_rule_equal_depth_smallest_id_wins(backend):
     square = [(0, 0), (0, 4), (4, 0)]
     a, _ = one_triangle(square, depth=(0.5, 0.25, 0.75))
     verts = torch.cat([a, a, a], 1)
     faces = torch.tensor([[6, 7, 8], [3, 4, 5], [0, 1, 2]])  # the same triangle three times
-    frags = rasterize(verts, faces, RasterSettings((4, 4)))
+    frags = rasterize(verts, faces, RasterSettings((4, 4), backend=backend))
     assert frags.mask.sum() == 10 and (frags.triangle_id[frags.mask] == 0).all()
 
 
-def test_tie_rule_shared_edge_is_inclusive_and_goes_to_the_smaller_id():
+def test_tie_rule_shared_edge_is_inclusive_and_goes_to_the_smaller_id(backend):
     # the square [0, 4]^2 split along its diagonal x = y, which passes through the 4 pixel centres i == j
     verts = torch.tensor([[[0, 0, 1.0], [4, 0, 1.0], [4, 4, 1.0], [0, 4, 1.0]]])
     lower_left, upper_right = [0, 3, 2], [0, 2, 1]  # i >= j and i <= j, both front-facing
     i, j = torch.meshgrid(torch.arange(4), torch.arange(4), indexing="ij")
     for order in ((lower_left, upper_right), (upper_right, lower_left)):
-        frags = rasterize(verts, torch.tensor(order), RasterSettings((4, 4)))
+        frags = rasterize(verts, torch.tensor(order), RasterSettings((4, 4), backend=backend))
         ll_id = 0 if order[0] == lower_left else 1
         expected = torch.where(i > j, ll_id, 1 - ll_id)
         expected[i == j] = 0  # the shared edge: equal depth, smallest id
@@ -278,57 +287,59 @@ def test_tie_rule_shared_edge_is_inclusive_and_goes_to_the_smaller_id():
     # at different depths the nearer one takes the shared edge, whatever its id
     verts = torch.tensor([[[0, 0, 1.0], [4, 0, 1.0], [4, 4, 1.0], [0, 4, 1.0],
                            [0, 0, 0.5], [4, 4, 0.5], [4, 0, 0.5]]])
-    frags = rasterize(verts, torch.tensor([lower_left, [4, 5, 6]]), RasterSettings((4, 4)))
+    frags = rasterize(verts, torch.tensor([lower_left, [4, 5, 6]]), RasterSettings((4, 4), backend=backend))
     assert (frags.triangle_id[0][i == j] == 1).all() and (frags.triangle_id[0][i > j] == 0).all()
 
 
-def test_degenerate_triangles_cover_nothing():
+def test_degenerate_triangles_cover_nothing(backend):
     # a zero-area triangle along the row of pixel centres y = 1.5, and one with a repeated corner
     verts = torch.tensor([[[0.0, 1.5, 0.1], [2.0, 1.5, 0.1], [4.0, 1.5, 0.1], [3.5, 3.5, 0.1]]])
     faces = torch.tensor([[0, 1, 2], [0, 3, 3], [3, 3, 3]])
-    frags = rasterize(verts, faces, RasterSettings((4, 5)))
+    frags = rasterize(verts, faces, RasterSettings((4, 5), backend=backend))
     assert not frags.mask.any()
     # the same with corners that are not small dyadic numbers, in boxes of every size (origin, windows, exact path)
     for far in ((1.7, 2.9), (3.31, 4.77), (11.123457, 9.87654)):
         verts = torch.tensor([[[0.3141592, 0.2718281, 0.5], [*far, 0.25]]])
-        frags = rasterize(verts, torch.tensor([[0, 1, 1], [1, 0, 0]]), RasterSettings((12, 12)))
+        frags = rasterize(verts, torch.tensor([[0, 1, 1], [1, 0, 0]]), RasterSettings((12, 12), backend=backend))
         assert not frags.mask.any()
 
 
-def test_convention_front_facing_is_counter_clockwise_as_displayed_and_culling():
+def test_convention_front_facing_is_counter_clockwise_as_displayed_and_culling(backend):
     ccw = [(0, 0), (0, 4), (4, 0)]  # top-left -> bottom-left -> top-right: counter-clockwise on screen
     cw = [(0, 0), (4, 0), (0, 4)]
     for corners, front in ((ccw, True), (cw, False)):
         verts, faces = one_triangle(corners)
-        shown = rasterize(verts, faces, RasterSettings((4, 4), cull_backfaces=True)).mask.any()
+        shown = rasterize(verts, faces, RasterSettings((4, 4), cull_backfaces=True, backend=backend)).mask.any()
         assert bool(shown) == front
-        assert rasterize(verts, faces, RasterSettings((4, 4), cull_backfaces=False)).mask.sum() == 10
+        assert rasterize(verts, faces, RasterSettings((4, 4), cull_backfaces=False, backend=backend)).mask.sum() == 10
 
 
-def test_culling_matches_the_camera_front_faces():
+def test_culling_matches_the_camera_front_faces(backend):
     # a model-space triangle counter-clockwise seen from +z (the camera side) is front-facing after projection
     from reenact.face3d.camera import PerspectiveCamera
 
     model = torch.tensor([[[-0.5, -0.5, 0.0], [0.5, -0.5, 0.0], [0.0, 0.5, 0.0]]])  # CCW from the front
     screen = PerspectiveCamera.deep3d(64).project(model)
     faces = torch.tensor([[0, 1, 2]])
-    assert rasterize(screen, faces, RasterSettings((64, 64), cull_backfaces=True)).mask.sum() > 50
-    assert not rasterize(screen, faces.flip(1), RasterSettings((64, 64), cull_backfaces=True)).mask.any()
+    assert rasterize(screen, faces, RasterSettings((64, 64), cull_backfaces=True, backend=backend)).mask.sum() > 50
+    culled = RasterSettings((64, 64), cull_backfaces=True, backend=backend)
+    assert not rasterize(screen, faces.flip(1), culled).mask.any()
 
 
-def test_triangles_outside_the_image_and_empty_meshes():
+def test_triangles_outside_the_image_and_empty_meshes(backend):
     verts, faces = one_triangle([(-9, -9), (-9, -1), (-1, -9)])
-    assert not rasterize(verts, faces, RasterSettings((4, 4))).mask.any()
+    assert not rasterize(verts, faces, RasterSettings((4, 4), backend=backend)).mask.any()
     verts, faces = one_triangle([(5, 5), (5, 90), (90, 5)])
-    assert not rasterize(verts, faces, RasterSettings((4, 4))).mask.any()
-    empty = rasterize(torch.zeros(2, 0, 3), torch.zeros(0, 3, dtype=torch.int64), RasterSettings((3, 4)))
+    assert not rasterize(verts, faces, RasterSettings((4, 4), backend=backend)).mask.any()
+    empty = rasterize(torch.zeros(2, 0, 3), torch.zeros(0, 3, dtype=torch.int64),
+                      RasterSettings((3, 4), backend=backend))
     assert empty.triangle_id.shape == (2, 3, 4) and not empty.mask.any()
 
 
-def test_other_input_dtypes_give_the_same_raster():
+def test_other_input_dtypes_give_the_same_raster(backend):
     # float64 corners are rasterized in float32 (these are float32 values), int32 faces as int64
     verts, faces = random_mesh(2, batch=1)
-    settings = RasterSettings((28, 36))
+    settings = RasterSettings((28, 36), backend=backend)
     reference = rasterize(verts, faces, settings)
     for other in (rasterize(verts.double(), faces, settings), rasterize(verts, faces.int(), settings)):
         assert torch.equal(other.triangle_id, reference.triangle_id)
@@ -347,17 +358,73 @@ def test_flat_pixel_index_stays_exact_for_huge_images():
 # settings, backends, validation, devices
 
 
-def test_auto_backend_falls_back_to_torch_without_pytorch3d():
+def test_auto_backend_is_numba_on_cpu_and_torch_elsewhere_without_pytorch3d():
     if raster._pytorch3d_available():
         pytest.skip("pytorch3d is importable here")
-    assert raster.resolve_backend("auto") == "torch"
+    assert raster.resolve_backend("auto") == "numba"
+    assert raster.resolve_backend("auto", torch.device("cuda")) == "torch"   # numba is CPU only
     assert raster.resolve_backend("torch") == "torch"
     with pytest.raises(ImportError, match="pytorch3d"):
         raster.resolve_backend("pytorch3d")
+    with pytest.raises(ValueError, match="CPU"):
+        raster.resolve_backend("numba", "cuda")
+    assert raster.exact_backend("cpu") == "numba" and raster.exact_backend("cuda") == "torch"
     verts, faces = one_triangle([(0, 0), (0, 4), (4, 0)])
     auto = rasterize(verts, faces, RasterSettings((4, 4), backend="auto"))
     torch_ = rasterize(verts, faces, RasterSettings((4, 4), backend="torch"))
     assert torch.equal(auto.triangle_id, torch_.triangle_id)
+
+
+def test_auto_backend_degrades_to_torch_when_numba_does_not_import(monkeypatch):
+    monkeypatch.setitem(sys.modules, "numba", None)                       # import numba raises ImportError
+    monkeypatch.setitem(sys.modules, "reenact.face3d.raster_numba", None)
+    raster.numba_kernels.cache_clear()
+    try:
+        assert raster.resolve_backend("auto") in ("torch", "pytorch3d")
+        assert raster.exact_backend("cpu") == "torch"
+        with pytest.raises(ImportError, match="numba"):
+            raster.resolve_backend("numba")
+        verts, faces = random_mesh(1, batch=1)
+        frags = rasterize(verts, faces, RasterSettings((28, 36), backend="auto"))
+        assert frags.mask.any()
+    finally:
+        raster.numba_kernels.cache_clear()
+
+
+def assert_same_raster(a: Fragments, b: Fragments) -> None:
+    assert torch.equal(a.triangle_id, b.triangle_id)
+    assert torch.equal(a.depth, b.depth)
+    hit = a.mask
+    assert (a.bary - b.bary)[hit].abs().max() <= 1e-6
+    assert (a.bary[~hit] == 0).all() and (b.bary[~hit] == 0).all()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_numba_backend_equals_torch_backend_on_random_meshes(seed):
+    # many overlapping triangles of every scale, both windings, with and without culling
+    verts, faces = random_mesh(100 + seed, batch=2, size=(40, 52))
+    for cull in (False, True):
+        frames = [rasterize(verts, faces, RasterSettings((40, 52), cull_backfaces=cull, backend=b))
+                  for b in RASTERIZERS]
+        assert_same_raster(*frames)
+
+
+def test_numba_backend_equals_torch_backend_on_the_face_mesh():
+    from reenact.face3d.camera import PerspectiveCamera
+    from reenact.face3d.coeffs import ANGLE, ID
+    from reenact.face3d.face import posed_vertices
+    from reenact.face3d.procedural import procedural_model
+
+    model = procedural_model("small")
+    g = torch.Generator().manual_seed(3)
+    coeffs = torch.zeros(3, 257)
+    coeffs[:, ID] = torch.randn(3, 80, generator=g) * 0.5
+    coeffs[:, ANGLE] = torch.tensor([[0.0, 0.0, 0.0], [0.1, 0.6, 0.1], [-0.2, -1.0, 0.0]])  # frontal to profile
+    for size in (64, 256):
+        screen = PerspectiveCamera.deep3d(size).project(posed_vertices(model, coeffs)[0])
+        frames = [rasterize(screen, model.triangles, RasterSettings((size, size), backend=b)) for b in RASTERIZERS]
+        assert frames[0].mask.float().mean() > 0.2
+        assert_same_raster(*frames)
 
 
 def test_settings_and_inputs_are_validated():

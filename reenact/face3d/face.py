@@ -11,7 +11,7 @@ import torch
 from reenact.face3d.camera import PerspectiveCamera
 from reenact.face3d.coeffs import Coeffs, check_coeffs
 from reenact.face3d.morphable import MorphableModel
-from reenact.face3d.raster import Fragments, RasterSettings, interpolate, rasterize
+from reenact.face3d.raster import Fragments, RasterSettings, interpolate, numba_kernels, rasterize
 from reenact.face3d.shading import shade
 from reenact.face3d.transforms import euler_to_matrix, rigid_transform
 
@@ -35,10 +35,20 @@ class FaceMesh:
     colors: torch.Tensor | None
 
 
+def _shape(model: MorphableModel, c: Coeffs, identities: int | None = None) -> torch.Tensor:
+    """Eq. 1 before pose: rest shapes ``(N, V, 3)``. With ``identities`` = B, the N = k B meshes are k groups of B
+    that share the first B rows' identity (alpha)."""
+    if identities is None:
+        return model.shape(c.id, c.exp)
+    n = c.exp.shape[0]
+    if identities <= 0 or n % identities:
+        raise ValueError(f"identities must divide the {n} meshes, got {identities}")
+    return model.shape(c.id[:identities].unsqueeze(0), c.exp.view(n // identities, identities, -1)).flatten(0, 1)
+
+
 def _pose(model: MorphableModel, c: Coeffs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Eq. 1 and the pose: (rest ``(B, V, 3)``, rotation ``(B, 3, 3)``, posed vertices ``(B, V, 3)``)."""
-    rotation = euler_to_matrix(c.angle)
-    rest = model.shape(c.id, c.exp)
+    """Eq. 1 and the pose: (rest ``(N, V, 3)``, rotation ``(N, 3, 3)``, posed vertices ``(N, V, 3)``)."""
+    rest, rotation = _shape(model, c), euler_to_matrix(c.angle)
     return rest, rotation, rigid_transform(rest, rotation, c.trans)
 
 
@@ -55,9 +65,14 @@ def lit_colors(model: MorphableModel, rest: torch.Tensor, rotation: torch.Tensor
     one albedo, e.g. a source and its target, are stacked k at a time).
 
     ``vertices`` ``(n,)`` int64 (e.g. :func:`shown_vertices`) shades only those vertices, with the same values;
-    the others are 0.
+    the others are 0. On CPU without autograd the normals and shading run in numba
+    (:mod:`reenact.face3d.face_numba`; the same values to float32 rounding).
     """
     albedo = model.albedo(tex)                                               # B x V x 3
+    kernels = cpu_kernels(rest, rotation, tex, gamma)
+    if kernels is not None:
+        shaded = vertices if vertices is not None else torch.arange(rest.shape[1])
+        return kernels.lit_colors_numba(rest, rotation, albedo, gamma, model.triangles, model.adjacent, shaded)
     normals = model.vertex_normals(rest, vertices)                           # N x (V or n) x 3
     if vertices is not None:
         albedo = albedo.index_select(1, vertices)
@@ -68,9 +83,22 @@ def lit_colors(model: MorphableModel, rest: torch.Tensor, rotation: torch.Tensor
     return colors.new_zeros(rest.shape).index_copy_(1, vertices, colors)
 
 
+def cpu_kernels(*tensors: torch.Tensor):
+    """:mod:`reenact.face3d.face_numba` when every tensor is on the CPU, floating ones float32 and none needs a
+    gradient (and numba imports), else None (the torch code runs)."""
+    if any(t.device.type != "cpu" or (t.is_floating_point() and t.dtype != torch.float32) for t in tensors):
+        return None
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return None
+    return numba_kernels("face_numba")
+
+
 def shown_vertices(fragments: Fragments, faces: torch.Tensor, num_vertices: int) -> torch.Tensor:
     """``(n,)`` int64 sorted ids of the vertices of the triangles that some pixel of ``fragments`` shows (the union
     over the batch): the only vertices whose attributes :func:`interpolate` reads."""
+    kernels = cpu_kernels(fragments.triangle_id)
+    if kernels is not None:
+        return kernels.shown_vertices_numba(fragments.triangle_id, faces, num_vertices)
     ids = fragments.triangle_id.reshape(-1).clamp(min=0)        # empty pixels add triangle 0: harmless
     shown = faces.index_select(0, ids).reshape(-1)
     mask = torch.zeros(num_vertices, dtype=torch.bool, device=faces.device)
@@ -78,13 +106,23 @@ def shown_vertices(fragments: Fragments, faces: torch.Tensor, num_vertices: int)
 
 
 def build_face(model: MorphableModel, coeffs: torch.Tensor, camera: PerspectiveCamera,
-               with_colors: bool = True) -> FaceMesh:
-    """Pose, project and (optionally) shade the face of ``coeffs (B, 257)``."""
+               with_colors: bool = True, identities: int | None = None) -> FaceMesh:
+    """Pose, project and (optionally) shade the face of ``coeffs (N, 257)``.
+
+    ``identities`` = B says that the N = k B meshes are k groups of B with the identity (alpha) of the first B rows,
+    e.g. guidance's [source; target]: Eq. 1's identity part is then computed once per identity.
+    """
     check_coeffs(coeffs)
     c = Coeffs.from_vector(coeffs)
-    rest, rotation, verts = _pose(model, c)
+    rest, rotation = _shape(model, c, identities), euler_to_matrix(c.angle)
+    kernels = cpu_kernels(rest, rotation, c.trans)
+    if kernels is not None:          # pose and projection in one pass (the same values to float32 rounding)
+        verts, screen = kernels.pose_and_project(rest, rotation, c.trans, camera)
+    else:
+        verts = rigid_transform(rest, rotation, c.trans)
+        screen = camera.project(verts)
     colors = lit_colors(model, rest, rotation, c.tex, c.gamma) if with_colors else None
-    return FaceMesh(rest=rest, rotation=rotation, verts=verts, screen=camera.project(verts), colors=colors)
+    return FaceMesh(rest=rest, rotation=rotation, verts=verts, screen=screen, colors=colors)
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,9 @@ import torch.nn.functional as F
 
 from reenact.face3d.camera import PerspectiveCamera, pixel_grid, pixel_to_grid
 from reenact.face3d.coeffs import Coeffs, check_coeffs, target_coeffs
-from reenact.face3d.face import build_face, lit_colors, shown_vertices
+from reenact.face3d.face import build_face, cpu_kernels, lit_colors, shown_vertices
 from reenact.face3d.morphable import MorphableModel
-from reenact.face3d.raster import Fragments, RasterSettings, interpolate, rasterize
+from reenact.face3d.raster import Fragments, RasterSettings, exact_backend, interpolate, rasterize
 
 #: Depth slack (decimetres, i.e. 1 mm) for the depth-tested occlusion rule: far below the depth gap of any real
 #: self-occlusion (nose over cheek, the far cheek at large yaw), above the sub-pixel depth variation of a surface.
@@ -104,6 +104,11 @@ def depth_tested_occlusion(target: Fragments, source: Fragments, faces: torch.Te
                            tolerance: float | None = None) -> torch.Tensor:
     """Eq. 4 with the depth-test rule: ``(B, H, W)`` float, :func:`depth_tested_triangles` of each covered target
     pixel's triangle (the same test, run only for the triangles the target shows, once per pixel)."""
+    tolerance = DEPTH_TOLERANCE if tolerance is None else tolerance
+    kernels = cpu_kernels(target.triangle_id, source.depth, source_screen)
+    if kernels is not None:
+        return kernels.depth_tested_occlusion_numba(target.triangle_id, source.depth, faces, source_screen, tolerance,
+                                                    SLOPE_CAP)
     b, h, w = target.triangle_id.shape
     ids = target.triangle_id.reshape(-1)
     covered = _nonzero(ids >= 0)                                             # n flat pixels
@@ -111,7 +116,7 @@ def depth_tested_occlusion(target: Fragments, source: Fragments, faces: torch.Te
     batch = covered // (h * w)
     corner_ids = faces.index_select(0, triangle) + (batch * source_screen.shape[1]).unsqueeze(1)    # n x 3
     corners = source_screen.reshape(-1, 3).index_select(0, corner_ids.reshape(-1)).view(-1, 3, 3)
-    visible = _centroids_visible(corners, batch, source.depth, DEPTH_TOLERANCE if tolerance is None else tolerance)
+    visible = _centroids_visible(corners, batch, source.depth, tolerance)
     occlusion = torch.zeros(b * h * w, dtype=source_screen.dtype, device=ids.device)
     return occlusion.index_copy_(0, covered, visible.to(occlusion.dtype)).view(b, h, w)
 
@@ -158,12 +163,14 @@ def _nchw(x: torch.Tensor) -> torch.Tensor:
 
 def compute_guidance(model: MorphableModel, source_coeffs: torch.Tensor, driving_coeffs: torch.Tensor,
                      size: int = 256, *, camera: PerspectiveCamera | None = None,
-                     with_source_render: bool = True, backend: str = "torch",
+                     with_source_render: bool = True, backend: str | None = None,
                      occlusion_rule: OcclusionRule = "depth_test") -> Guidance:
     """F_c, O_c, I_r (and the source render) for ``B`` pairs of ``(B, 257)`` coefficients at ``size`` x ``size``.
 
     ``camera`` defaults to Deep3D's camera scaled to ``size`` (the contract for coefficients in the suite).
-    Coefficients of any floating dtype are accepted and computed in the model's dtype (float32).
+    Coefficients of any floating dtype are accepted and computed in the model's dtype (float32). ``backend`` is the
+    rasterizer's (default: :func:`reenact.face3d.raster.exact_backend`, numba on CPU, torch on CUDA); on CPU the
+    other per-vertex and per-pixel steps run in numba too (:mod:`reenact.face3d.face_numba`).
     """
     check_coeffs(source_coeffs, driving_coeffs, name="source and driving coefficients")
     camera = camera or PerspectiveCamera.deep3d(size)
@@ -171,8 +178,9 @@ def compute_guidance(model: MorphableModel, source_coeffs: torch.Tensor, driving
     source_coeffs, driving_coeffs = source_coeffs.to(dtype), driving_coeffs.to(dtype)
     b, faces = source_coeffs.shape[0], model.triangles
     both = torch.cat([source_coeffs, target_coeffs(source_coeffs, driving_coeffs)])   # 2B: [source; target]
-    mesh = build_face(model, both, camera, with_colors=False)
+    mesh = build_face(model, both, camera, with_colors=False, identities=b)   # v_t has alpha_s: Eq. 1 shares it
     rest, rotation, screen, both = mesh.rest, mesh.rotation, mesh.screen, Coeffs.from_vector(both)
+    backend = backend or exact_backend(screen.device)                       # numba on CPU, else torch
     frags = rasterize(screen, faces, RasterSettings(image_size=(camera.height, camera.width), backend=backend))
     frag_s, frag_t = split_fragments(frags, b)
     if occlusion_rule == "depth_test":

@@ -19,6 +19,10 @@ from reenact.face3d.coeffs import EXP, ID, TEX
 
 NUM_ID, NUM_EXP, NUM_TEX = ID.stop - ID.start, EXP.stop - EXP.start, TEX.stop - TEX.start
 NUM_LANDMARKS = 68
+#: Eq. 1 computes a broadcast identity part once when it has at most this many rows. On one CPU thread that reads the
+#: bases faster while the product is bandwidth-bound (a source and its target: 4.7 ms instead of 7.1); with 8 rows
+#: and more, one GEMM over all 144 rows is faster (perf/bench_guidance.py).
+SHARED_IDENTITY_MAX_ROWS = 4
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,6 +66,12 @@ class MorphableModel:
         object.__setattr__(self, "_adjacent", torch.where(self.vertex_triangles < 0, padding, self.vertex_triangles))
 
     @property
+    def adjacent(self) -> torch.Tensor:
+        """``(V, K)`` int64 adjacent triangles per vertex with the -1 padding replaced by ``F`` (one past the last
+        triangle, where a zero normal goes)."""
+        return self._adjacent
+
+    @property
     def num_vertices(self) -> int:
         return self.mean_shape.shape[0]
 
@@ -80,11 +90,26 @@ class MorphableModel:
                                 if isinstance(getattr(self, f.name), torch.Tensor)})
 
     def shape(self, id_coeffs: torch.Tensor, exp_coeffs: torch.Tensor) -> torch.Tensor:
-        """Eq. 1 before pose: ``(..., 80)``, ``(..., 64)`` -> vertices ``(..., V, 3)``."""
+        """Eq. 1 before pose: ``(..., 80)``, ``(..., 64)`` (broadcastable) -> vertices ``(..., V, 3)``.
+
+        An identity broadcast over several expressions (e.g. ``(1, B, 80)`` with ``(2, B, 64)``: a source and its
+        target) has ``V_mean + alpha V_id`` computed once when it has few rows (the same values to float32 rounding).
+        """
         batch = torch.broadcast_shapes(id_coeffs.shape[:-1], exp_coeffs.shape[:-1])
+        identities = id_coeffs.shape[:-1].numel()
+        if identities <= SHARED_IDENTITY_MAX_ROWS and identities < batch.numel():
+            return self._shape_shared_identity(id_coeffs, exp_coeffs, batch)
         coeffs = torch.cat([id_coeffs.expand(*batch, -1), exp_coeffs.expand(*batch, -1)], -1)   # ... x 144
         flat = torch.addmm(self._mean_flat, coeffs.reshape(-1, coeffs.shape[-1]), self._shape_rows)  # N x 3V
         return flat.reshape(*batch, -1, 3)                                                       # ... x V x 3
+
+    def _shape_shared_identity(self, id_coeffs: torch.Tensor, exp_coeffs: torch.Tensor,
+                               batch: torch.Size) -> torch.Tensor:
+        """Eq. 1 with the identity part once per identity row, then each expression part added to it."""
+        identity = torch.addmm(self._mean_flat, id_coeffs.reshape(-1, NUM_ID), self._shape_rows[:NUM_ID])
+        identity = identity.view(*id_coeffs.shape[:-1], -1)                                      # ... x 3V
+        expression = exp_coeffs.expand(*batch, -1).reshape(-1, NUM_EXP) @ self._shape_rows[NUM_ID:]
+        return expression.view(*batch, -1).add_(identity).view(*batch, -1, 3)                   # ... x V x 3
 
     def albedo(self, tex_coeffs: torch.Tensor) -> torch.Tensor:
         """Per-vertex albedo ``(..., V, 3)`` in [0, 1] (Deep3D divides by 255) from ``(..., 80)``."""

@@ -22,11 +22,15 @@ Conventions (pinned by ``tests/test_raster.py::test_convention_*``):
 Computation is in float32 (float64 for boxes larger than 4x4 pixels). Outputs carry no gradient with respect to
 the vertices; :func:`interpolate` is differentiable in ``attrs``.
 
-The torch backend's kernel (how it is fast, its per-triangle table) is :mod:`reenact.face3d.raster_kernel`.
+Backends: "torch" (:mod:`reenact.face3d.raster_kernel`, vectorised PyTorch, CPU or CUDA; the reference),
+"numba" (:mod:`reenact.face3d.raster_numba`, a compiled CPU scan-converter, the same raster bit for bit and several
+times faster on one thread), the optional "pytorch3d", and "auto": numba for CPU tensors, else pytorch3d when it
+imports, else torch (and torch wherever numba cannot be imported).
 """
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -35,13 +39,14 @@ import torch
 
 from reenact.face3d.raster_kernel import pixel_corners, rasterize_torch
 
-Backend = Literal["auto", "torch", "pytorch3d"]
-BACKENDS = ("auto", "torch", "pytorch3d")
+Backend = Literal["auto", "torch", "numba", "pytorch3d"]
+BACKENDS = ("auto", "torch", "numba", "pytorch3d")
 
 
 @dataclass(frozen=True)
 class RasterSettings:
-    """What to rasterize into: ``image_size`` is ``(H, W)``; ``backend`` is "torch", "pytorch3d" or "auto"."""
+    """What to rasterize into: ``image_size`` is ``(H, W)``; ``backend`` is "torch", "numba", "pytorch3d" or
+    "auto" (see the module docstring)."""
 
     image_size: tuple[int, int]
     cull_backfaces: bool = False
@@ -92,8 +97,13 @@ def rasterize(verts: torch.Tensor, faces: torch.Tensor, settings: RasterSettings
         :class:`Fragments` with ``(B, H, W)`` fields.
     """
     _check_inputs(verts, faces)
-    if resolve_backend(settings.backend) == "pytorch3d":
+    backend = resolve_backend(settings.backend, verts.device)
+    if backend == "pytorch3d":
         return _rasterize_pytorch3d(verts, faces, settings)
+    if backend == "numba":
+        kernels = numba_kernels()
+        triangle_id, bary, depth = kernels.rasterize_numba(verts, faces, settings.image_size, settings.cull_backfaces)
+        return Fragments(triangle_id=triangle_id, bary=bary, depth=depth)
     with torch.no_grad():
         triangle_id, bary, depth = rasterize_torch(verts.detach(), faces.long(), settings.image_size,
                                                    settings.cull_backfaces)
@@ -110,13 +120,16 @@ def interpolate(fragments: Fragments, faces: torch.Tensor, attrs: torch.Tensor) 
     Returns:
         ``(B, H, W, D)``: ``sum_k bary_k * attrs[faces[triangle_id, k]]``; zero where empty (the barycentrics are 0
         there, so for finite ``attrs``). A channels-last view of a channels-first tensor: ``.permute(0, 3, 1, 2)``
-        gives ``(B, D, H, W)`` without a copy.
+        gives ``(B, D, H, W)`` without a copy (contiguous from the numba kernel, which serves float32 CPU attributes
+        without autograd; the torch code's is ``(D, B, H, W)`` memory).
     """
     B, H, W = fragments.triangle_id.shape
     if attrs.dim() != 3 or attrs.shape[0] != B:
         raise ValueError(f"attrs must be (B={B}, V, D), got {tuple(attrs.shape)}")
     if faces.dim() != 2 or faces.shape[1] != 3:
         raise ValueError(f"faces must be (F, 3), got {tuple(faces.shape)}")
+    if _interpolates_with_numba(attrs, fragments):
+        return numba_kernels().interpolate_numba(fragments.triangle_id, fragments.bary, faces, attrs)
     V, D, P = attrs.shape[1], attrs.shape[2], B * H * W
     corners = pixel_corners(fragments.triangle_id, faces.long(), V).view(-1)  # 3P rows of the (B * V) table
     weights = fragments.bary.permute(3, 0, 1, 2).reshape(3, P).to(attrs.dtype)  # a view for rasterize's bary
@@ -130,22 +143,55 @@ def interpolate(fragments: Fragments, faces: torch.Tensor, attrs: torch.Tensor) 
     return out.view(D, B, H, W).permute(1, 2, 3, 0)
 
 
+def _interpolates_with_numba(attrs: torch.Tensor, fragments: Fragments) -> bool:
+    """The numba kernel serves float32 CPU attributes without autograd (the same numbers as the torch code)."""
+    return (attrs.device.type == "cpu" and attrs.dtype == torch.float32 and fragments.triangle_id.device.type == "cpu"
+            and not (torch.is_grad_enabled() and attrs.requires_grad) and numba_kernels() is not None)
+
+
 def _weighted_corners(values: torch.Tensor, weights: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """``sum_k weights[k] * values[k]`` of ``(3, P)`` corner values and barycentrics."""
     total = torch.mul(values[0], weights[0], out=out) if out is not None else values[0] * weights[0]
     return total.addcmul_(values[1], weights[1]).addcmul_(values[2], weights[2])
 
 
-def resolve_backend(backend: str) -> str:
-    """The backend that will run: "auto" is "pytorch3d" when it can be imported, else "torch"."""
+def exact_backend(device: torch.device | str = "cpu") -> str:
+    """The fastest backend with exactly this module's conventions on ``device``: "numba" on CPU when it imports,
+    else "torch" (never pytorch3d, whose edge and tie rules differ)."""
+    return "numba" if torch.device(device).type == "cpu" and numba_kernels() is not None else "torch"
+
+
+def resolve_backend(backend: str, device: torch.device | str = "cpu") -> str:
+    """The backend that will run for tensors on ``device``: "auto" is "numba" on CPU when numba imports, else
+    "pytorch3d" when it imports, else "torch". An explicit "numba" needs CPU tensors and numba."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    on_cpu = torch.device(device).type == "cpu"
+    if backend == "numba":
+        if not on_cpu:
+            raise ValueError(f"backend='numba' rasterizes CPU tensors only, got tensors on {device}; "
+                             "use 'torch' or 'auto'")
+        if numba_kernels() is None:
+            raise ImportError("backend='numba' was requested but numba cannot be imported; use 'torch' or 'auto'")
+        return "numba"
+    if backend == "auto" and on_cpu and numba_kernels() is not None:
+        return "numba"
     if backend == "torch":
         return "torch"
     available = _pytorch3d_available()
     if backend == "pytorch3d" and not available:
         raise ImportError("backend='pytorch3d' was requested but pytorch3d cannot be imported; use 'torch' or 'auto'")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return "pytorch3d" if available else "torch"
+
+
+@functools.lru_cache(maxsize=None)
+def numba_kernels(module: str = "raster_numba"):
+    """A numba kernels' module of this package (:mod:`reenact.face3d.raster_numba` by default), or None where
+    numba cannot be imported (asked once; "auto" and the other CPU dispatchers then run torch)."""
+    try:
+        return importlib.import_module(f"reenact.face3d.{module}")
+    except Exception:  # ImportError, or a numba/llvmlite that does not load here
+        return None
 
 
 def _check_inputs(verts: torch.Tensor, faces: torch.Tensor) -> None:
