@@ -102,9 +102,14 @@ class FitConfig:
     max_rmse: float = field(default=6.0, metadata={"help": "frames whose landmark RMSE (px at 256^2) exceeds this "
                                                           "are written with status fit_error"})
     id_prior_frames: float = field(default=4.0, metadata={
-        "help": "the identity prior weighs max(1, T / id_prior_frames) times for T frames, so beyond this many "
-                "frames its weight no longer fades against the data (0: once per chunk, the plain MAP whose "
-                "identity leaves the prior on long real clips)"})
+        "help": "the identity prior weighs max(id_prior_min, T / id_prior_frames) times for T frames, so beyond "
+                "this many frames its weight no longer fades against the data (0: once per chunk, the plain MAP "
+                "whose identity leaves the prior on long real clips)"})
+    id_prior_min: float = field(default=4.0, metadata={
+        "help": "the identity prior weighs at least this many times (that of a chunk of id_prior_min * "
+                "id_prior_frames frames): a few frames cannot tell the identity from the pose, and their own "
+                "identity moved the pose of 8-frame chunks of a real clip by p90 3.8 deg from the whole clip's "
+                "(2.7 with 4; 1: the plain prior for short chunks)"})
     rotation_step: float = field(default=2.0, metadata={
         "help": "temporal term: std of the head rotation between neighbouring frames, degrees (0: off)"})
     trans_step: float = field(default=0.05, metadata={
@@ -694,8 +699,9 @@ def torch_threads(count: int) -> Iterator[None]:
 
 
 def id_prior_weight(frames: int, config: FitConfig) -> float:
-    """How many times the identity prior counts for a fit of ``frames`` frames (see ``FitConfig.id_prior_frames``)."""
-    return max(1.0, frames / config.id_prior_frames) if config.id_prior_frames > 0 else 1.0
+    """How many times the identity prior counts for a fit of ``frames`` frames (see ``FitConfig.id_prior_frames`` and
+    ``FitConfig.id_prior_min``)."""
+    return max(config.id_prior_min, frames / config.id_prior_frames if config.id_prior_frames > 0 else 1.0)
 
 
 def step_precisions(config: FitConfig) -> tuple[float, float, float]:
