@@ -57,10 +57,11 @@ def test_mirror_pitch_and_roll_against_the_eye_line(figures):
 
 def test_acceptance_mirror_yaw_and_chunking(figures):
     """issue 12's acceptance on these frames: mirror |yaw + yaw_m| <= 2 deg, 8-frame chunks vs the whole piece p90
-    <= 3 deg (measured here: 0.02 and 2.1; 3.1 and 3.8 on the whole clip before the identity prior was made
-    mirror-symmetric), and about 1.5x the measured figures as regression bounds."""
+    <= 3 deg (measured here: 0.02 and 0.68; 3.1 and 3.8 on the whole clip before the identity and expression priors
+    were made mirror-symmetric and short chunks got the identity prior of 16 frames), and regression bounds well
+    under the acceptance."""
     assert figures["mirror_yaw"] <= 2.0 and figures["chunk8_p90"] <= 3.0, figures
-    assert figures["mirror_yaw"] <= 0.3 and abs(figures["mirror_roll"]) <= 0.3, figures
+    assert figures["mirror_yaw"] <= 0.3 and abs(figures["mirror_roll"]) <= 0.3 and figures["chunk8_p90"] <= 1.5, figures
     # one identity per video (fit_points(identity=...)): the chunking no longer moves the pose (measured 0.03)
     assert figures["chunk8_p90_clip_identity"] <= 0.3, figures
 
