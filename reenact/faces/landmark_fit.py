@@ -77,6 +77,7 @@ NUM_FRAME = NUM_EXP + NUM_POSE  # per-frame unknowns: beta (64), w (3), t (3)
 #: whole clip, max identity RMS; oracle sequences / tiny world: median rotation error): 1.0: 1.58 / 4.24 deg,
 #: 1.39 / 1.30, oracle 1.92 / 0.80 deg; 0.5: 1.63 / 4.09, 1.42 / 1.46, 1.66 / 0.74; 0.3: 1.66 / 4.28,
 #: 1.44 / 1.63 (over issue 12's 1.5), 1.49 / 0.72; 0.1 is unstable (8-frame p90 23 deg on lp_d0).
+#: (Measured with the earlier Jacobi temporal solver and before FitConfig.id_prior_min.)
 ANTISYMMETRIC_PRIOR = 1.0
 
 
