@@ -12,7 +12,8 @@ default settings) runs. Detections are cached in ``--cache`` (they are the slow 
   again on the mirrored frames), each fitted as one chunk: per clip median ``|yaw + yaw_mirrored|`` and
   ``|pitch - pitch_mirrored|`` (acceptance: <= 2 deg);
 * chunking invariance: whole clip vs 64-frame chunks vs 8-frame chunks: p90 of the rotation angle between the
-  fitted rotations (acceptance: <= 3 deg);
+  fitted rotations (acceptance: <= 3 deg); also with the whole clip's identity fixed in every chunk
+  (``fit_points(identity=...)``: one identity per video);
 * roll against the eye line: per clip mean of ``roll - roll_eyes``, where ``roll_eyes`` is the angle of the line
   between dlib's eye centres, with the sign of the model's roll (acceptance: |mean| <= 3 deg);
 * identity RMS: the largest RMS of the 80 identity coefficients over the chunks of each chunk length (<= 1.5);
@@ -111,9 +112,10 @@ def cached_detections(names: list[str], cache: Path, max_frames: int | None, sym
 
 # ---------------------------------------------------------------- fits
 def fit_chunks(estimator, points: np.ndarray, chunk: int | None, index: np.ndarray,
-               boxes: np.ndarray | None = None):
-    """Fit ``points (T, 68, 2)`` whole (``chunk`` None) or in chunks of ``chunk`` frames; one CoeffEstimate-like
-    tuple (coeffs (T, 257), ok (T,), identity RMS per chunk, seconds)."""
+               boxes: np.ndarray | None = None, identity: np.ndarray | None = None):
+    """Fit ``points (T, 68, 2)`` whole (``chunk`` None) or in chunks of ``chunk`` frames (with ``identity``: that
+    identity fixed in every chunk); one CoeffEstimate-like tuple (coeffs (T, 257), ok (T,), identity RMS per chunk,
+    seconds)."""
     count = len(points)
     chunk = chunk or count
     coeffs, ok, id_rms, seconds = [], [], [], 0.0
@@ -122,7 +124,7 @@ def fit_chunks(estimator, points: np.ndarray, chunk: int | None, index: np.ndarr
         part_boxes = None if boxes is None else torch.from_numpy(boxes[start:start + chunk])
         begin = time.perf_counter()
         est = estimator.fit_points(part, [(256, 256)] * len(part), boxes=part_boxes,
-                                   frame_index=index[start:start + len(part)])
+                                   frame_index=index[start:start + len(part)], identity=identity)
         seconds += time.perf_counter() - begin
         coeffs.append(est.coeffs.numpy())
         ok.append(est.ok.numpy())
@@ -183,6 +185,8 @@ def clip_figures(name: str, det: dict[str, np.ndarray], estimator, sign: float) 
             figures[f"chunk{chunk}_p90"] = float(np.percentile(rotation_differences(whole, coeffs), 90))
             figures[f"chunk{chunk}_median"] = float(np.median(rotation_differences(whole, coeffs)))
             figures["id_rms"][chunk] = max(id_rms)
+            coeffs, _, _, _ = fit_chunks(estimator, points, chunk, index, identity=whole[0, ID])
+            figures[f"chunk{chunk}_p90_clip_identity"] = float(np.percentile(rotation_differences(whole, coeffs), 90))
     figures["roll_offset"] = float(np.mean(a[:, 2] - sign * eye_line_deg(points)))
     figures["reasons"] = sorted(set(r for r in det["reason"] if r))[:5]
     return figures
@@ -197,6 +201,10 @@ def print_figures(name: str, f: dict) -> None:
           f"|roll + roll_m| {f['mirror_roll']:.2f}; with dlib's points mirrored instead of detected again: "
           f"|yaw + yaw_m| {f['mirror_yaw_fit_only']:.2f}")
     print(f"  chunking vs whole clip: {chunks or 'clip too short'}")
+    fixed = ", ".join(f"{c}-frame chunks p90 {f[f'chunk{c}_p90_clip_identity']:.2f}" for c in CHUNKS
+                      if f"chunk{c}_p90_clip_identity" in f)
+    if fixed:
+        print(f"  chunking vs whole clip with the whole clip's identity fixed in every chunk: {fixed}")
     print(f"  roll - eye line: mean {f['roll_offset']:+.2f} deg; identity RMS (max over chunks): {ids}")
     if f["reasons"]:
         print(f"  detection notes: {f['reasons']}")

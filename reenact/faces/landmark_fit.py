@@ -25,9 +25,15 @@ Issue 12 changed three things. The identity prior's weight grows with the number
 ``id_prior_frames`` (it no longer fades against the data as frames are added, so long chunks keep alpha inside the
 prior).
 A temporal term joins neighbouring frames (``rotation_step``, ``trans_step``, ``exp_step``: Gaussian steps between
-frames whose indices differ by one), solved Jacobi-style inside the joint stage: its exact gradient, and a diagonal
-Hessian bound (twice the linked neighbours' precision) so the per-frame blocks stay independent. And every frame
-passes the plausibility gates of :mod:`reenact.faces.gates`. Texture and lighting are not observable from landmarks:
+frames whose indices differ by one); its Gauss-Newton Hessian couples neighbouring frames' blocks, so the per-frame
+system of the joint stage is block-tridiagonal and is solved exactly (block Thomas algorithm, :func:`_solve_chain`;
+a Jacobi-style diagonal bound converged too slowly on long chunks). And every frame
+passes the plausibility gates of :mod:`reenact.faces.gates`.
+The identity prior is mirror-symmetric (:func:`mirror_prior`): a face and its mirror image are equally likely, so
+the fit of a mirrored image is the mirror of the fit (the plain ``|alpha|^2`` of the procedural basis is not, and
+moved yaw by ~3 degrees between real frames and their mirrors). The 17 jaw points are silhouette points
+(``FitConfig.jaw_contour``, landmark marching as in 3DDFA): each slides along a line of candidate vertices to the
+visible contour for the current pose (:func:`select_contour`), re-selected between LM iterations. Texture and lighting are not observable from landmarks:
 :func:`fit_landmarks` writes zeros; :class:`LandmarkFitEstimator` fits them to the pixels
 (:mod:`reenact.faces.photometric`).
 
@@ -62,8 +68,17 @@ from reenact.faces.images import ImageBatch, frame_camera, image_list, nan_rows
 NAME = "landmarks"
 REFERENCE_SIZE = 256           # sizes in FitConfig are pixels of a 256^2 image, scaled to the actual image size
 JAW = slice(0, 17)             # iBUG-68 jaw outline (silhouette points on real faces)
+CONTOUR_SAMPLES = 24           # candidate vertices per jaw line (contour_lines)
+CONTOUR_INNER = 0.5            # the jaw lines reach inwards to this fraction of the landmark's distance from the axis
 NUM_POSE = 6                   # per-frame w (3) + t (3)
 NUM_FRAME = NUM_EXP + NUM_POSE  # per-frame unknowns: beta (64), w (3), t (3)
+#: prior weight of the identity's antisymmetric part relative to its symmetric part (:func:`mirror_prior`; 1: the
+#: model's prior averaged with its mirror image). Measured (lp_d0 / tpsmm_driving 8-frame chunks: pose p90 vs the
+#: whole clip, max identity RMS; oracle sequences / tiny world: median rotation error): 1.0: 1.58 / 4.24 deg,
+#: 1.39 / 1.30, oracle 1.92 / 0.80 deg; 0.5: 1.63 / 4.09, 1.42 / 1.46, 1.66 / 0.74; 0.3: 1.66 / 4.28,
+#: 1.44 / 1.63 (over issue 12's 1.5), 1.49 / 0.72; 0.1 is unstable (8-frame p90 23 deg on lp_d0).
+#: (Measured with the earlier Jacobi temporal solver and before FitConfig.id_prior_min.)
+ANTISYMMETRIC_PRIOR = 1.0
 
 
 @dataclass(frozen=True)
@@ -88,9 +103,14 @@ class FitConfig:
     max_rmse: float = field(default=6.0, metadata={"help": "frames whose landmark RMSE (px at 256^2) exceeds this "
                                                           "are written with status implausible"})
     id_prior_frames: float = field(default=4.0, metadata={
-        "help": "the identity prior weighs max(1, T / id_prior_frames) times for T frames, so beyond this many "
-                "frames its weight no longer fades against the data (0: once per chunk, the plain MAP whose "
-                "identity leaves the prior on long real clips)"})
+        "help": "the identity prior weighs max(id_prior_min, T / id_prior_frames) times for T frames, so beyond "
+                "this many frames its weight no longer fades against the data (0: once per chunk, the plain MAP "
+                "whose identity leaves the prior on long real clips)"})
+    id_prior_min: float = field(default=4.0, metadata={
+        "help": "the identity prior weighs at least this many times (that of a chunk of id_prior_min * "
+                "id_prior_frames frames): a few frames cannot tell the identity from the pose, and their own "
+                "identity moved the pose of 8-frame chunks of a real clip by p90 3.8 deg from the whole clip's "
+                "(2.7 with 4; 1: the plain prior for short chunks)"})
     rotation_step: float = field(default=2.0, metadata={
         "help": "temporal term: std of the head rotation between neighbouring frames, degrees (0: off)"})
     trans_step: float = field(default=0.05, metadata={
@@ -99,6 +119,15 @@ class FitConfig:
         "help": "estimate the landmark noise from the residuals of a first joint fit and refit with it (never below "
                 "landmark_sigma): real faces, whose dlib points and model landmarks disagree by ~2 px, then weigh "
                 "the priors as they should"})
+    jaw_contour: bool = field(default=True, metadata={
+        "help": "the 17 jaw points are silhouette points: each slides along a line of candidate vertices to the "
+                "visible contour for the current pose, re-selected between iterations (landmark marching, as in "
+                "3DDFA); off: fixed landmark vertices (landmarks that are projections of the model's own landmark "
+                "vertices, e.g. the synthetic world's ground truth)"})
+    outlier_frames: float = field(default=3.0, metadata={
+        "help": "in the refit after the noise estimate, frames whose landmark RMSE exceeds this many times the "
+                "chunk's median weigh (this * median / RMSE)^4, so one garbage frame cannot drag the shared identity "
+                "(0: off)"})
     exp_step: float = field(default=0.5, metadata={
         "help": "temporal term: std of the expression change between neighbouring frames (0: off)"})
 
@@ -126,6 +155,94 @@ class LandmarkBases:
     mean: torch.Tensor
     id: torch.Tensor
     exp: torch.Tensor
+    id_prior: torch.Tensor = None    # 80 x 80 unit prior precision of alpha (mirror-symmetric, see mirror_prior)
+    exp_prior: torch.Tensor = None   # 64 x 64 unit prior precision of beta (likewise)
+    contour: "ContourLines | None" = None   # candidate vertices of the jaw points (silhouette points)
+    jaw: "tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None" = None   # per-frame jaw rows (select_contour)
+
+    def __post_init__(self):
+        if self.id_prior is None:
+            object.__setattr__(self, "id_prior", torch.eye(self.id.shape[-1], dtype=self.id.dtype))
+        if self.exp_prior is None:
+            object.__setattr__(self, "exp_prior", torch.eye(self.exp.shape[-1], dtype=self.exp.dtype))
+
+
+def mirror_basis(basis: torch.Tensor) -> torch.Tensor:
+    """Landmark rows of a basis ``(68, 3, n)`` -> those of the mirrored faces (x -> -x, iBUG order permuted by
+    :data:`reenact.faces.landmarks68.MIRROR_68`)."""
+    from reenact.faces.landmarks68 import MIRROR_68
+
+    flip = torch.tensor([-1.0, 1.0, 1.0], dtype=basis.dtype)
+    return basis[MIRROR_68] * flip[:, None]
+
+
+def mirror_map(basis: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """The coefficient map of the mirror: ``T`` ``(n, n)`` with ``basis @ (T c)`` = mirror of ``basis @ c`` for
+    ``basis`` ``(68, 3, n)`` (least squares), and the relative part of the mirrored basis outside its span (0 when
+    the basis is closed under mirroring)."""
+    flat, mirrored = basis.reshape(-1, basis.shape[-1]), mirror_basis(basis).reshape(-1, basis.shape[-1])
+    t = torch.linalg.pinv(flat, rtol=1e-8) @ mirrored
+    outside = float((flat @ t - mirrored).norm() / mirrored.norm().clamp_min(1e-30))
+    return t, outside
+
+
+def mirror_prior(basis: torch.Tensor, antisymmetric: float = ANTISYMMETRIC_PRIOR) -> torch.Tensor:
+    """Unit prior precision ``(n, n)`` of the coefficients ``c`` of ``basis`` ``(68, 3, n)`` under which a face and
+    its mirror image are equally likely: ``|c+|^2 + antisymmetric |c-|^2`` with ``c+- = (c +- T c) / 2`` the
+    coefficients of the face's symmetric and antisymmetric parts (``T`` = :func:`mirror_map`: the mirror image of
+    the face with coefficients ``c`` has ``T c``, which keeps ``c+`` and negates ``c-``). With ``antisymmetric`` 1
+    this is ``(|c|^2 + |T c|^2) / 2``, the model's prior averaged with its mirror image.
+
+    The plain prior ``|c|^2 = |c+|^2 + |c-|^2 + 2 c+ . c-`` is not mirror-symmetric when the components are not
+    mirror pairs (the procedural model's random identity fields): its cross term favours some asymmetric shapes
+    over their mirror images, which moved the fitted yaw by ~3 degrees between real frames and their mirrors. With
+    a basis closed under mirroring, the fit of a mirrored image under this prior is exactly the mirror of the fit
+    (the procedural identity basis is; its expression basis is not quite, ~7 % of the mirrored landmark motion lies
+    outside it: there ``T`` is a least-squares map, and the symmetrised expression prior took the real clips' mirror
+    roll gap from ~0.4 to ~0.02 degrees). Directions that do not move the landmarks keep the unit prior."""
+    t, _ = mirror_map(basis)
+    flat = basis.reshape(-1, basis.shape[-1])
+    eye = torch.eye(len(t), dtype=t.dtype)
+    even, odd = (eye + t) / 2, (eye - t) / 2
+    unobserved = eye - torch.linalg.pinv(flat, rtol=1e-8) @ flat          # projector onto the unobserved directions
+    return even.T @ even + antisymmetric * odd.T @ odd + unobserved
+
+
+@dataclass(frozen=True)
+class ContourLines:
+    """Per jaw landmark a line of C candidate vertices, from the landmark vertex (c = 0) inwards: rows of the mean
+    ``(17, C, 3)``, id ``(17, C, 3, 80)`` and exp ``(17, C, 3, 64)`` bases, and the model-space outward direction
+    of each line ``(17, 3)`` (z = 0)."""
+
+    mean: torch.Tensor
+    id: torch.Tensor
+    exp: torch.Tensor
+    outward: torch.Tensor
+
+
+def contour_lines(model: MorphableModel, samples: int = CONTOUR_SAMPLES, inner: float = CONTOUR_INNER
+                  ) -> ContourLines:
+    """The jaw points' candidate lines (landmark marching, Zhu et al. 2015 / 3DDFA): per jaw landmark, the mesh
+    vertices under ``samples`` points of the segment from its vertex towards the face's centre line (the model's
+    x = 0, y = 0 in the frontal view), down to ``inner`` of its distance, each the vertex nearest in (x, y) among the
+    front-facing ones (z above the landmark's). In a frontal view the landmark vertex is the outermost of its line;
+    as the head turns, the visible contour on the far side moves inwards along the line (:func:`select_contour`)."""
+    index = model.landmark_indices[JAW].cpu()
+    mean = model.mean_shape.detach().cpu().to(torch.float64)
+    start = mean[index]                                                            # 17 x 3
+    fractions = torch.linspace(1.0, inner, samples, dtype=torch.float64)
+    targets = start[:, None, :2] * fractions[:, None]                             # 17 x C x 2
+    front = mean[:, 2][None, None] >= start[:, 2][:, None, None] - 1e-9            # 17 x 1 x V
+    distance = torch.cdist(targets, mean[None, :, :2].expand(len(start), -1, -1))  # 17 x C x V
+    ids = torch.where(front, distance, torch.inf).argmin(-1)                       # 17 x C
+    ids[:, 0] = index
+    rows = (3 * ids[..., None] + torch.arange(3)).reshape(-1)
+    as64 = lambda t: t.detach().cpu().to(torch.float64)  # noqa: E731
+    count = len(start) * samples
+    outward = torch.cat([start[:, :2], torch.zeros(len(start), 1, dtype=torch.float64)], 1)
+    return ContourLines(mean=mean[ids], id=as64(model.id_base[rows]).reshape(count, 3, NUM_ID).unflatten(0, ids.shape),
+                        exp=as64(model.exp_base[rows]).reshape(count, 3, NUM_EXP).unflatten(0, ids.shape),
+                        outward=outward / outward.norm(dim=1, keepdim=True))
 
 
 def landmark_bases(model: MorphableModel) -> LandmarkBases:
@@ -133,9 +250,11 @@ def landmark_bases(model: MorphableModel) -> LandmarkBases:
     index = model.landmark_indices.cpu()
     rows = (3 * index[:, None] + torch.arange(3)).reshape(-1)                  # 204 rows of the (3V, k) bases
     as64 = lambda t: t.detach().cpu().to(torch.float64)  # noqa: E731
-    return LandmarkBases(mean=as64(model.mean_shape[index]),
+    bases = LandmarkBases(mean=as64(model.mean_shape[index]),
                          id=as64(model.id_base[rows]).reshape(NUM_LANDMARKS, 3, NUM_ID),       # 68 x 3 x 80
                          exp=as64(model.exp_base[rows]).reshape(NUM_LANDMARKS, 3, NUM_EXP))    # 68 x 3 x 64
+    return replace(bases, id_prior=mirror_prior(bases.id), exp_prior=mirror_prior(bases.exp),
+                   contour=contour_lines(model))
 
 
 # ---------------------------------------------------------------- geometry
@@ -203,7 +322,12 @@ class _State:
 
     def shapes(self, bases: LandmarkBases) -> torch.Tensor:
         """Unposed landmarks P ``(T, 68, 3)``."""
-        return bases.mean + bases.id @ self.alpha + torch.einsum("kcn,tn->tkc", bases.exp, self.beta)
+        shapes = bases.mean + bases.id @ self.alpha + torch.einsum("kcn,tn->tkc", bases.exp, self.beta)
+        if bases.jaw is not None:                                  # the jaw points' per-frame vertices
+            mean, ids, exp = bases.jaw
+            jaw = mean + ids @ self.alpha + torch.einsum("tkcn,tn->tkc", exp, self.beta)
+            shapes = torch.cat([jaw, shapes[:, JAW.stop:]], 1)
+        return shapes
 
     def posed(self, bases: LandmarkBases) -> torch.Tensor:
         return self.shapes(bases) @ self.rotation.transpose(1, 2) + self.trans[:, None]   # T x 68 x 3
@@ -220,25 +344,26 @@ class _Problem:
     bases: LandmarkBases
     camera: PerspectiveCamera
     target: torch.Tensor         # T x 68 x 2 observed landmarks
-    sqrt_w: torch.Tensor         # 68, sqrt(w_k) / sigma
-    id_precision: float          # 1 / s_id^2
-    exp_precision: float         # 1 / s_exp^2
+    sqrt_w: torch.Tensor         # 68 (or T x 68 with per-frame weights), sqrt(w_k) / sigma
+    id_precision: torch.Tensor   # 80 x 80, prior precision of alpha (1 / s_id^2 times the unit prior matrix)
+    exp_precision: torch.Tensor  # 64 x 64, prior precision of each beta_t
     depth_mean: torch.Tensor     # T, prior mean of trans z
     depth_precision: torch.Tensor  # T, 1 / (prior std of trans z)^2 (0: flat)
     links: torch.Tensor = None   # T - 1 bool: frames t and t + 1 are neighbours (temporal term)
+    model_bases: LandmarkBases | None = None   # with contour lines: bases re-selected per frame (select_contour)
     step_precision: tuple[float, float, float] = (0.0, 0.0, 0.0)   # 1 / std^2 of rotation (rad), trans, exp steps
 
     def residuals(self, state: _State) -> torch.Tensor:
         """Whitened residuals ``(T, 68, 2)``."""
-        return (project(state.posed(self.bases), self.camera) - self.target) * self.sqrt_w[:, None]
+        return (project(state.posed(self.bases), self.camera) - self.target) * self.sqrt_w[..., None]
 
     def frame_costs(self, state: _State) -> torch.Tensor:
         """Per-frame data + expression prior cost ``(T,)`` (the identity prior is added by :meth:`cost`)."""
-        return (self.residuals(state).square().sum((1, 2)) + self.exp_precision * state.beta.square().sum(1)
+        return (self.residuals(state).square().sum((1, 2)) + ((state.beta @ self.exp_precision) * state.beta).sum(1)
                 + self.depth_precision * (state.trans[:, 2] - self.depth_mean).square())
 
     def cost(self, state: _State) -> torch.Tensor:
-        return (self.frame_costs(state).sum() + self.id_precision * state.alpha.square().sum()
+        return (self.frame_costs(state).sum() + state.alpha @ self.id_precision @ state.alpha
                 + self.temporal_cost(state))
 
     def step_differences(self, state: _State) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -262,9 +387,32 @@ class _Problem:
         zero = torch.zeros_like(depth)
         d_proj = torch.stack([cam.focal / depth, zero, cam.focal * q[..., 0] / depth**2,
                               zero, -cam.focal / depth, -cam.focal * q[..., 1] / depth**2], -1)
-        d_proj = d_proj.unflatten(-1, (2, 3)) * self.sqrt_w[:, None, None]           # T x 68 x 2 x 3
-        residuals = (project(q, cam) - self.target) * self.sqrt_w[:, None]
+        d_proj = d_proj.unflatten(-1, (2, 3)) * self.sqrt_w[..., None, None]         # T x 68 x 2 x 3
+        residuals = (project(q, cam) - self.target) * self.sqrt_w[..., None]
         return _Linearisation(residuals, d_proj, d_proj @ state.rotation[:, None], rotated)
+
+
+def select_contour(bases: LandmarkBases, state: _State, camera: PerspectiveCamera) -> LandmarkBases:
+    """The bases with per-frame rows ``(T, 17, ...)`` for the jaw points, which sit on the visible contour of the face at the
+    state's shape and pose: per jaw line (:class:`ContourLines`) the candidate vertex that projects outermost along
+    the line's outward direction as seen in the image (the silhouette, where the line's curve turns away from the
+    camera; in a frontal view the landmark vertex itself). The other 51 rows are the fixed landmark vertices."""
+    lines = bases.contour
+    shapes = (lines.mean + lines.id @ state.alpha
+              + torch.einsum("kcdn,tn->tkcd", lines.exp, state.beta))                 # T x 17 x C x 3
+    rotation = state.rotation[:, None]                                                 # T x 1 x 3 x 3
+    pixels = project(shapes @ rotation.transpose(-1, -2) + state.trans[:, None, None], camera)   # T x 17 x C x 2
+    outward = (lines.outward @ state.rotation.transpose(1, 2))[..., :2] * lines.outward.new_tensor([1.0, -1.0])
+    pick = (pixels * outward[:, :, None]).sum(-1).argmax(-1)                           # T x 17 (y down in pixels)
+    jaw = torch.arange(len(lines.mean))
+    return replace(bases, jaw=(lines.mean[jaw, pick], lines.id[jaw, pick], lines.exp[jaw, pick]))
+
+
+def _reselect(problem: _Problem, state: _State) -> _Problem:
+    """The problem with its jaw points re-selected on the contour for ``state`` (unchanged without contour lines)."""
+    if problem.model_bases is None:
+        return problem
+    return replace(problem, bases=select_contour(problem.model_bases, state, problem.camera))
 
 
 @dataclass(frozen=True)
@@ -285,29 +433,34 @@ class _Linearisation:
 
     def frame_jacobian(self, bases: LandmarkBases) -> torch.Tensor:
         """d r / d (beta, w, t) ``(T, 136, 70)``."""
-        return torch.cat([_per_landmark(self.d_shape, bases.exp), self.pose_jacobian()], -1)
+        return torch.cat([_per_landmark(self.d_shape, bases.exp, bases.jaw and bases.jaw[2]),
+                          self.pose_jacobian()], -1)
 
     def alpha_jacobian(self, bases: LandmarkBases) -> torch.Tensor:
         """d r / d alpha ``(T, 136, 80)``."""
-        return _per_landmark(self.d_shape, bases.id)
+        return _per_landmark(self.d_shape, bases.id, bases.jaw and bases.jaw[1])
 
 
-def _per_landmark(d_shape: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """``d_shape (T, 68, 2, 3)`` times each landmark's basis rows ``(68, 3, n)`` -> ``(T, 136, n)``."""
+def _per_landmark(d_shape: torch.Tensor, basis: torch.Tensor, jaw: torch.Tensor | None = None) -> torch.Tensor:
+    """``d_shape (T, 68, 2, 3)`` times each landmark's basis rows ``(68, 3, n)`` -> ``(T, 136, n)``; ``jaw``
+    ``(T, 17, 3, n)``: per-frame rows of the jaw points instead."""
     t = d_shape.shape[0]
     per_k = d_shape.permute(1, 0, 2, 3).reshape(NUM_LANDMARKS, 2 * t, 3) @ basis        # 68 x 2T x n
-    return per_k.reshape(NUM_LANDMARKS, t, 2, -1).permute(1, 0, 2, 3).reshape(t, 2 * NUM_LANDMARKS, -1)
+    out = per_k.reshape(NUM_LANDMARKS, t, 2, -1).permute(1, 0, 2, 3)                     # T x 68 x 2 x n
+    if jaw is not None:
+        out = torch.cat([d_shape[:, JAW] @ jaw, out[:, JAW.stop:]], 1)
+    return out.reshape(t, 2 * NUM_LANDMARKS, -1)
 
 
 def _frame_priors(problem: _Problem, state: _State) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-frame prior precisions (the diagonal of their Hessian) and gradients, both ``(T, 70)`` (beta, w, t)."""
+    """Per-frame prior precisions and gradients, both ``(T, 70)`` (beta, w, t): the diagonal of the depth prior's and
+    the temporal term's Hessian, and the gradient of every prior (the expression prior's full 64 x 64 precision is
+    added to the Hessian by :func:`_normal_equations`)."""
     precision = torch.zeros(len(state.beta), NUM_FRAME, dtype=state.beta.dtype)
-    precision[:, :NUM_EXP] = problem.exp_precision
     precision[:, -1] = problem.depth_precision
-    offsets = torch.zeros_like(precision)
-    offsets[:, :NUM_EXP] = state.beta
-    offsets[:, -1] = state.trans[:, 2] - problem.depth_mean
-    gradient = precision * offsets
+    gradient = torch.zeros_like(precision)
+    gradient[:, :NUM_EXP] = state.beta @ problem.exp_precision
+    gradient[:, -1] = problem.depth_precision * (state.trans[:, 2] - problem.depth_mean)
     if problem.links is not None and any(problem.step_precision) and len(state.beta) > 1:
         step_precision, step_gradient = _temporal_terms(problem, state)
         precision, gradient = precision + step_precision, gradient + step_gradient
@@ -315,9 +468,9 @@ def _frame_priors(problem: _Problem, state: _State) -> tuple[torch.Tensor, torch
 
 
 def _temporal_terms(problem: _Problem, state: _State) -> tuple[torch.Tensor, torch.Tensor]:
-    """The temporal term's per-frame diagonal ``(T, 70)`` (twice the number of linked neighbours times the step
-    precision: a Gershgorin bound of the coupled block, so the decoupled per-frame step never overshoots) and its
-    exact gradient ``(T, 70)`` (factor 2 dropped, as everywhere)."""
+    """The temporal term's per-frame diagonal ``(T, 70)`` (the number of linked neighbours times the step
+    precision; :func:`temporal_coupling` gives the blocks between neighbours) and its gradient ``(T, 70)`` (factor 2
+    dropped, as everywhere)."""
     rot, trans, beta = problem.step_differences(state)
     link = problem.links.to(state.beta.dtype)[:, None]
     p_rot, p_trans, p_exp = problem.step_precision
@@ -328,16 +481,30 @@ def _temporal_terms(problem: _Problem, state: _State) -> tuple[torch.Tensor, tor
     degree = torch.zeros(len(state.beta), dtype=state.beta.dtype)
     degree[:-1] += link[:, 0]
     degree[1:] += link[:, 0]
-    weights = torch.cat([torch.full((NUM_EXP,), p_exp), torch.full((3,), p_rot), torch.full((3,), p_trans)]).to(degree)
-    return 2 * degree[:, None] * weights, gradient
+    return degree[:, None] * _step_weights(problem).to(degree), gradient
+
+
+def _step_weights(problem: _Problem) -> torch.Tensor:
+    """``(70,)`` step precisions in the per-frame order beta, w, t."""
+    p_rot, p_trans, p_exp = problem.step_precision
+    return torch.cat([torch.full((NUM_EXP,), p_exp), torch.full((3,), p_rot), torch.full((3,), p_trans)]
+                     ).to(torch.float64)
+
+
+def temporal_coupling(problem: _Problem) -> torch.Tensor | None:
+    """The temporal term's Gauss-Newton blocks between frames t and t + 1: ``-diag(c_t)`` with ``c`` ``(T - 1, 70)``
+    (the step precisions where linked, else 0); None without a temporal term. The rotation step's Jacobian is taken
+    as the identity (exact for small steps between neighbours)."""
+    if problem.links is None or not any(problem.step_precision) or len(problem.target) < 2:
+        return None
+    return problem.links.to(torch.float64)[:, None] * _step_weights(problem)
 
 
 def _normal_equations(problem: _Problem, state: _State, pose_only: bool = False):
     """Gradient and Gauss-Newton blocks of the energy (factor 2 dropped): g_a, g_f, H_aa, H_af, H_ff.
 
     With ``pose_only`` the per-frame blocks are the 6 pose unknowns and the alpha blocks are None.
-    H_aa and g_a sum over frames before touching the 80 columns: H_aa = sum_k A_k^T (sum_t G_tk^T G_tk) A_k with
-    G_tk = d r_tk / d P_tk, so they cost O(T) 3x3 products plus one 80 x 204 x 80 product.
+    The bases may be per frame (the jaw points' vertices of :func:`select_contour`).
     """
     lin = problem.linearise(state)
     r = lin.r.flatten(1)                                                              # T x 136
@@ -349,12 +516,12 @@ def _normal_equations(problem: _Problem, state: _State, pose_only: bool = False)
     h_ff = jf.transpose(1, 2) @ jf + torch.diag_embed(precision)                      # T x n x n
     if pose_only:
         return None, g_f, None, None, h_ff
-    ids = problem.bases.id                                                            # 68 x 3 x 80
-    gram = torch.einsum("tkai,tkaj->kij", lin.d_shape, lin.d_shape)                   # 68 x 3 x 3
-    h_aa = ids.flatten(0, 1).T @ (gram @ ids).flatten(0, 1) + problem.id_precision * torch.eye(NUM_ID, dtype=r.dtype)
-    g_a = ids.flatten(0, 1).T @ torch.einsum("tkai,tka->ki", lin.d_shape, lin.r).reshape(-1) \
-        + problem.id_precision * state.alpha                                          # 80
-    h_af = lin.alpha_jacobian(problem.bases).transpose(1, 2) @ jf                     # T x 80 x 70
+    h_ff[:, :NUM_EXP, :NUM_EXP] += problem.exp_precision
+    ja = lin.alpha_jacobian(problem.bases)                                           # T x 136 x 80
+    flat = ja.flatten(0, 1)                                                           # 136T x 80
+    h_aa = flat.T @ flat + problem.id_precision
+    g_a = flat.T @ r.reshape(-1) + problem.id_precision @ state.alpha                 # 80
+    h_af = ja.transpose(1, 2) @ jf                                                    # T x 80 x 70
     return g_a, g_f, h_aa, h_af, h_ff
 
 
@@ -382,12 +549,15 @@ def _solve_frames(h_ff: torch.Tensor, rhs: torch.Tensor, mask: torch.Tensor) -> 
     return out
 
 
-def _pose_stage(problem: _Problem, state: _State, config: FitConfig) -> tuple[_State, int]:
-    """LM on the per-frame poses only (alpha, beta fixed): frames are independent, each with its own damping."""
+def _pose_stage(problem: _Problem, state: _State, config: FitConfig) -> tuple[_Problem, _State, int]:
+    """LM on the per-frame poses only (alpha, beta fixed): frames are independent, each with its own damping. The
+    jaw points are re-selected on the contour before every step (and the problem with the last selection returned)."""
+    links = problem.links
     problem = replace(problem, links=None)        # the temporal term couples frames: the joint stage adds it
     mu = torch.full((len(problem.target),), config.damping, dtype=torch.float64)
-    costs = problem.frame_costs(state)
     for it in range(config.pose_iterations):
+        problem = _reselect(problem, state)
+        costs = problem.frame_costs(state)
         _, g_p, _, _, h_pp = _normal_equations(problem, state, pose_only=True)   # cheap: 6 unknowns per frame
         d_pose = -torch.linalg.solve(_damped(h_pp, mu), g_p)                         # T x 6
         trial = state.step(torch.zeros_like(state.alpha), torch.cat([torch.zeros_like(state.beta), d_pose], 1))
@@ -397,40 +567,73 @@ def _pose_stage(problem: _Problem, state: _State, config: FitConfig) -> tuple[_S
         state = _State(state.alpha, state.beta, torch.where(keep[..., None], trial.rotation, state.rotation),
                        torch.where(keep, trial.trans, state.trans))
         converged = bool(((costs - new) <= config.tolerance * costs).all())   # rejected frames count as converged
-        costs = torch.where(better, new, costs)
         mu = torch.where(better, (mu / 3).clamp_min(1e-9), mu * 4)
         if converged:
-            return state, it + 1
-    return state, config.pose_iterations
+            return replace(_reselect(problem, state), links=links), state, it + 1
+    return replace(_reselect(problem, state), links=links), state, config.pose_iterations
 
 
-def _joint_stage(problem: _Problem, state: _State, config: FitConfig) -> tuple[_State, int]:
-    """LM on alpha (shared) and every frame's beta and pose, via the Schur complement of the alpha block."""
+def _joint_stage(problem: _Problem, state: _State, config: FitConfig) -> tuple[_Problem, _State, int]:
+    """LM on alpha (shared) and every frame's beta and pose, via the Schur complement of the alpha block. The jaw
+    points are re-selected on the contour after every accepted step (and the problem with the last selection
+    returned)."""
     mask = _frame_mask(config)
+    problem = _reselect(problem, state)
     mu, cost = config.damping, problem.cost(state)
     blocks = _normal_equations(problem, state)
+    coupling = temporal_coupling(problem)
     for it in range(config.iterations):
-        d_alpha, d_frame = _joint_step(*blocks, mu, mask, config.fit_identity)
+        d_alpha, d_frame = _joint_step(*blocks, mu, mask, config.fit_identity, coupling)
         trial = state.step(d_alpha, d_frame)
         new = problem.cost(trial)
         if new >= cost:                      # rejected: more damping, same linearisation
             mu *= 4
             continue
         converged = bool(cost - new <= config.tolerance * cost)
-        state, cost, mu = trial, new, max(mu / 3, 1e-9)
+        state, mu = trial, max(mu / 3, 1e-9)
+        problem = _reselect(problem, state)
         if converged:
-            return state, it + 1
+            return problem, state, it + 1
+        cost = problem.cost(state)
         blocks = _normal_equations(problem, state)
-    return state, config.iterations
+    return problem, state, config.iterations
 
 
-def _joint_step(g_a, g_f, h_aa, h_af, h_ff, mu: float, mask: torch.Tensor, fit_identity: bool):
+def _solve_chain(h_ff: torch.Tensor, coupling: torch.Tensor | None, rhs: torch.Tensor,
+                 mask: torch.Tensor) -> torch.Tensor:
+    """Solve the block-tridiagonal system with diagonal blocks ``h_ff`` ``(T, n, n)`` and blocks ``-diag(c_t)``
+    between frames t and t + 1 (``coupling`` ``(T - 1, n)``, :func:`temporal_coupling`) for ``rhs`` ``(T, n, m)``, on
+    the free unknowns (``mask``) only: block Thomas algorithm, ``x_t = Y_t + Z_t x_t+1`` after a forward sweep."""
+    if coupling is None or not bool(coupling.any()):
+        return _solve_frames(h_ff, rhs, mask)
+    free = mask.nonzero()[:, 0]
+    diag, right, c = h_ff[:, free][:, :, free], rhs[:, free], coupling[:, free]
+    count, n = len(diag), len(free)
+    zs, ys = [], []
+    block, b = diag[0], right[0]
+    for t in range(count - 1):
+        solved = torch.linalg.solve(block, torch.cat([torch.diag(c[t]), b], 1))      # D'^-1 [diag(c_t), b'_t]
+        zs.append(solved[:, :n])
+        ys.append(solved[:, n:])
+        block = diag[t + 1] - c[t][:, None] * zs[-1]
+        b = right[t + 1] + c[t][:, None] * ys[-1]
+    x = [torch.linalg.solve(block, b)]
+    for t in range(count - 2, -1, -1):
+        x.append(ys[t] + zs[t] @ x[-1])
+    out = torch.zeros_like(rhs)
+    out[:, free] = torch.stack(x[::-1])
+    return out
+
+
+def _joint_step(g_a, g_f, h_aa, h_af, h_ff, mu: float, mask: torch.Tensor, fit_identity: bool,
+                coupling: torch.Tensor | None = None):
     """The damped Gauss-Newton step (d_alpha ``(80,)``, d_frame ``(T, 70)``) by block elimination:
-    d_f = H_ff^-1 (-g_f - H_fa d_a) and (H_aa - sum_t H_af H_ff^-1 H_fa) d_a = -g_a + sum_t H_af H_ff^-1 g_f."""
+    d_f = H_ff^-1 (-g_f - H_fa d_a) and (H_aa - H_af H_ff^-1 H_fa) d_a = -g_a + H_af H_ff^-1 g_f, where H_ff is
+    block-diagonal, or block-tridiagonal with the temporal term's ``coupling`` (:func:`temporal_coupling`)."""
     h_ff = _damped(h_ff, mu)
     if not fit_identity:
-        return torch.zeros_like(g_a), -_solve_frames(h_ff, g_f[..., None], mask)[..., 0]
-    solved = _solve_frames(h_ff, torch.cat([h_af.transpose(1, 2), g_f[..., None]], -1), mask)   # T x 70 x 81
+        return torch.zeros_like(g_a), -_solve_chain(h_ff, coupling, g_f[..., None], mask)[..., 0]
+    solved = _solve_chain(h_ff, coupling, torch.cat([h_af.transpose(1, 2), g_f[..., None]], -1), mask)  # T x 70 x 81
     schur = _damped(h_aa, mu) - (h_af @ solved[..., :NUM_ID]).sum(0)                            # 80 x 80
     d_alpha = torch.linalg.solve(schur, -g_a + (h_af @ solved[..., NUM_ID:]).sum((0, 2)))
     return d_alpha, -solved[..., NUM_ID] - solved[..., :NUM_ID] @ d_alpha
@@ -446,7 +649,7 @@ def landmark_weights(config: FitConfig) -> torch.Tensor:
 
 def fit_landmarks(landmarks, image_size: int, model: MorphableModel | LandmarkBases,
                   config: FitConfig = FitConfig(), camera: PerspectiveCamera | None = None,
-                  links=None) -> FitResult:
+                  links=None, identity=None) -> FitResult:
     """Fit shared identity, per-frame expression and pose to 68 landmarks of T frames of one chunk.
 
     Args:
@@ -457,6 +660,9 @@ def fit_landmarks(landmarks, image_size: int, model: MorphableModel | LandmarkBa
         config: :class:`FitConfig`.
         links: ``(T - 1,)`` bool, frames t and t + 1 are neighbours in time (the temporal term joins them);
             default: all, i.e. the frames are consecutive.
+        identity: ``(80,)`` a known identity alpha (e.g. fitted once on the whole video): kept fixed, only
+            expression and pose are fitted. With it, the pose no longer depends on how the video's frames are
+            grouped into chunks (on real clips 8-frame chunks then agree with the whole clip to ~0.1 degrees).
     Returns:
         :class:`FitResult` with ``(T, 257)`` coefficients for that camera.
     """
@@ -472,8 +678,13 @@ def fit_landmarks(landmarks, image_size: int, model: MorphableModel | LandmarkBa
     links = torch.ones(len(target) - 1, dtype=torch.bool) if links is None else torch.as_tensor(links, dtype=torch.bool)
     if links.shape != (len(target) - 1,):
         raise ValueError(f"expected links of shape ({len(target) - 1},), got {tuple(links.shape)}")
+    if identity is not None:
+        identity = torch.as_tensor(np.asarray(identity, dtype=np.float64))
+        if identity.shape != (NUM_ID,) or not torch.isfinite(identity).all():
+            raise ValueError(f"expected a finite identity of shape ({NUM_ID},), got {tuple(identity.shape)}")
+        config = replace(config, fit_identity=False)
     with torch_threads(config.threads):
-        return _fit(target, int(image_size), bases, config, camera, links)
+        return _fit(target, int(image_size), bases, config, camera, links, identity)
 
 
 @contextmanager
@@ -489,8 +700,9 @@ def torch_threads(count: int) -> Iterator[None]:
 
 
 def id_prior_weight(frames: int, config: FitConfig) -> float:
-    """How many times the identity prior counts for a fit of ``frames`` frames (see ``FitConfig.id_prior_frames``)."""
-    return max(1.0, frames / config.id_prior_frames) if config.id_prior_frames > 0 else 1.0
+    """How many times the identity prior counts for a fit of ``frames`` frames (see ``FitConfig.id_prior_frames`` and
+    ``FitConfig.id_prior_min``)."""
+    return max(config.id_prior_min, frames / config.id_prior_frames if config.id_prior_frames > 0 else 1.0)
 
 
 def step_precisions(config: FitConfig) -> tuple[float, float, float]:
@@ -501,35 +713,56 @@ def step_precisions(config: FitConfig) -> tuple[float, float, float]:
 
 
 def _fit(target: torch.Tensor, image_size: int, bases: LandmarkBases, config: FitConfig,
-         camera: PerspectiveCamera, links: torch.Tensor | None) -> FitResult:
+         camera: PerspectiveCamera, links: torch.Tensor | None, identity: torch.Tensor | None = None) -> FitResult:
     sigma = config.landmark_sigma * image_size / REFERENCE_SIZE
     weights = landmark_weights(config)
     rotation, trans = weak_perspective_pose(target, bases.mean, camera, weights)
     depth_std = config.depth_prior * (camera.distance - trans[:, 2])
     num = len(target)
     problem = _Problem(bases, camera, target, weights.sqrt() / sigma,
-                       id_precision=id_prior_weight(num, config) / config.id_prior**2,
-                       exp_precision=1.0 / config.exp_prior**2, depth_mean=trans[:, 2].clone(),
+                       id_precision=bases.id_prior * (id_prior_weight(num, config) / config.id_prior**2),
+                       exp_precision=bases.exp_prior / config.exp_prior**2, depth_mean=trans[:, 2].clone(),
                        depth_precision=depth_std.pow(-2) if config.depth_prior > 0 else torch.zeros_like(depth_std),
-                       links=links, step_precision=step_precisions(config))
-    state = _State(torch.zeros(NUM_ID, dtype=torch.float64), torch.zeros(num, NUM_EXP, dtype=torch.float64),
-                   rotation, trans)
-    state, pose_its = _pose_stage(problem, state, config)
+                       links=links, step_precision=step_precisions(config),
+                       model_bases=bases if config.jaw_contour and bases.contour is not None else None)
+    alpha = torch.zeros(NUM_ID, dtype=torch.float64) if identity is None else identity.clone()
+    state = _State(alpha, torch.zeros(num, NUM_EXP, dtype=torch.float64), rotation, trans)
+    problem, state, pose_its = _pose_stage(problem, state, config)
     joint_its = 0
     if config.fit_identity or config.fit_expression:
-        state, joint_its = _joint_stage(problem, state, config)
-        noise = residual_sigma(problem, state)
-        if config.estimate_sigma and noise > sigma * 1.05:
-            problem = replace(problem, sqrt_w=weights.sqrt() / noise)
-            state, more = _joint_stage(problem, state, config)
+        problem, state, joint_its = _joint_stage(problem, state, config)
+        frame_weights = outlier_weights(problem, state, config.outlier_frames)
+        noise = residual_sigma(problem, state, frame_weights)
+        if config.estimate_sigma and (noise > sigma * 1.05 or bool((frame_weights < 1).any())):
+            noise = max(noise, sigma)
+            problem = replace(problem, sqrt_w=weights.sqrt() * frame_weights.sqrt()[:, None] / noise)
+            problem, state, more = _joint_stage(problem, state, config)
             joint_its += more
     return _result(problem, state, pose_its + joint_its)
 
 
-def residual_sigma(problem: _Problem, state: _State) -> float:
-    """Per-coordinate RMS of the landmark residuals in pixels (the noise the data show)."""
-    residual = project(state.posed(problem.bases), problem.camera) - problem.target
-    return float(residual.square().mean().sqrt())
+def frame_rmse(problem: _Problem, state: _State) -> torch.Tensor:
+    """``(T,)`` landmark RMSE in pixels, ``sqrt(mean_k |pi(Q_tk) - x_tk|^2)``."""
+    return (project(state.posed(problem.bases), problem.camera) - problem.target).square().sum(-1).mean(-1).sqrt()
+
+
+def outlier_weights(problem: _Problem, state: _State, factor: float) -> torch.Tensor:
+    """``(T,)`` weights of the frames in the refit: ``min(1, (factor * median RMSE / RMSE_t)^4)``, redescending: a
+    frame whose landmarks are garbage (shuffled points, a false detection) costs less the worse it fits, so it
+    cannot pull the shared identity out of the prior (1 everywhere when ``factor`` is 0 or for fewer than 3
+    frames). Its pose still follows its own points, weakly, and its neighbours."""
+    rmse = frame_rmse(problem, state)
+    if factor <= 0 or len(rmse) < 3:
+        return torch.ones_like(rmse)
+    limit = factor * rmse.median().clamp_min(1e-9)
+    return (limit / rmse.clamp_min(1e-12)).pow(4).clamp(max=1.0)
+
+
+def residual_sigma(problem: _Problem, state: _State, frame_weights: torch.Tensor | None = None) -> float:
+    """Per-coordinate RMS of the landmark residuals in pixels (the noise the data show), frames weighted."""
+    squares = frame_rmse(problem, state).square()
+    weights = torch.ones_like(squares) if frame_weights is None else frame_weights
+    return float((0.5 * (weights * squares).sum() / weights.sum()).sqrt())
 
 
 def _result(problem: _Problem, state: _State, iterations: int) -> FitResult:
@@ -628,16 +861,18 @@ class LandmarkFitEstimator:
         return FaceLandmarks(points, faces.boxes, faces.status, faces.reason)
 
     def estimate(self, images: ImageBatch, landmarks: torch.Tensor | None = None, *,
-                 frame_index=None) -> CoeffEstimate:
-        """Detect (unless ``landmarks`` ``(B, 68, 2)`` are given) and fit B frames with one shared identity.
-        ``frame_index`` (default ``0..B-1``) says which frames are neighbours for the temporal term."""
+                 frame_index=None, identity=None) -> CoeffEstimate:
+        """Detect (unless ``landmarks`` ``(B, 68, 2)`` are given) and fit B frames with one shared identity
+        (``identity`` ``(80,)``: that one, fixed). ``frame_index`` (default ``0..B-1``) says which frames are
+        neighbours for the temporal term."""
         images = image_list(images)
         sizes = [(int(im.shape[2]), int(im.shape[1])) for im in images]
         if landmarks is not None:
-            return self.fit_points(torch.as_tensor(landmarks, dtype=torch.float64), sizes, frame_index=frame_index)
+            return self.fit_points(torch.as_tensor(landmarks, dtype=torch.float64), sizes, frame_index=frame_index,
+                                   identity=identity)
         found = self.detect_landmarks(images)
         estimate = self.fit_points(found.points, sizes, boxes=found.boxes, frame_index=frame_index,
-                                   reasons=found.reason, statuses=found.status)
+                                   reasons=found.reason, statuses=found.status, identity=identity)
         return self.fit_texture(images, estimate) if self.photometric_frames > 0 else estimate
 
     def fit_texture(self, images: list[torch.Tensor], estimate: CoeffEstimate) -> CoeffEstimate:
@@ -661,10 +896,11 @@ class LandmarkFitEstimator:
         return replace(estimate, coeffs=coeffs)
 
     def fit_points(self, landmarks: torch.Tensor, sizes: list[tuple[int, int]], *, boxes: torch.Tensor | None = None,
-                   frame_index=None, reasons=None, statuses=None) -> CoeffEstimate:
+                   frame_index=None, reasons=None, statuses=None, identity=None) -> CoeffEstimate:
         """Fit given 68 points ``(B, 68, 2)`` of frames of ``sizes`` ``[(width, height)]``; NaN rows are ``no_face``
         or the detection's status where it is not ``ok`` (``statuses``) (``reasons``: why, per frame, e.g. the
-        detection's)."""
+        detection's). ``identity`` ``(80,)``: a known identity kept fixed (:func:`fit_landmarks`), e.g. the one
+        fitted on the whole video when its frames come in chunks."""
         count = len(landmarks)
         frame_index = np.arange(count) if frame_index is None else np.asarray(frame_index, dtype=np.int64)
         coeffs, rmse = nan_rows(count, NUM_COEFFS).float(), nan_rows(count)
@@ -682,17 +918,18 @@ class LandmarkFitEstimator:
             members = sorted(members, key=lambda i: frame_index[i])
             group_boxes = None if boxes is None else boxes[members]
             self._fit_group(landmarks[members], size, members, frame_index[members], group_boxes,
-                            coeffs, rmse, status, error)
+                            coeffs, rmse, status, error, identity)
         return CoeffEstimate(coeffs, tuple(status), tuple(error), landmarks=landmarks, fit_error=rmse)
 
-    def _fit_group(self, points, size, members, frame_index, boxes, coeffs, rmse, status, error) -> None:
+    def _fit_group(self, points, size, members, frame_index, boxes, coeffs, rmse, status, error, identity) -> None:
         from reenact.faces.gates import check_fit
 
         width, height = size
         side = min(width, height)
         links = links_from_indices(frame_index)
         try:
-            result = fit_landmarks(points.numpy(), side, self.bases, self.config, frame_camera(width, height), links)
+            result = fit_landmarks(points.numpy(), side, self.bases, self.config, frame_camera(width, height), links,
+                                   identity)
         except (ValueError, RuntimeError) as exc:   # e.g. a singular system: the group fails, the run goes on
             for i in members:
                 status[i], error[i] = Status.FIT_ERROR, f"landmark fit failed: {exc}"
