@@ -1,11 +1,13 @@
 """numba CPU kernels behind :mod:`reenact.face3d.face` and :mod:`reenact.face3d.guidance` (one thread, no fastmath):
-the vertices a raster shows, vertex normals + SH shading of those vertices, and the depth-tested occlusion (Eq. 4).
+the vertices a raster shows, vertex normals + SH shading of those vertices, the depth-tested occlusion (Eq. 4) and
+guidance's per-pixel target maps (flow, render, mask).
 The public functions there pick these for CPU tensors (and keep their torch code for CUDA and where numba does not
 import); the maths and conventions are theirs, stated once there. Each kernel makes one pass, with no intermediate
 tensors: the torch code's gathers and temporaries over every triangle or pixel cost several times the arithmetic.
 
-Numbers: occlusion is the torch code's, bit for bit (the same float32 operations in the same order); shown vertices
-are exact; normals and colours agree with the torch code to float32 rounding (~1e-7: sums in another order).
+Numbers: occlusion and the target maps are the torch code's, bit for bit (the same float32 operations in the same
+order); shown vertices are exact; normals and colours agree with the torch code to float32 rounding (~1e-7: sums in
+another order).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 from numba import njit
 
-from reenact.face3d.raster_numba import floor
+from reenact.face3d.raster_numba import floor, mad, torch_fuses_multiply_add
 from reenact.face3d.shading import INIT_LIGHT, SH_A, SH_C
 
 # The SH basis constants of :func:`reenact.face3d.shading.sh_basis`, rounded to float32 as torch multiplies a float32
@@ -186,3 +188,46 @@ def _centroid_visible(screen, corners, depth, tolerance, slope_cap):
     slack = min(abs(gx * ((col + half) - cx) + gy * ((row + half) - cy)), slope_cap)
     zbuf = depth[min(max(np.int64(row), 0), H - 1), min(max(np.int64(col), 0), W - 1)]
     return np.float32(1.0) if inside and cz <= (zbuf + tolerance) + slack else np.float32(0.0)
+
+
+def target_maps_numba(triangle_id: torch.Tensor, bary: torch.Tensor, faces: torch.Tensor, source_screen: torch.Tensor,
+                      colors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Guidance's per-pixel target outputs in one pass (:func:`reenact.face3d.guidance.target_maps`): from the target
+    raster's ids ``(B, H, W)`` and barycentrics ``(B, H, W, 3)``, the source screen vertices ``(B, V, 3)`` and the
+    target's vertex colours ``(B, V, 3)``: flow ``(B, 2, H, W)``, render ``(B, 3, H, W)``, face mask ``(B, 1, H, W)``.
+    The interpolation is :func:`reenact.face3d.raster_numba._interpolate`'s, bit for bit; the flow subtracts the pixel
+    centre as guidance's ``computed_flow``."""
+    B, H, W = triangle_id.shape
+    flow = np.empty((B, 2, H, W), np.float32)
+    render = np.empty((B, 3, H, W), np.float32)
+    mask = np.empty((B, 1, H, W), np.float32)
+    _target_maps(triangle_id.numpy(), bary.permute(3, 0, 1, 2).contiguous().numpy(),
+                 faces.to(torch.int64).contiguous().numpy(), source_screen.contiguous().numpy(),
+                 colors.contiguous().numpy(), torch_fuses_multiply_add(), flow, render, mask)
+    return torch.from_numpy(flow), torch.from_numpy(render), torch.from_numpy(mask)
+
+
+@njit(cache=True)
+def _target_maps(triangle_id, bary, faces, screen, colors, fused, flow, render, mask):
+    B, H, W = triangle_id.shape
+    half = np.float32(0.5)
+    for b in range(B):
+        for i in range(H):
+            gy = np.float32(i) + half
+            for j in range(W):
+                t = triangle_id[b, i, j]
+                if t < 0:
+                    flow[b, 0, i, j] = flow[b, 1, i, j] = 0.0
+                    render[b, 0, i, j] = render[b, 1, i, j] = render[b, 2, i, j] = 0.0
+                    mask[b, 0, i, j] = 0.0
+                    continue
+                v0, v1, v2 = faces[t, 0], faces[t, 1], faces[t, 2]
+                w0, w1, w2 = bary[0, b, i, j], bary[1, b, i, j], bary[2, b, i, j]
+                x = mad(screen[b, v2, 0], w2, mad(screen[b, v1, 0], w1, screen[b, v0, 0] * w0, fused), fused)
+                y = mad(screen[b, v2, 1], w2, mad(screen[b, v1, 1], w1, screen[b, v0, 1] * w0, fused), fused)
+                flow[b, 0, i, j] = x - (np.float32(j) + half)
+                flow[b, 1, i, j] = y - gy
+                for c in range(3):
+                    total = mad(colors[b, v1, c], w1, colors[b, v0, c] * w0, fused)
+                    render[b, c, i, j] = mad(colors[b, v2, c], w2, total, fused)
+                mask[b, 0, i, j] = 1.0

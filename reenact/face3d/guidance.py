@@ -150,6 +150,20 @@ def computed_flow(target: Fragments, source_xy: torch.Tensor) -> torch.Tensor:
     return (source_xy - grid) * target.mask.unsqueeze(-1)
 
 
+def target_maps(target: Fragments, faces: torch.Tensor, source_screen: torch.Tensor,
+                colors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The target's per-pixel guidance: (flow F_c ``(B, 2, H, W)`` (:func:`computed_flow` of the source positions
+    ``source_screen (B, V, 3)`` interpolated over the target raster), render ``(B, 3, H, W)`` (``colors (B, V, 3)``
+    interpolated), face mask ``(B, 1, H, W)`` float). On CPU one numba pass writes all three
+    (:func:`reenact.face3d.face_numba.target_maps_numba`, the same numbers)."""
+    kernels = cpu_kernels(target.triangle_id, target.bary, source_screen, colors)
+    if kernels is not None:
+        return kernels.target_maps_numba(target.triangle_id, target.bary, faces, source_screen, colors)
+    both = interpolate(target, faces, torch.cat([source_screen[..., :2], colors], -1))    # B x H x W x (2 + 3)
+    return (_nchw(computed_flow(target, both[..., :2])), _nchw(both[..., 2:]),
+            target.mask.unsqueeze(1).to(source_screen.dtype))
+
+
 def split_fragments(fragments: Fragments, b: int) -> tuple[Fragments, Fragments]:
     """Split a stacked raster of ``2B`` meshes into its first ``b`` and the rest."""
     first = Fragments(fragments.triangle_id[:b], fragments.bary[:b], fragments.depth[:b])
@@ -190,12 +204,12 @@ def compute_guidance(model: MorphableModel, source_coeffs: torch.Tensor, driving
     shaded = slice(0, 2 * b) if with_source_render else slice(b, 2 * b)     # meshes that need colours
     shown = shown_vertices(frags if with_source_render else frag_t, faces, model.num_vertices)
     colors = lit_colors(model, rest[shaded], rotation[shaded], both.tex[b:], both.gamma[shaded], shown)
-    target = interpolate(frag_t, faces, torch.cat([screen[:b, :, :2], colors[-b:]], -1))   # B x H x W x (2 + 3)
+    flow, render, face_mask = target_maps(frag_t, faces, screen[:b], colors[-b:])
     return Guidance(
-        flow=_nchw(computed_flow(frag_t, target[..., :2])),
+        flow=flow,
         occlusion=occlusion.unsqueeze(1),
-        render=_nchw(target[..., 2:]),
-        face_mask=frag_t.mask.unsqueeze(1).float(),
+        render=render,
+        face_mask=face_mask,
         source_render=_nchw(interpolate(frag_s, faces, colors[:b])) if with_source_render else None,
         source_mask=frag_s.mask.unsqueeze(1).float() if with_source_render else None)
 
