@@ -92,7 +92,6 @@ def lit_colors_numba(rest: torch.Tensor, rotation: torch.Tensor, albedo: torch.T
 @njit(cache=True)
 def _lit_colors(rest, rotation, albedo, light, triangles, adjacent, vertices, face_normals, out):
     N, B = rest.shape[0], albedo.shape[0]
-    sh = np.empty(9, np.float32)
     for n in range(N):
         _unit_face_normals(rest[n], triangles, face_normals)
         r, g, a = rotation[n], light[n], albedo[n % B]
@@ -101,24 +100,25 @@ def _lit_colors(rest, rotation, albedo, light, triangles, adjacent, vertices, fa
             cx = (r[0, 0] * x + r[0, 1] * y) + r[0, 2] * z        # camera-space normal: R n
             cy = (r[1, 0] * x + r[1, 1] * y) + r[1, 2] * z
             cz = (r[2, 0] * x + r[2, 1] * y) + r[2, 2] * z
-            _sh_basis(cx, cy, cz, sh)
-            for ch in range(3):
-                irradiance = np.float32(0.0)
-                for k in range(9):
-                    irradiance += sh[k] * g[ch, k]
+            s0, s1, s2, s3, s4, s5, s6, s7, s8 = _sh_basis(cx, cy, cz)
+            for ch in range(3):                   # scalars, not a 9-array: ~10% faster
+                irradiance = ((((((((s0 * g[ch, 0] + s1 * g[ch, 1]) + s2 * g[ch, 2]) + s3 * g[ch, 3])
+                                  + s4 * g[ch, 4]) + s5 * g[ch, 5]) + s6 * g[ch, 6]) + s7 * g[ch, 7])
+                              + s8 * g[ch, 8])
                 out[n, v, ch] = irradiance * a[v, ch]
 
 
 @njit(cache=True)
 def _unit_face_normals(verts, triangles, normals):
-    """``normalize(cross(v0 - v1, v1 - v2))`` of every triangle into ``normals[:F]`` (row F stays 0)."""
+    """``normalize(cross(v0 - v1, v1 - v2))`` of every triangle into ``normals[:F]`` (row F stays 0); one division
+    per triangle (times the reciprocal: within an ulp of F.normalize's division)."""
     for f in range(triangles.shape[0]):
         i0, i1, i2 = triangles[f, 0], triangles[f, 1], triangles[f, 2]
         ux, uy, uz = verts[i0, 0] - verts[i1, 0], verts[i0, 1] - verts[i1, 1], verts[i0, 2] - verts[i1, 2]
         wx, wy, wz = verts[i1, 0] - verts[i2, 0], verts[i1, 1] - verts[i2, 1], verts[i1, 2] - verts[i2, 2]
         nx, ny, nz = uy * wz - uz * wy, uz * wx - ux * wz, ux * wy - uy * wx
-        norm = max(np.sqrt(nx * nx + ny * ny + nz * nz), _NORMAL_EPS)
-        normals[f, 0], normals[f, 1], normals[f, 2] = nx / norm, ny / norm, nz / norm
+        inverse = np.float32(1.0) / max(np.sqrt(nx * nx + ny * ny + nz * nz), _NORMAL_EPS)
+        normals[f, 0], normals[f, 1], normals[f, 2] = nx * inverse, ny * inverse, nz * inverse
 
 
 @njit(cache=True, inline="always")
@@ -130,17 +130,15 @@ def _unit_vertex_normal(face_normals, adjacent, v):
         x += face_normals[f, 0]
         y += face_normals[f, 1]
         z += face_normals[f, 2]
-    norm = max(np.sqrt(x * x + y * y + z * z), _NORMAL_EPS)
-    return x / norm, y / norm, z / norm
+    inverse = np.float32(1.0) / max(np.sqrt(x * x + y * y + z * z), _NORMAL_EPS)
+    return x * inverse, y * inverse, z * inverse
 
 
 @njit(cache=True, inline="always")
-def _sh_basis(x, y, z, out):
+def _sh_basis(x, y, z):
     """Deep3D's 9 SH basis values (:func:`reenact.face3d.shading.sh_basis`) at the unit normal (x, y, z)."""
-    out[0], out[1], out[2], out[3] = _K0, -_K1 * y, _K1 * z, -_K1 * x
-    out[4], out[5], out[7] = _K2 * x * y, -_K2 * y * z, -_K2 * x * z
-    out[6] = _K6 * (np.float32(3.0) * (z * z) - np.float32(1.0))
-    out[8] = _K8 * (x * x - y * y)
+    return (_K0, -_K1 * y, _K1 * z, -_K1 * x, _K2 * x * y, -_K2 * y * z,
+            _K6 * (np.float32(3.0) * (z * z) - np.float32(1.0)), -_K2 * x * z, _K8 * (x * x - y * y))
 
 
 def depth_tested_occlusion_numba(target_id: torch.Tensor, source_depth: torch.Tensor, faces: torch.Tensor,
