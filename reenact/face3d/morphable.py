@@ -24,6 +24,9 @@ NUM_LANDMARKS = 68
 #: bases faster while the product is bandwidth-bound (a source and its target: 4.7 ms instead of 7.1); with 8 rows
 #: and more, one GEMM over all 144 rows is faster (perf/bench_guidance.py).
 SHARED_IDENTITY_MAX_ROWS = 4
+#: Products with the bases of at least this many coefficient rows go through oneDNN (:meth:`MorphableModel.
+#: _rows_product`); fewer rows are memory-bound, and plain sgemm reads the bases faster there (batch 1 of guidance).
+ONEDNN_MIN_ROWS = 4
 
 
 @dataclass(frozen=True, eq=False)
@@ -154,7 +157,7 @@ def _packable(coeffs: torch.Tensor, rows: torch.Tensor) -> bool:
     """Whether :meth:`MorphableModel._rows_product` may use oneDNN: float32 CPU tensors, no autograd, and torch's
     mkldnn ops present (x86 builds)."""
     return (coeffs.device.type == "cpu" and rows.device.type == "cpu" and coeffs.dtype == rows.dtype == torch.float32
-            and coeffs.dim() == 2 and coeffs.shape[0] > 0
+            and coeffs.dim() == 2 and coeffs.shape[0] >= ONEDNN_MIN_ROWS
             and not (torch.is_grad_enabled() and (coeffs.requires_grad or rows.requires_grad))
             and _onednn_linear_available())
 
