@@ -65,6 +65,7 @@ class MorphableModel:
         object.__setattr__(self, "_shape_rows", shape_rows)
         object.__setattr__(self, "_tex_rows", tex_rows)
         object.__setattr__(self, "_mean_flat", self.mean_shape.reshape(1, -1).contiguous())
+        object.__setattr__(self, "_mean_tex_flat", self.mean_tex.reshape(1, -1).contiguous())
         # point_buf with its -1 padding pointing at one zero normal after the last triangle (index_select needs it)
         padding = torch.full_like(self.vertex_triangles, self.triangles.shape[0])
         object.__setattr__(self, "_adjacent", torch.where(self.vertex_triangles < 0, padding, self.vertex_triangles))
@@ -96,9 +97,10 @@ class MorphableModel:
     def _rows_product(self, coeffs: torch.Tensor, name: str, start: int = 0, stop: int | None = None,
                       bias: torch.Tensor | None = None) -> torch.Tensor:
         """``coeffs (n, k) @ rows[start:stop]`` (+ ``bias (1, 3V)``) of the basis buffer ``name`` ("_shape_rows" or
-        "_tex_rows"). Float32 CPU products without autograd go through oneDNN with the basis reordered once into
-        its blocked layout (:func:`_packed_rows`): 1.2-1.6x faster than MKL's small-row sgemm, which reads the
-        ``(k, 3V)`` rows at ~24 GFLOP/s; the same values to float32 rounding. Elsewhere ``torch.addmm``."""
+        "_tex_rows"). Float32 CPU products of at least ``ONEDNN_MIN_ROWS`` rows without autograd go through oneDNN,
+        with the basis reordered once into its blocked layout (:func:`_packed_rows`): 1.2-1.6x faster than MKL's
+        small-row sgemm, which reads the ``(k, 3V)`` rows at ~24 GFLOP/s; the same values to float32 rounding.
+        Elsewhere ``torch.addmm``."""
         rows = getattr(self, name)[start:stop]
         packed = _packed_rows(self, name, start, stop) if _packable(coeffs, rows) else None
         if packed is None:
@@ -130,8 +132,8 @@ class MorphableModel:
 
     def albedo(self, tex_coeffs: torch.Tensor) -> torch.Tensor:
         """Per-vertex albedo ``(..., V, 3)`` in [0, 1] (Deep3D divides by 255) from ``(..., 80)``."""
-        flat = self._rows_product(tex_coeffs.reshape(-1, NUM_TEX), "_tex_rows").view(*tex_coeffs.shape[:-1], -1)
-        return (self.mean_tex + flat.unflatten(-1, (-1, 3))) / 255.0
+        flat = self._rows_product(tex_coeffs.reshape(-1, NUM_TEX), "_tex_rows", bias=self._mean_tex_flat)
+        return flat.div_(255.0).view(*tex_coeffs.shape[:-1], -1, 3)
 
     def vertex_normals(self, verts: torch.Tensor, vertices: torch.Tensor | None = None) -> torch.Tensor:
         """Unit vertex normals ``(..., V, 3)``: the normalised sum of adjacent unit face normals (as Deep3D).
