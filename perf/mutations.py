@@ -109,7 +109,7 @@ MUTATIONS: tuple[Mutation, ...] = (
              "lit_colors(model, rest[shaded], rotation[:b].repeat(2, 1, 1)[shaded],",
              T("test_guidance", "test_render_is_the_target_mesh_lit_in_the_target_pose"),
              "issue 15: the target mesh's normals rotated by the source pose"),
-    Mutation("guidance.I_r_from_source_colours", GUIDANCE, "colors[-b:]], -1))", "colors[:b]], -1))",
+    Mutation("guidance.I_r_from_source_colours", GUIDANCE, "screen[:b], colors[-b:])", "screen[:b], colors[:b])",
              T("test_guidance", "test_render_is_the_target_mesh_lit_in_the_target_pose"),
              "I_r interpolates the source mesh's colours; only differs with with_source_render=True (the default), "
              "which the I_r test runs as well as False"),
@@ -126,6 +126,9 @@ MUTATIONS: tuple[Mutation, ...] = (
              T("test_face3d_core", "test_shading_uses_the_posed_surface_normals")),
     Mutation("face_numba.occlusion_no_centroid_inside_check", FACE_NUMBA, "if inside and cz <=", "if cz <=",
              T("test_guidance", "test_occlusion_of_a_source_face_partly_outside_the_image_matches_brute_force")),
+    Mutation("face_numba.flow_sign", FACE_NUMBA, "flow[b, 0, i, j] = x - (np.float32(j) + half)",
+             "flow[b, 0, i, j] = (np.float32(j) + half) - x",
+             T("test_guidance", "test_pure_yaw_flow_matches_analytic_reprojection")),
     Mutation("face_numba.occlusion_ignores_depth", FACE_NUMBA, "if inside and cz <= (zbuf + tolerance) + slack",
              "if inside", T("test_guidance", "test_large_yaw_marks_the_self_occluded_cheek_occluded")),
     # ---------------------------------------------------------------------------------------------- crop range

@@ -308,3 +308,22 @@ def test_numba_kernels_serve_only_cpu_float32_tensors_without_autograd():
     assert cpu_kernels(x.requires_grad_(True)) is None
     with torch.no_grad():
         assert cpu_kernels(x) is not None
+
+
+def test_target_maps_kernel_equals_the_torch_code(model, monkeypatch):
+    """The one-pass numba target maps (flow, render, face mask) are the torch code's interpolate + computed_flow,
+    bit for bit, on a raster with empty pixels."""
+    from reenact.face3d import face
+    from reenact.face3d.guidance import target_maps
+
+    cam = PerspectiveCamera.deep3d(SIZE)
+    c = torch.cat([coeffs(yaw=-0.4, exp_seed=1, seed=2), coeffs(yaw=0.3, pitch=0.2, exp_seed=3, seed=4)])
+    screen = cam.project(model.shape(c[:, ID], c[:, EXP]) @ euler_to_matrix(c[:, ANGLE]).mT + c[:, None, TRANS])
+    frag = rasterize(screen.flip(0), model.triangles, RasterSettings(image_size=(SIZE, SIZE)))
+    colors = torch.rand(2, model.num_vertices, 3, generator=torch.Generator().manual_seed(0))
+    fast = target_maps(frag, model.triangles, screen, colors)
+    monkeypatch.setattr(face, "numba_kernels", lambda *args: None)
+    reference = target_maps(frag, model.triangles, screen, colors)
+    assert 0.1 < reference[2].mean() < 0.9
+    for got, expected in zip(fast, reference):
+        assert got.shape == expected.shape and torch.equal(got, expected)

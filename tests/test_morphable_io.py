@@ -93,3 +93,27 @@ def test_adjacent_triangles_matches_brute_force():
         assert sorted(t for t in got[v] if t >= 0) == [t for t in range(40) if v in tri[t]]
     capped = adjacent_triangles(tri, 12, width=2)               # extra neighbours are dropped, never wrong
     assert all(t in [u for u in range(40) if v in tri[u]] for v in range(12) for t in capped[v] if t >= 0)
+
+
+def test_eq1_and_albedo_products_match_float64_on_every_path(monkeypatch):
+    """Eq. 1 (one product, and the identity shared by a source and its target) and the albedo against float64, with
+    the oneDNN-blocked bases (float32 CPU without autograd, where torch has oneDNN) and with the plain product."""
+    from reenact.face3d import morphable
+    from reenact.face3d.procedural import procedural_model
+
+    model = procedural_model("small")
+    monkeypatch.setattr(morphable, "ONEDNN_MIN_ROWS", 1)                  # these products have 3 and 6 rows
+    g = torch.Generator().manual_seed(1)
+    alpha, beta, tex = torch.randn(3, 80, generator=g), torch.randn(2, 3, 64, generator=g), torch.randn(3, 80, generator=g)
+    mean, id_base, exp_base = model.mean_shape.double().reshape(-1), model.id_base.double(), model.exp_base.double()
+    expected = (mean + alpha.double() @ id_base.T + beta.double() @ exp_base.T).reshape(2, 3, -1, 3)
+    expected_albedo = (model.mean_tex.double() + (tex.double() @ model.tex_base.double().T).reshape(3, -1, 3)) / 255
+    for packable in (True, False):
+        if not packable:
+            monkeypatch.setattr(morphable, "_packable", lambda *args: False)
+        one_product = model.shape(alpha.expand(2, 3, 80).contiguous(), beta)
+        assert torch.allclose(one_product.double(), expected, atol=2e-5)
+        assert torch.allclose(model.shape(alpha[None], beta).double(), expected, atol=2e-5)       # shared identity
+        assert torch.allclose(model.albedo(tex).double(), expected_albedo, atol=1e-5)
+    if morphable._onednn_linear_available():
+        assert any(p is not None for p in model._packed.values())                             # oneDNN really ran

@@ -409,6 +409,19 @@ def test_numba_backend_equals_torch_backend_on_random_meshes(seed):
         assert_same_raster(*frames)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_rasterize_depth_is_the_full_rasters_depth(seed):
+    """The depth-only raster (numba skips the ids and barycentrics) against the full raster of each backend, bit for
+    bit, including the +inf of empty pixels and with culling."""
+    verts, faces = random_mesh(200 + seed, batch=2, size=(40, 52))
+    for cull in (False, True):
+        for backend in RASTERIZERS:
+            settings = RasterSettings((40, 52), cull_backfaces=cull, backend=backend)
+            full, depth = rasterize(verts, faces, settings), raster.rasterize_depth(verts, faces, settings)
+            assert (~full.mask).any() and full.mask.any()
+            assert torch.equal(depth, full.depth), backend
+
+
 def test_numba_backend_equals_torch_backend_on_the_face_mesh():
     from reenact.face3d.camera import PerspectiveCamera
     from reenact.face3d.coeffs import ANGLE, ID

@@ -1,8 +1,8 @@
 """The 3DMM guidance of the paper for a (source, driving) coefficient pair: F_c (Eq. 3), O_c (Eq. 4) and I_r.
 
 Given v_s and v_d, the target is v_t = (alpha_s, beta_d, delta_s, gamma_s, p_d). Both meshes share the source
-identity, so the vertex maths is done once for the stacked batch [source; target], and both are rasterized in one
-call.
+identity, so the vertex maths is done once for the stacked batch [source; target]; without the source render only the
+source's z-buffer is rasterized (:func:`reenact.face3d.raster.rasterize_depth`).
 
 * ``flow`` F_c ``(B, 2, H, W)``: at each target pixel, the screen-space interpolation of the *source* mesh's
   projected vertex positions, minus the pixel-centre grid G(h, w): a backward flow in pixels, channel 0 = x,
@@ -31,7 +31,7 @@ from reenact.face3d.camera import PerspectiveCamera, pixel_grid, pixel_to_grid
 from reenact.face3d.coeffs import Coeffs, check_coeffs, target_coeffs
 from reenact.face3d.face import build_face, cpu_kernels, lit_colors, shown_vertices
 from reenact.face3d.morphable import MorphableModel
-from reenact.face3d.raster import Fragments, RasterSettings, exact_backend, interpolate, rasterize
+from reenact.face3d.raster import Fragments, RasterSettings, exact_backend, interpolate, rasterize, rasterize_depth
 
 #: Depth slack (decimetres, i.e. 1 mm) for the depth-tested occlusion rule: far below the depth gap of any real
 #: self-occlusion (nose over cheek, the far cheek at large yaw), above the sub-pixel depth variation of a surface.
@@ -104,10 +104,16 @@ def depth_tested_occlusion(target: Fragments, source: Fragments, faces: torch.Te
                            tolerance: float | None = None) -> torch.Tensor:
     """Eq. 4 with the depth-test rule: ``(B, H, W)`` float, :func:`depth_tested_triangles` of each covered target
     pixel's triangle (the same test, run only for the triangles the target shows, once per pixel)."""
+    return _depth_tested_occlusion(target, source.depth, faces, source_screen, tolerance)
+
+
+def _depth_tested_occlusion(target: Fragments, source_depth: torch.Tensor, faces: torch.Tensor,
+                            source_screen: torch.Tensor, tolerance: float | None = None) -> torch.Tensor:
+    """:func:`depth_tested_occlusion` from the source z-buffer ``(B, H, W)`` alone."""
     tolerance = DEPTH_TOLERANCE if tolerance is None else tolerance
-    kernels = cpu_kernels(target.triangle_id, source.depth, source_screen)
+    kernels = cpu_kernels(target.triangle_id, source_depth, source_screen)
     if kernels is not None:
-        return kernels.depth_tested_occlusion_numba(target.triangle_id, source.depth, faces, source_screen, tolerance,
+        return kernels.depth_tested_occlusion_numba(target.triangle_id, source_depth, faces, source_screen, tolerance,
                                                     SLOPE_CAP)
     b, h, w = target.triangle_id.shape
     ids = target.triangle_id.reshape(-1)
@@ -116,7 +122,7 @@ def depth_tested_occlusion(target: Fragments, source: Fragments, faces: torch.Te
     batch = covered // (h * w)
     corner_ids = faces.index_select(0, triangle) + (batch * source_screen.shape[1]).unsqueeze(1)    # n x 3
     corners = source_screen.reshape(-1, 3).index_select(0, corner_ids.reshape(-1)).view(-1, 3, 3)
-    visible = _centroids_visible(corners, batch, source.depth, tolerance)
+    visible = _centroids_visible(corners, batch, source_depth, tolerance)
     occlusion = torch.zeros(b * h * w, dtype=source_screen.dtype, device=ids.device)
     return occlusion.index_copy_(0, covered, visible.to(occlusion.dtype)).view(b, h, w)
 
@@ -150,6 +156,20 @@ def computed_flow(target: Fragments, source_xy: torch.Tensor) -> torch.Tensor:
     return (source_xy - grid) * target.mask.unsqueeze(-1)
 
 
+def target_maps(target: Fragments, faces: torch.Tensor, source_screen: torch.Tensor,
+                colors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The target's per-pixel guidance: (flow F_c ``(B, 2, H, W)`` (:func:`computed_flow` of the source positions
+    ``source_screen (B, V, 3)`` interpolated over the target raster), render ``(B, 3, H, W)`` (``colors (B, V, 3)``
+    interpolated), face mask ``(B, 1, H, W)`` float). On CPU one numba pass writes all three
+    (:func:`reenact.face3d.face_numba.target_maps_numba`, the same numbers)."""
+    kernels = cpu_kernels(target.triangle_id, target.bary, source_screen, colors)
+    if kernels is not None:
+        return kernels.target_maps_numba(target.triangle_id, target.bary, faces, source_screen, colors)
+    both = interpolate(target, faces, torch.cat([source_screen[..., :2], colors], -1))    # B x H x W x (2 + 3)
+    return (_nchw(computed_flow(target, both[..., :2])), _nchw(both[..., 2:]),
+            target.mask.unsqueeze(1).to(source_screen.dtype))
+
+
 def split_fragments(fragments: Fragments, b: int) -> tuple[Fragments, Fragments]:
     """Split a stacked raster of ``2B`` meshes into its first ``b`` and the rest."""
     first = Fragments(fragments.triangle_id[:b], fragments.bary[:b], fragments.depth[:b])
@@ -181,21 +201,26 @@ def compute_guidance(model: MorphableModel, source_coeffs: torch.Tensor, driving
     mesh = build_face(model, both, camera, with_colors=False, identities=b)   # v_t has alpha_s: Eq. 1 shares it
     rest, rotation, screen, both = mesh.rest, mesh.rotation, mesh.screen, Coeffs.from_vector(both)
     backend = backend or exact_backend(screen.device)                       # numba on CPU, else torch
-    frags = rasterize(screen, faces, RasterSettings(image_size=(camera.height, camera.width), backend=backend))
-    frag_s, frag_t = split_fragments(frags, b)
-    if occlusion_rule == "depth_test":
-        occlusion = depth_tested_occlusion(frag_t, frag_s, faces, screen[:b])
+    settings = RasterSettings(image_size=(camera.height, camera.width), backend=backend)
+    if occlusion_rule == "depth_test" and not with_source_render:    # the source raster serves its z-buffer only
+        frag_t = rasterize(screen[b:], faces, settings)
+        occlusion = _depth_tested_occlusion(frag_t, rasterize_depth(screen[:b], faces, settings), faces, screen[:b])
     else:
-        occlusion = occlusion_map(frag_t, frag_s, model.num_triangles)
+        frags = rasterize(screen, faces, settings)
+        frag_s, frag_t = split_fragments(frags, b)
+        if occlusion_rule == "depth_test":
+            occlusion = depth_tested_occlusion(frag_t, frag_s, faces, screen[:b])
+        else:
+            occlusion = occlusion_map(frag_t, frag_s, model.num_triangles)
     shaded = slice(0, 2 * b) if with_source_render else slice(b, 2 * b)     # meshes that need colours
     shown = shown_vertices(frags if with_source_render else frag_t, faces, model.num_vertices)
     colors = lit_colors(model, rest[shaded], rotation[shaded], both.tex[b:], both.gamma[shaded], shown)
-    target = interpolate(frag_t, faces, torch.cat([screen[:b, :, :2], colors[-b:]], -1))   # B x H x W x (2 + 3)
+    flow, render, face_mask = target_maps(frag_t, faces, screen[:b], colors[-b:])
     return Guidance(
-        flow=_nchw(computed_flow(frag_t, target[..., :2])),
+        flow=flow,
         occlusion=occlusion.unsqueeze(1),
-        render=_nchw(target[..., 2:]),
-        face_mask=frag_t.mask.unsqueeze(1).float(),
+        render=render,
+        face_mask=face_mask,
         source_render=_nchw(interpolate(frag_s, faces, colors[:b])) if with_source_render else None,
         source_mask=frag_s.mask.unsqueeze(1).float() if with_source_render else None)
 

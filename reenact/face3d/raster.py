@@ -110,6 +110,16 @@ def rasterize(verts: torch.Tensor, faces: torch.Tensor, settings: RasterSettings
     return Fragments(triangle_id=triangle_id, bary=bary, depth=depth)
 
 
+def rasterize_depth(verts: torch.Tensor, faces: torch.Tensor, settings: RasterSettings) -> torch.Tensor:
+    """Only the z-buffer of :func:`rasterize`: ``(B, H, W)`` depth, +inf where empty (the same values). The numba
+    backend then skips the triangle ids and barycentrics (about a seventh of its time); the others rasterize fully."""
+    _check_inputs(verts, faces)
+    if resolve_backend(settings.backend, verts.device) == "numba":
+        return numba_kernels().rasterize_numba(verts, faces, settings.image_size, settings.cull_backfaces,
+                                               depth_only=True)[2]
+    return rasterize(verts, faces, settings).depth
+
+
 def interpolate(fragments: Fragments, faces: torch.Tensor, attrs: torch.Tensor) -> torch.Tensor:
     """Interpolate per-vertex attributes at every pixel, affinely in screen space.
 

@@ -44,9 +44,10 @@ _FLOAT32_INF_BITS = 0x7F800000
 
 
 def rasterize_numba(verts: torch.Tensor, faces: torch.Tensor, image_size: tuple[int, int],
-                    cull_backfaces: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    cull_backfaces: bool, depth_only: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The numba backend: ``(B, V, 3)`` float CPU screen vertices, ``(F, 3)`` int faces -> triangle ids ``(B, H, W)``
-    int64, barycentrics ``(B, H, W, 3)`` (a channels-last view of a ``(3, B, H, W)`` tensor) and depth ``(B, H, W)``."""
+    int64, barycentrics ``(B, H, W, 3)`` (a channels-last view of a ``(3, B, H, W)`` tensor) and depth ``(B, H, W)``.
+    With ``depth_only`` only the depth is decoded (the same values); ids and barycentrics are then left unwritten."""
     H, W = image_size
     B = verts.shape[0]
     xyz = verts.detach().to(torch.float32).contiguous().numpy()
@@ -54,7 +55,8 @@ def rasterize_numba(verts: torch.Tensor, faces: torch.Tensor, image_size: tuple[
     triangle_id = np.empty((B, H, W), np.int64)
     bary = np.empty((3, B, H, W), np.float32)
     depth = np.empty((B, H, W), np.float32)
-    _rasterize(xyz, tri, H, W, bool(cull_backfaces), torch_fuses_multiply_add(), triangle_id, bary, depth)
+    _rasterize(xyz, tri, H, W, bool(cull_backfaces), torch_fuses_multiply_add(), triangle_id, bary, depth,
+               bool(depth_only))
     return torch.from_numpy(triangle_id), torch.from_numpy(bary).permute(1, 2, 3, 0), torch.from_numpy(depth)
 
 
@@ -150,14 +152,17 @@ def _key(d, f):
 
 
 @njit(cache=True)
-def _rasterize(xyz, faces, H, W, cull, fused, triangle_id, bary, depth):
+def _rasterize(xyz, faces, H, W, cull, fused, triangle_id, bary, depth, depth_only):
     """Every mesh of ``xyz (B, V, 3)`` float32 into the preallocated outputs."""
     keys = np.empty(H * W, np.int64)
     for b in range(xyz.shape[0]):
         keys[:] = _EMPTY_KEY
         for f in range(faces.shape[0]):
             _scan_triangle(xyz, b, faces[f, 0], faces[f, 1], faces[f, 2], f, H, W, cull, fused, keys)
-        _decode(xyz, faces, keys, H, W, b, fused, triangle_id, bary, depth)
+        if depth_only:
+            _decode_depth(keys, H, W, b, depth)
+        else:
+            _decode(xyz, faces, keys, H, W, b, fused, triangle_id, bary, depth)
 
 
 @njit(cache=True, inline="always")   # inlined into the loop over triangles: ~10% faster than a call
@@ -279,6 +284,15 @@ def _decode(xyz, faces, keys, H, W, b, fused, triangle_id, bary, depth):
             bary[0, b, i, j] = w0 * r
             bary[1, b, i, j] = w1 * r
             bary[2, b, i, j] = w2 * r
+
+
+@njit(cache=True)
+def _decode_depth(keys, H, W, b, depth):
+    """Mesh ``b``'s winning keys -> its depth only (as :func:`_decode`)."""
+    for p in range(H * W):
+        order = keys[p] >> 32
+        o = _min(order, _FLOAT32_INF_BITS)      # empty keys and NaN orders read as +inf
+        depth[b, p // W, p % W] = _bits_float32(np.int32(((o >> 31) & _LOW_31) ^ o))
 
 
 def interpolate_numba(triangle_id: torch.Tensor, bary: torch.Tensor, faces: torch.Tensor,
