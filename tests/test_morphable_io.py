@@ -1,6 +1,8 @@
 """BFM09 conversion and the BFM_model_front.mat loader, on small files written in the official formats."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -117,3 +119,26 @@ def test_eq1_and_albedo_products_match_float64_on_every_path(monkeypatch):
         assert torch.allclose(model.albedo(tex).double(), expected_albedo, atol=1e-5)
     if morphable._onednn_linear_available():
         assert any(p is not None for p in model._packed.values())                             # oneDNN really ran
+
+
+def test_a_refused_onednn_product_falls_back_to_addmm(monkeypatch):
+    """When the private oneDNN op raises at call time, the product is the plain one and oneDNN is not tried again."""
+    from reenact.face3d import morphable
+    from reenact.face3d.procedural import procedural_model
+
+    if not morphable._onednn_linear_available():
+        pytest.skip("this torch build has no oneDNN linear ops, so there is nothing to refuse")
+    model = dataclasses.replace(procedural_model("small"))      # a copy: no oneDNN bases packed by other tests
+    monkeypatch.setattr(morphable, "ONEDNN_MIN_ROWS", 1)
+    tex = torch.randn(3, 80, generator=torch.Generator().manual_seed(2))
+    plain = (model.mean_tex + (tex @ model._tex_rows).unflatten(-1, (-1, 3))) / 255.0
+    calls = []
+
+    def refuse(*args):
+        calls.append(1)
+        raise RuntimeError("oneDNN refused")
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", refuse)
+    for _ in range(2):
+        assert torch.allclose(model.albedo(tex), plain, atol=1e-6)
+    assert len(calls) == 1 and all(p is None for p in model._packed.values())

@@ -103,10 +103,13 @@ class MorphableModel:
         Elsewhere ``torch.addmm``."""
         rows = getattr(self, name)[start:stop]
         packed = _packed_rows(self, name, start, stop) if _packable(coeffs, rows) else None
-        if packed is None:
-            return coeffs @ rows if bias is None else torch.addmm(bias, coeffs, rows)
-        return torch.ops.mkldnn._linear_pointwise(coeffs.contiguous(), packed, None if bias is None else bias[0],
-                                                  "none", [], "")
+        if packed is not None:
+            try:
+                return torch.ops.mkldnn._linear_pointwise(coeffs.contiguous(), packed,
+                                                          None if bias is None else bias[0], "none", [], "")
+            except RuntimeError:  # a private op whose call oneDNN refuses on this CPU or build: never again here
+                self.__dict__["_packed"][(name, start, stop)] = None
+        return coeffs @ rows if bias is None else torch.addmm(bias, coeffs, rows)
 
     def shape(self, id_coeffs: torch.Tensor, exp_coeffs: torch.Tensor) -> torch.Tensor:
         """Eq. 1 before pose: ``(..., 80)``, ``(..., 64)`` (broadcastable) -> vertices ``(..., V, 3)``.
