@@ -130,6 +130,12 @@ class FitConfig:
                 "(0: off)"})
     exp_step: float = field(default=0.5, metadata={
         "help": "temporal term: std of the expression change between neighbouring frames (0: off)"})
+    id_rms_bound: float = field(default=1.3, metadata={
+        "help": "when the fitted identity's RMS exceeds this, the identity prior is made stronger (by (RMS / bound)^4, "
+                "at most id_bound_steps times) and the chunk refitted: a face the model can only reach from outside "
+                "its prior (a real clip needed RMS 1.67 for 448 frames) is held at the prior's edge instead of being "
+                "written implausible. Faces drawn from the prior (RMS ~1) never trigger it (0: off)"})
+    id_bound_steps: int = field(default=3, metadata={"help": "at most this many refits for id_rms_bound"})
 
 
 @dataclass(frozen=True)
@@ -738,7 +744,22 @@ def _fit(target: torch.Tensor, image_size: int, bases: LandmarkBases, config: Fi
             problem = replace(problem, sqrt_w=weights.sqrt() * frame_weights.sqrt()[:, None] / noise)
             problem, state, more = _joint_stage(problem, state, config)
             joint_its += more
+        problem, state, more = _bounded_identity(problem, state, config)
+        joint_its += more
     return _result(problem, state, pose_its + joint_its)
+
+
+def _bounded_identity(problem: _Problem, state: _State, config: FitConfig) -> tuple[_Problem, _State, int]:
+    """Refit with a stronger identity prior while the identity's RMS exceeds ``config.id_rms_bound`` (see there)."""
+    iterations = 0
+    for _ in range(config.id_bound_steps if config.fit_identity and config.id_rms_bound > 0 else 0):
+        rms = float(state.alpha.square().mean().sqrt())
+        if rms <= config.id_rms_bound:
+            break
+        problem = replace(problem, id_precision=problem.id_precision * (rms / config.id_rms_bound) ** 4)
+        problem, state, more = _joint_stage(problem, state, config)
+        iterations += more
+    return problem, state, iterations
 
 
 def frame_rmse(problem: _Problem, state: _State) -> torch.Tensor:
