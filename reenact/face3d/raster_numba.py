@@ -197,11 +197,7 @@ def _scan_triangle(xyz, b, i0, i1, i2, f, H, W, cull, fused, keys):
             keys[origin] = k
     if ext_x <= 0 and ext_y <= 0:
         return
-    # edge k runs from corner k + 1 to corner k + 2: E_k(dj, di) = E_k - ey_k dj + ex_k di
-    ex0, ex1, ex2 = e2x - e1x, -e2x, e1x
-    ey0, ey1, ey2 = e2y - e1y, -e2y, e1y
-    ddx = -(mad(ey2, dz2, ey1 * dz1, fused) / area2)
-    ddy = mad(ex2, dz2, ex1 * dz1, fused) / area2
+    ex0, ex1, ex2, ey0, ey1, ey2, ddx, ddy = _edges_and_depth_slopes(e1x, e2x, e1y, e2y, dz1, dz2, area2, fused)
     for di in range(np.int64(ext_y) + 1):
         fi = np.float32(di)
         for dj in range(np.int64(ext_x) + 1):
@@ -216,6 +212,17 @@ def _scan_triangle(xyz, b, i0, i1, i2, f, H, W, cull, fused, keys):
                 p = origin + di * W + dj
                 if k < keys[p]:
                     keys[p] = k
+
+
+@njit(cache=True, inline="always")
+def _edges_and_depth_slopes(e1x, e2x, e1y, e2y, dz1, dz2, area2, fused):
+    """Edge vectors (ex_k, ey_k) and depth slopes d depth / d dj, d depth / d di of a triangle, in the precision of
+    its inputs: edge k runs from corner k + 1 to corner k + 2, E_k(dj, di) = E_k - ey_k dj + ex_k di."""
+    ex0, ex1, ex2 = e2x - e1x, -e2x, e1x
+    ey0, ey1, ey2 = e2y - e1y, -e2y, e1y
+    ddx = -(mad(ey2, dz2, ey1 * dz1, fused) / area2)
+    ddy = mad(ex2, dz2, ex1 * dz1, fused) / area2
+    return ex0, ex1, ex2, ey0, ey1, ey2, ddx, ddy
 
 
 @njit(cache=True)
@@ -235,10 +242,7 @@ def _scan_box_float64(x0, y0, z0, x1, y1, z1, x2, y2, z2, lo_x, lo_y, ext_x, ext
     c0 = (area2 - c1) - c2
     dz1, dz2 = np.float64(z1) - Z0, np.float64(z2) - Z0
     d0 = mad(c2, dz2, c1 * dz1, fused) / area2 + Z0
-    ex0, ex1, ex2 = e2x - e1x, -e2x, e1x
-    ey0, ey1, ey2 = e2y - e1y, -e2y, e1y
-    ddx = -(mad(ey2, dz2, ey1 * dz1, fused) / area2)
-    ddy = mad(ex2, dz2, ex1 * dz1, fused) / area2
+    ex0, ex1, ex2, ey0, ey1, ey2, ddx, ddy = _edges_and_depth_slopes(e1x, e2x, e1y, e2y, dz1, dz2, area2, fused)
     for di in range(np.int64(ext_y) + 1):
         fi = np.float64(di)
         for dj in range(np.int64(ext_x) + 1):
