@@ -384,7 +384,22 @@ def close_limiter(name: str) -> None:
         try:
             ray.kill(ray.get_actor(name, namespace=RayLimiter.NAMESPACE))
         except ValueError:
-            pass
+            return
+        _wait_until_name_is_free(name, RayLimiter.NAMESPACE)
+
+
+def _wait_until_name_is_free(name: str, namespace: str, timeout: float = 10.0) -> None:
+    """``ray.kill`` returns before the cluster forgets a named actor: wait (bounded) until ``get_actor`` no longer
+    finds it, so that a limiter closed here is gone for every later caller."""
+    import ray
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(name, namespace=namespace)
+        except ValueError:
+            return
+        time.sleep(0.05)
 
 
 @contextlib.contextmanager
