@@ -79,6 +79,21 @@ def _problem(model, coeffs, landmarks):
                        torch.ones_like(depth))
 
 
+def dense_system(h_aa, h_af, h_ff, coupling=None) -> torch.Tensor:
+    """The whole LM system as one dense matrix: identity block ``h_aa``, per-frame blocks ``h_ff`` (70 unknowns
+    each), their coupling ``h_af``, and (given) the temporal term's ``-diag(coupling[t])`` between frames t, t + 1."""
+    frames = len(h_ff)
+    dense = torch.zeros(80 + 70 * frames, 80 + 70 * frames, dtype=torch.float64)
+    dense[:80, :80] = h_aa
+    for t in range(frames):
+        block = slice(80 + 70 * t, 80 + 70 * (t + 1))
+        dense[:80, block], dense[block, :80], dense[block, block] = h_af[t], h_af[t].T, h_ff[t]
+        if coupling is not None and t < frames - 1:
+            nxt = slice(80 + 70 * (t + 1), 80 + 70 * (t + 2))
+            dense[block, nxt] = dense[nxt, block] = -torch.diag(coupling[t])
+    return dense
+
+
 def _state(coeffs):
     c = torch.as_tensor(coeffs, dtype=torch.float64)
     return lf._State(c[0, ID].clone(), c[:, EXP].clone(), euler_to_matrix(c[:, ANGLE]), c[:, TRANS].clone())
@@ -220,12 +235,7 @@ def test_schur_step_equals_the_dense_solve(small_model):
     problem = _problem(small_model, c, truth_landmarks(small_model, c) + rng.normal(0, 2, (3, 68, 2)))
     g_a, g_f, h_aa, h_af, h_ff = lf._normal_equations(problem, _state(c))
     d_alpha, d_frame = lf._joint_step(g_a, g_f, h_aa, h_af, h_ff, 0.0, torch.ones(70, dtype=torch.bool), True)
-    n = 80 + 3 * 70
-    dense = torch.zeros(n, n, dtype=torch.float64)
-    dense[:80, :80] = h_aa
-    for t in range(3):
-        block = slice(80 + 70 * t, 80 + 70 * (t + 1))
-        dense[:80, block], dense[block, :80], dense[block, block] = h_af[t], h_af[t].T, h_ff[t]
+    dense = dense_system(h_aa, h_af, h_ff)
     expected = torch.linalg.solve(dense, -torch.cat([g_a, g_f.reshape(-1)]))
     torch.testing.assert_close(torch.cat([d_alpha, d_frame.reshape(-1)]), expected, atol=1e-6, rtol=1e-6)
 
@@ -244,15 +254,7 @@ def test_temporal_chain_step_equals_the_dense_solve(small_model):
     g_a, g_f, h_aa, h_af, h_ff = lf._normal_equations(problem, state)
     coupling = lf.temporal_coupling(problem)
     assert coupling[1].abs().max() == 0 and coupling[0].abs().min() > 0
-    n = 80 + 4 * 70
-    dense = torch.zeros(n, n, dtype=torch.float64)
-    dense[:80, :80] = h_aa
-    for t in range(4):
-        block = slice(80 + 70 * t, 80 + 70 * (t + 1))
-        dense[:80, block], dense[block, :80], dense[block, block] = h_af[t], h_af[t].T, h_ff[t]
-        if t < 3:
-            nxt = slice(80 + 70 * (t + 1), 80 + 70 * (t + 2))
-            dense[block, nxt] = dense[nxt, block] = -torch.diag(coupling[t])
+    dense = dense_system(h_aa, h_af, h_ff, coupling)
     frame = torch.zeros(4, 70, dtype=torch.float64)
     temporal = lambda f: problem.temporal_cost(state.step(torch.zeros(80, dtype=torch.float64), f))  # noqa: E731
     hessian = torch.autograd.functional.hessian(temporal, frame, vectorize=True).reshape(280, 280) / 2
