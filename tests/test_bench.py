@@ -222,7 +222,7 @@ def test_killed_and_resumed_bench_gives_identical_results(synth_run, tmp_path):
     first_shard = killed_dir / "generated" / "render" / "generated-00000.stats.json"
     deadline = time.time() + 300
     while not first_shard.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
+        time.sleep(0.002)                                # a render shard takes ~25 ms now: kill right after one
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert first_shard.exists() and not (killed_dir / "results.json").exists()
