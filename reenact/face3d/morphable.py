@@ -20,10 +20,6 @@ from reenact.face3d.coeffs import EXP, ID, TEX
 
 NUM_ID, NUM_EXP, NUM_TEX = ID.stop - ID.start, EXP.stop - EXP.start, TEX.stop - TEX.start
 NUM_LANDMARKS = 68
-#: Eq. 1 computes a broadcast identity part once when it has at most this many rows. On one CPU thread that reads the
-#: bases faster while the product is bandwidth-bound (a source and its target: 4.7 ms instead of 7.1); with 8 rows
-#: and more, one GEMM over all 144 rows is faster (perf/bench_guidance.py).
-SHARED_IDENTITY_MAX_ROWS = 4
 #: Products with the bases of at least this many coefficient rows go through oneDNN (:meth:`MorphableModel.
 #: _rows_product`); fewer rows are memory-bound, and plain sgemm reads the bases faster there (batch 1 of guidance).
 ONEDNN_MIN_ROWS = 4
@@ -115,23 +111,30 @@ class MorphableModel:
         """Eq. 1 before pose: ``(..., 80)``, ``(..., 64)`` (broadcastable) -> vertices ``(..., V, 3)``.
 
         An identity broadcast over several expressions (e.g. ``(1, B, 80)`` with ``(2, B, 64)``: a source and its
-        target) has ``V_mean + alpha V_id`` computed once when it has few rows (the same values to float32 rounding).
+        target) has ``V_mean + alpha V_id`` computed once per identity row (:meth:`identity_shape`), then each
+        expression part added to it (:meth:`add_expression`; the same values to float32 rounding). On one CPU
+        thread that is also faster than one product over all 144 basis rows at every batch size (a source and its
+        target at batch 8: 4.7 ms instead of 8.4).
         """
         batch = torch.broadcast_shapes(id_coeffs.shape[:-1], exp_coeffs.shape[:-1])
-        identities = id_coeffs.shape[:-1].numel()
-        if identities <= SHARED_IDENTITY_MAX_ROWS and identities < batch.numel():
-            return self._shape_shared_identity(id_coeffs, exp_coeffs, batch)
+        if id_coeffs.shape[:-1].numel() < batch.numel():
+            return self.add_expression(self.identity_shape(id_coeffs), exp_coeffs)
         coeffs = torch.cat([id_coeffs.expand(*batch, -1), exp_coeffs.expand(*batch, -1)], -1)   # ... x 144
         flat = self._rows_product(coeffs.reshape(-1, coeffs.shape[-1]), "_shape_rows", bias=self._mean_flat)  # N x 3V
         return flat.reshape(*batch, -1, 3)                                                       # ... x V x 3
 
-    def _shape_shared_identity(self, id_coeffs: torch.Tensor, exp_coeffs: torch.Tensor,
-                               batch: torch.Size) -> torch.Tensor:
-        """Eq. 1 with the identity part once per identity row, then each expression part added to it."""
+    def identity_shape(self, id_coeffs: torch.Tensor) -> torch.Tensor:
+        """The identity part of Eq. 1, ``V_mean + alpha V_id``: ``(..., 80)`` -> ``(..., V, 3)``."""
         identity = self._rows_product(id_coeffs.reshape(-1, NUM_ID), "_shape_rows", 0, NUM_ID, self._mean_flat)
-        identity = identity.view(*id_coeffs.shape[:-1], -1)                                      # ... x 3V
+        return identity.view(*id_coeffs.shape[:-1], -1, 3)
+
+    def add_expression(self, identity: torch.Tensor, exp_coeffs: torch.Tensor) -> torch.Tensor:
+        """Eq. 1 from its identity part ``identity (..., V, 3)`` (:meth:`identity_shape`) and ``(..., 64)``
+        expressions (broadcastable): ``identity + beta V_exp`` ``(..., V, 3)`` (``identity`` is not modified)."""
+        batch = torch.broadcast_shapes(identity.shape[:-2], exp_coeffs.shape[:-1])
         expression = self._rows_product(exp_coeffs.expand(*batch, -1).reshape(-1, NUM_EXP), "_shape_rows", NUM_ID)
-        return expression.view(*batch, -1).add_(identity).view(*batch, -1, 3)                   # ... x V x 3
+        flat_identity = identity.reshape(*identity.shape[:-2], -1)                               # ... x 3V
+        return expression.view(*batch, -1).add_(flat_identity).view(*batch, -1, 3)              # ... x V x 3
 
     def albedo(self, tex_coeffs: torch.Tensor) -> torch.Tensor:
         """Per-vertex albedo ``(..., V, 3)`` in [0, 1] (Deep3D divides by 255) from ``(..., 80)``."""
