@@ -104,7 +104,8 @@ def batch_rows(model: MorphableModel, camera: PerspectiveCamera, b: int, args: a
     pair = torch.cat([src, target_coeffs(src, drv)])
     timings = {
         "vertices (Eq. 1 + pose + projection), per mesh": lambda: camera.project(posed_vertices(model, src)[0]),
-        "vertices of [source; target] as guidance, per pair": lambda: build_face(model, pair, camera, False, b),
+        "vertices of [source; target] as guidance, per pair": lambda: build_face(
+            model, pair, camera, False, model.identity_shape(Coeffs.from_vector(src).id)),
         "rasterization numba, per mesh": lambda: rasterize(screen, model.triangles, numba),
         "rasterization torch, per mesh": lambda: rasterize(screen, model.triangles, torch_),
         "guidance F_c+O_c+I_r+mask, per pair": lambda: compute_guidance(model, src, drv, args.size,

@@ -10,6 +10,7 @@ and SH shading live in :mod:`reenact.face3d.face`; reading and converting model 
 from __future__ import annotations
 
 import functools
+from collections import OrderedDict
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
@@ -158,6 +159,76 @@ class MorphableModel:
     def landmarks(self, verts: torch.Tensor) -> torch.Tensor:
         """The 68 landmark points of ``verts (..., V, D)`` -> ``(..., 68, D)``."""
         return verts[..., self.landmark_indices, :]
+
+
+# ---------------------------------------------------------------- the identity parts, cached
+class IdentityCache:
+    """Eq. 1's identity parts of ``model`` for a worker that meets the same identities again: the identity shape
+    ``V_mean + alpha V_id`` (:meth:`MorphableModel.identity_shape`) and the albedo (:meth:`MorphableModel.albedo`),
+    kept in a least-recently-used table keyed by the exact bytes of the coefficient rows, at most ``max_bytes`` of
+    tensors (``max_bytes=0`` keeps nothing: every call computes).
+
+    Each call first reduces its ``(B, 80)`` rows to the distinct ones (by bytes, in order of first appearance), then
+    finds or computes the parts of exactly that block of rows, and spreads them back to the B rows. A cached block
+    was computed by the same product of the same rows, so results are bit-identical with or without the cache.
+    What it is for: guidance in protocol order, 20 pairs per source video whose shared-identity fit gives every
+    frame one alpha and one delta; the identity and albedo bases (68 of the 96 MB read per pair) are then read once
+    per video. The returned tensors may be the cached ones: read them, do not modify them.
+    """
+
+    def __init__(self, model: MorphableModel, max_bytes: int = 64 << 20):
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        self.model, self.max_bytes = model, max_bytes
+        self.hits = self.misses = 0
+        self._table: OrderedDict[tuple[str, bytes], torch.Tensor] = OrderedDict()
+        self._bytes = 0
+
+    def identity_shape(self, id_coeffs: torch.Tensor) -> torch.Tensor:
+        """``V_mean + alpha V_id`` ``(B, V, 3)`` of ``(B, 80)`` identity coefficients."""
+        return self._parts("identity", id_coeffs, self.model.identity_shape)
+
+    def albedo(self, tex_coeffs: torch.Tensor) -> torch.Tensor:
+        """The albedo ``(B, V, 3)`` of ``(B, 80)`` texture coefficients."""
+        return self._parts("albedo", tex_coeffs, self.model.albedo)
+
+    def _parts(self, kind: str, coeffs: torch.Tensor, compute) -> torch.Tensor:
+        if coeffs.dim() != 2:
+            raise ValueError(f"{kind} coefficients must be (B, k), got {tuple(coeffs.shape)}")
+        distinct, spread = _distinct_rows(coeffs)
+        if coeffs.requires_grad and torch.is_grad_enabled():     # a graph is never cached
+            parts = compute(distinct)
+        else:
+            parts = self._find_or_compute((kind, distinct.detach().cpu().numpy().tobytes()), distinct, compute)
+        return parts if spread is None else parts.index_select(0, spread.to(parts.device))
+
+    def _find_or_compute(self, key: tuple[str, bytes], distinct: torch.Tensor, compute) -> torch.Tensor:
+        if key in self._table:
+            self.hits += 1
+            self._table.move_to_end(key)
+            return self._table[key]
+        self.misses += 1
+        parts = compute(distinct)
+        size = parts.numel() * parts.element_size()
+        if size <= self.max_bytes:
+            self._table[key] = parts
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, dropped = self._table.popitem(last=False)
+                self._bytes -= dropped.numel() * dropped.element_size()
+        return parts
+
+
+def _distinct_rows(coeffs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The distinct rows of ``coeffs (B, k)`` by their bytes, in order of first appearance, and the index ``(B,)``
+    of each row among them (None when every row is distinct: the block is ``coeffs`` itself)."""
+    rows = coeffs.detach().cpu().contiguous().numpy()
+    first: dict[bytes, int] = {}
+    index = [first.setdefault(row.tobytes(), len(first)) for row in rows]
+    if len(first) == len(index):
+        return coeffs, None
+    firsts = torch.tensor([index.index(k) for k in range(len(first))], dtype=torch.int64)   # row of each block row
+    return coeffs.index_select(0, firsts.to(coeffs.device)), torch.tensor(index, dtype=torch.int64)
 
 
 # ---------------------------------------------------------------- oneDNN products with the bases
