@@ -220,15 +220,18 @@ class IdentityCache:
 
 
 def _distinct_rows(coeffs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The distinct rows of ``coeffs (B, k)`` by their bytes, in order of first appearance, and the index ``(B,)``
-    of each row among them (None when every row is distinct: the block is ``coeffs`` itself)."""
-    rows = coeffs.detach().cpu().contiguous().numpy()
+    """The distinct rows of ``coeffs (B, k)`` by their bytes, in order of first appearance, as a new contiguous
+    ``(n, k)`` tensor (so that every block of the same rows is the same product's input, whatever view the rows came
+    in), and the index ``(B,)`` of each row among them (None when every row is distinct)."""
     first: dict[bytes, int] = {}
-    index = [first.setdefault(row.tobytes(), len(first)) for row in rows]
-    if len(first) == len(index):
-        return coeffs, None
-    firsts = torch.tensor([index.index(k) for k in range(len(first))], dtype=torch.int64)   # row of each block row
-    return coeffs.index_select(0, firsts.to(coeffs.device)), torch.tensor(index, dtype=torch.int64)
+    firsts, index = [], []
+    for i, row in enumerate(coeffs.detach().cpu().contiguous().numpy()):
+        k = first.setdefault(row.tobytes(), len(first))
+        if k == len(firsts):
+            firsts.append(i)
+        index.append(k)
+    distinct = coeffs.index_select(0, torch.tensor(firsts, dtype=torch.int64, device=coeffs.device))
+    return distinct, None if len(firsts) == len(index) else torch.tensor(index, dtype=torch.int64)
 
 
 # ---------------------------------------------------------------- oneDNN products with the bases
