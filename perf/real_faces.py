@@ -20,7 +20,9 @@ default settings) runs. Detections are cached in ``--cache`` (they are the slow 
 * % ok: frames of the whole-clip fit that pass detection and every plausibility gate (>= 95 %);
 * fit speed: frames / s of the whole-clip fit (landmarks given, one torch thread);
 * photometric (with ``--photometric-frames``): mean absolute RGB error inside the face mask of the render with
-  fitted texture and light (:mod:`reenact.faces.photometric`), beside the flat render's (<= 0.06);
+  fitted texture and light (:mod:`reenact.faces.photometric`), beside the flat render's (<= 0.06), with the
+  occluders (:func:`reenact.faces.photometric.occluders`: hair over the cheeks) left out and kept, the error by
+  region and the stage's cost;
 * with ``--synthetic``: the rotation error of the fit to dlib's points on renders of the tiny synthetic world
   (``perf/calibrate_landmarks.py``'s evaluation; 7.5 deg median before issue 12, acceptance <= 3 deg).
 """
