@@ -152,13 +152,17 @@ def _texture_fields(u, v) -> np.ndarray:
     semantic = [np.stack([one, one, one], -1) * 25, np.stack([one, -0.3 * one, -0.3 * one], -1) * 12,
                 np.stack([one, 0.4 * one, -0.6 * one], -1) * 12, -brows[:, None] * np.array([20.0, 14, 10]),
                 lips[:, None] * np.array([25.0, -10, -5])]
-    luma, chroma = _cosine_fields(u, v, TEX_LUMA), _cosine_fields(u, v, TEX_CHROMA)
-    decay = lambda n: (np.arange(n) + 2.0)[:, None, None] ** -0.6  # noqa: E731
     grey, red_green, yellow_blue = np.ones(3) / np.sqrt(3), np.array([1.0, -1, 0]) / np.sqrt(2), np.array(
         [1.0, 1, -2]) / np.sqrt(6)
-    rest = [12.0 * decay(TEX_LUMA) * luma[..., None] * grey]
-    rest += [8.0 * decay(TEX_CHROMA) * chroma[..., None] * direction for direction in (red_green, yellow_blue)]
+    rest = [12.0 * _decaying(_cosine_fields(u, v, TEX_LUMA))[..., None] * grey]
+    rest += [8.0 * _decaying(_cosine_fields(u, v, TEX_CHROMA))[..., None] * direction
+             for direction in (red_green, yellow_blue)]
     return np.concatenate([np.stack(semantic), *rest])
+
+
+def _decaying(fields: np.ndarray) -> np.ndarray:
+    """``fields`` ``(n, V)`` scaled by ``(k + 2)^-0.6``: higher-frequency components vary less."""
+    return fields * (np.arange(len(fields)) + 2.0)[:, None] ** -0.6
 
 
 def _cosine_fields(u: np.ndarray, v: np.ndarray, count: int) -> np.ndarray:
