@@ -76,8 +76,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("raster_numba.barycentric_order", RASTER_NUMBA, "bary[1, b, i, j] = w1 * r", "bary[1, b, i, j] = w2 * r",
              T("test_raster", "test_convention_barycentrics_are_screen_space",
                "test_interpolate_matches_brute_force")),
-    Mutation("raster_numba.farthest_wins", RASTER_NUMBA, "if k < keys[origin]:",
-             "if k > keys[origin] or keys[origin] == _EMPTY_KEY:",
+    Mutation("raster_numba.farthest_wins", RASTER_NUMBA, "keys[origin] = k if covered & (k < held) else held",
+             "keys[origin] = k if covered & ((k > held) | (held == _EMPTY_KEY)) else held",
              T("test_raster", "test_random_meshes_match_brute_force"),
              "the first-pixel test of boxes; the face-like mesh has no overlapping triangles to tell nearest from "
              "farthest"),

@@ -2,8 +2,10 @@
 
 Work items are blocks of ``pairs_per_item`` consecutive pairs of the manifest (``block-<first pair_id:06d>``), in
 ``pair_id`` order, ``items_per_shard`` blocks per shard, run by :mod:`pipelines.engine` (local or Ray). The stage
-is a class, so the morphable model and the coefficient table are loaded once per worker (a Ray actor). For each
-pair it calls :func:`reenact.face3d.guidance.compute_guidance` on the pair's coefficients and writes one
+is a class, so the morphable model and the coefficient table are loaded once per worker (a Ray actor), with an
+:class:`reenact.face3d.morphable.IdentityCache` of the model (calls group pairs by source identity, so a video's
+pairs read the identity and albedo bases once). For each pair it calls
+:func:`reenact.face3d.guidance.compute_guidance` on the pair's coefficients and writes one
 :data:`reenact.data.schema.GUIDANCE` row: F_c as float16, O_c and the inner-face mask as uint8
 (:mod:`reenact.data.codec`), I_r as PNG. A pair whose coefficients are missing is a row with status
 ``unavailable``, never a crash.
@@ -74,8 +76,24 @@ def guidance_plan(cfg: GuidanceConfig) -> Plan:
     return Plan(f"guidance {m.protocol}/v{m.version}", shard_items(items, cfg.items_per_shard), fingerprint)
 
 
-def guidance_rows(model, pairs: list[list], coeffs: dict[str, np.ndarray], size: int, batch: int) -> pa.Table:
-    """GUIDANCE rows of ``pairs`` ([pair_id, source, driving]), computed ``batch`` pairs per call."""
+def identity_batches(pairs: list[list], coeffs: dict[str, np.ndarray], batch: int) -> list[list[list]]:
+    """``pairs`` in calls of at most ``batch`` pairs that share one source identity (the source's alpha and delta,
+    by their bytes), in order of first appearance: protocol manifests list a video's 20 pairs together, and its
+    shared-identity fit gives them one identity, so an :class:`reenact.face3d.morphable.IdentityCache` finds the
+    identity parts of every call but the first of each video."""
+    from reenact.face3d.coeffs import ID, TEX
+
+    groups: dict[bytes, list[list]] = {}
+    for p in pairs:
+        source = np.asarray(coeffs[p[1]], dtype=np.float32)
+        groups.setdefault(source[ID].tobytes() + source[TEX].tobytes(), []).append(p)
+    return [group[i:i + batch] for group in groups.values() for i in range(0, len(group), batch)]
+
+
+def guidance_rows(model, pairs: list[list], coeffs: dict[str, np.ndarray], size: int, batch: int,
+                  identity_cache=None) -> pa.Table:
+    """GUIDANCE rows of ``pairs`` ([pair_id, source, driving]), computed ``batch`` pairs of one source identity per
+    call (:func:`identity_batches`), with the worker's ``identity_cache`` when given."""
     import torch
 
     from reenact.data.codec import pack_flow, pack_mask, tensor_to_bytes
@@ -88,11 +106,10 @@ def guidance_rows(model, pairs: list[list], coeffs: dict[str, np.ndarray], size:
             missing = p[1] if p[1] not in coeffs else p[2]
             rows.append({"pair_id": p[0], "source": p[1], "driving": p[2], "size": size,
                          "status": Status.UNAVAILABLE.value, "error": f"no ok coefficients for frame {missing}"})
-    for i in range(0, len(ready), batch):
-        chunk = ready[i:i + batch]
+    for chunk in identity_batches(ready, coeffs, batch):
         v_s = torch.from_numpy(np.stack([coeffs[p[1]] for p in chunk]))
         v_d = torch.from_numpy(np.stack([coeffs[p[2]] for p in chunk]))
-        g = compute_guidance(model, v_s, v_d, size, with_source_render=False)
+        g = compute_guidance(model, v_s, v_d, size, with_source_render=False, identity_cache=identity_cache)
         for k, p in enumerate(chunk):
             rows.append({"pair_id": p[0], "source": p[1], "driving": p[2], "size": size,
                          "flow": pack_flow(g.flow[k]), "occlusion": pack_mask(g.occlusion[k]),
@@ -108,15 +125,17 @@ class GuidanceStage:
     def __init__(self, out: str, prepared: str, morphable_model: str, size: int, batch: int):
         from reenact.data.datasets import read_coeffs
         from reenact.face3d.io import load_morphable_model
+        from reenact.face3d.morphable import IdentityCache
 
         self.out, self.size, self.batch = out, size, batch
         self.model = load_morphable_model(morphable_model)
+        self.identity_cache = IdentityCache(self.model)            # this worker's identity shapes and albedos
         self.coeffs, _ = read_coeffs(prepared)
         self.token = f"{coeffs_token(prepared)}|{morphable_model}|{size}"
 
     def _write(self, key: str, job: str, token: str) -> None:
         t0 = time.perf_counter()
-        table = guidance_rows(self.model, json.loads(job), self.coeffs, self.size, self.batch)
+        table = guidance_rows(self.model, json.loads(job), self.coeffs, self.size, self.batch, self.identity_cache)
         write_part(self.out, STAGE, key, table, {"seconds": time.perf_counter() - t0, "input": token,
                                                  "pairs": table.num_rows})
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from reenact.face3d.camera import PerspectiveCamera, pixel_grid
 from reenact.face3d.coeffs import ANGLE, EXP, GAMMA, ID, TEX, TRANS
 from reenact.face3d.guidance import compute_guidance, warp_with_flow
+from reenact.face3d.morphable import IdentityCache
 from reenact.face3d.procedural import procedural_model
 from reenact.face3d.raster import RasterSettings, interpolate, rasterize
 from reenact.face3d.transforms import euler_to_matrix
@@ -105,6 +106,52 @@ def test_guidance_is_batched_and_matches_single_pairs(model):
         single = compute_guidance(model, src[i:i + 1], drv[i:i + 1], 64)
         for name in ("flow", "occlusion", "render", "face_mask"):
             assert torch.allclose(getattr(batched, name)[i:i + 1], getattr(single, name), atol=1e-4), name  # px, GEMM rounding
+
+
+def protocol_pairs(identities: int = 3, per_identity: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairs in protocol order: ``per_identity`` consecutive pairs per source identity, each source frame with its
+    own expression and pose but the identity's alpha and delta (a shared-identity fit)."""
+    n = identities * per_identity
+    src = coeffs(yaw=0.1, batch=n, seed=5, exp_seed=6)
+    drv = coeffs(yaw=-0.25, batch=n, seed=7, exp_seed=8)
+    src[:, ANGLE.start + 1] = torch.linspace(-0.3, 0.3, n)
+    for k in range(identities):
+        block = slice(k * per_identity, (k + 1) * per_identity)
+        src[block, ID], src[block, TEX] = src[block.start, ID], src[block.start, TEX]
+    return src, drv
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_identity_cache_gives_bit_identical_guidance(model, batch):
+    """The cached identity shape and albedo are those an uncached call computes, bit for bit, also where a batch
+    straddles two identities (batch 2 over blocks of 3 pairs); they are found again (hits)."""
+    src, drv = protocol_pairs()
+    cache = IdentityCache(model)
+    for i in range(0, src.shape[0], batch):
+        part = slice(i, i + batch)
+        plain = compute_guidance(model, src[part], drv[part], 64)
+        cached = compute_guidance(model, src[part], drv[part], 64, identity_cache=cache)
+        for name in ("flow", "occlusion", "render", "face_mask", "source_render", "source_mask"):
+            assert torch.equal(getattr(cached, name), getattr(plain, name)), (i, name)
+    assert cache.hits >= 2 * (3 if batch == 1 else 1)         # identity + albedo: pairs 2, 3 of each identity
+
+
+def test_identity_cache_spreads_repeated_rows_and_forgets_the_least_recently_used(model):
+    alpha = torch.randn(3, 80, generator=torch.Generator().manual_seed(0))
+    one_entry = model.num_vertices * 3 * 4                                     # bytes of one identity shape
+    cache = IdentityCache(model, max_bytes=2 * one_entry)
+    rows = cache.identity_shape(alpha[[0, 0, 1, 0]])                            # block [a0; a1], spread to 4 rows
+    assert torch.equal(rows, model.identity_shape(alpha[:2])[[0, 0, 1, 0]])
+    assert torch.allclose(rows[0], model.identity_shape(alpha[0]), atol=1e-6)
+    assert (cache.hits, cache.misses) == (0, 1)
+    cache.identity_shape(alpha[2:3])                                          # 1 + 2 entries: [a0; a1] dropped
+    cache.identity_shape(alpha[2:3])
+    cache.identity_shape(alpha[[0, 1]])
+    assert (cache.hits, cache.misses) == (1, 3)
+    assert torch.equal(cache.albedo(alpha[[1, 1]]), model.albedo(alpha[1:2]).expand(2, -1, -1))
+    with pytest.raises(ValueError, match="another morphable model"):
+        compute_guidance(procedural_model("tiny"), torch.zeros(1, 257), torch.zeros(1, 257), 32,
+                         identity_cache=cache)
 
 
 def test_guidance_rejects_bad_shapes(model):

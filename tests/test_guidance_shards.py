@@ -8,13 +8,14 @@ import pyarrow as pa
 import pytest
 import torch
 
-from pipelines.guidance import GuidanceConfig, GuidanceStage, prepare_guidance
+from pipelines.guidance import GuidanceConfig, GuidanceStage, identity_batches, prepare_guidance
 from reenact.app.demo import sample_coeffs
 from reenact.data.datasets import guidance_index, guidance_item
 from reenact.data.manifests import SampledFrom, write_manifest
 from reenact.data.pairs import number_pairs
 from reenact.data.schema import COEFFS, frame_key
 from reenact.data.shards import read_stage, write_shard
+from reenact.face3d.coeffs import ID, TEX
 from reenact.face3d.guidance import compute_guidance
 from reenact.face3d.io import load_morphable_model
 
@@ -24,9 +25,11 @@ CHUNK = "id1#vid#000000#000008"
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    """Coefficients of 7 frames (frame 7 has none), and a manifest of 7 pairs (the last uses frame 7)."""
+    """Coefficients of 7 frames of one chunk with one identity (alpha, delta), as a shared-identity fit gives them
+    (frame 7 has none), and a manifest of 7 pairs (the last uses frame 7)."""
     root = tmp_path_factory.mktemp("guidance_in")
     coeffs = sample_coeffs(7, math.radians(30), torch.Generator().manual_seed(0)).numpy()
+    coeffs[:, ID], coeffs[:, TEX] = coeffs[0, ID], coeffs[0, TEX]
     write_shard(root, "coeffs", 0, pa.Table.from_pylist([
         {"chunk_id": CHUNK, "frame_index": i, "coeffs": list(v), "landmarks": None, "extractor": "oracle",
          "fit_error": 0.0, "status": "ok", "error": "", "align": None} for i, v in enumerate(coeffs)], schema=COEFFS))
@@ -103,3 +106,14 @@ def test_config_is_checked(inputs, tmp_path):
     with pytest.raises(ValueError, match="pairs_per_item"):
         config(tmp_path, inputs, batch=0)
     assert np.isfinite(inputs[2]).all()
+
+
+def test_calls_hold_pairs_of_one_source_identity():
+    """Pairs are grouped by the source's (alpha, delta) in order of first appearance, then cut into calls."""
+    frames = {name: np.zeros(257, np.float32) for name in "abcdefg"}
+    for name in "de":
+        frames[name][ID.start] = 1.0                            # another identity: alpha differs
+    frames["g"][TEX.start] = 1.0                                # another identity: delta differs
+    pairs = [[i, source, "x"] for i, source in enumerate("adbecgf")]
+    calls = identity_batches(pairs, frames, 2)
+    assert [[p[1] for p in call] for call in calls] == [["a", "b"], ["c", "f"], ["d", "e"], ["g"]]

@@ -35,15 +35,15 @@ class FaceMesh:
     colors: torch.Tensor | None
 
 
-def _shape(model: MorphableModel, c: Coeffs, identities: int | None = None) -> torch.Tensor:
-    """Eq. 1 before pose: rest shapes ``(N, V, 3)``. With ``identities`` = B, the N = k B meshes are k groups of B
-    that share the first B rows' identity (alpha)."""
-    if identities is None:
+def _shape(model: MorphableModel, c: Coeffs, identity: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 1 before pose: rest shapes ``(N, V, 3)``. With ``identity`` ``(B, V, 3)`` (:meth:`MorphableModel.
+    identity_shape`), the N = k B meshes are k groups of B that share it: each adds its expression to it."""
+    if identity is None:
         return model.shape(c.id, c.exp)
-    n = c.exp.shape[0]
-    if identities <= 0 or n % identities:
-        raise ValueError(f"identities must divide the {n} meshes, got {identities}")
-    return model.shape(c.id[:identities].unsqueeze(0), c.exp.view(n // identities, identities, -1)).flatten(0, 1)
+    n, b = c.exp.shape[0], identity.shape[0]
+    if b <= 0 or n % b:
+        raise ValueError(f"the identity's {b} rows must divide the {n} meshes")
+    return model.add_expression(identity, c.exp.view(n // b, b, -1)).flatten(0, 1)
 
 
 def _pose(model: MorphableModel, c: Coeffs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -59,16 +59,18 @@ def posed_vertices(model: MorphableModel, coeffs: torch.Tensor) -> tuple[torch.T
 
 
 def lit_colors(model: MorphableModel, rest: torch.Tensor, rotation: torch.Tensor, tex: torch.Tensor,
-               gamma: torch.Tensor, vertices: torch.Tensor | None = None) -> torch.Tensor:
+               gamma: torch.Tensor, vertices: torch.Tensor | None = None, *,
+               albedo: torch.Tensor | None = None) -> torch.Tensor:
     """Lit vertex colours ``(N, V, 3)``: albedo from ``tex``, normals of the unposed shape ``rest (N, V, 3)``
     rotated into camera space, SH light ``gamma (N, 27)``. ``tex`` is ``(B, 80)`` with N = k B (meshes that share
     one albedo, e.g. a source and its target, are stacked k at a time).
 
     ``vertices`` ``(n,)`` int64 (e.g. :func:`shown_vertices`) shades only those vertices, with the same values;
-    the others are 0. On CPU without autograd the normals and shading run in numba
+    the others are 0. ``albedo`` ``(B, V, 3)`` is ``model.albedo(tex)`` when already known (e.g. from a
+    :class:`reenact.face3d.morphable.IdentityCache`). On CPU without autograd the normals and shading run in numba
     (:mod:`reenact.face3d.face_numba`; the same values to float32 rounding).
     """
-    albedo = model.albedo(tex)                                               # B x V x 3
+    albedo = model.albedo(tex) if albedo is None else albedo                 # B x V x 3
     kernels = cpu_kernels(rest, rotation, tex, gamma)
     if kernels is not None:
         shaded = vertices if vertices is not None else torch.arange(rest.shape[1])
@@ -106,15 +108,16 @@ def shown_vertices(fragments: Fragments, faces: torch.Tensor, num_vertices: int)
 
 
 def build_face(model: MorphableModel, coeffs: torch.Tensor, camera: PerspectiveCamera,
-               with_colors: bool = True, identities: int | None = None) -> FaceMesh:
+               with_colors: bool = True, identity: torch.Tensor | None = None) -> FaceMesh:
     """Pose, project and (optionally) shade the face of ``coeffs (N, 257)``.
 
-    ``identities`` = B says that the N = k B meshes are k groups of B with the identity (alpha) of the first B rows,
-    e.g. guidance's [source; target]: Eq. 1's identity part is then computed once per identity.
+    ``identity`` ``(B, V, 3)``, Eq. 1's identity part ``V_mean + alpha V_id`` of B identities
+    (:meth:`MorphableModel.identity_shape`), says that the N = k B meshes are k groups of B with those identities,
+    e.g. guidance's [source; target]: each mesh adds its expression to it (its own alpha is not read).
     """
     check_coeffs(coeffs)
     c = Coeffs.from_vector(coeffs)
-    rest, rotation = _shape(model, c, identities), euler_to_matrix(c.angle)
+    rest, rotation = _shape(model, c, identity), euler_to_matrix(c.angle)
     kernels = cpu_kernels(rest, rotation, c.trans)
     if kernels is not None:          # pose and projection in one pass (the same values to float32 rounding)
         verts, screen = kernels.pose_and_project(rest, rotation, c.trans, camera)

@@ -91,21 +91,35 @@ def lit_colors_numba(rest: torch.Tensor, rotation: torch.Tensor, albedo: torch.T
 
 @njit(cache=True)
 def _lit_colors(rest, rotation, albedo, light, triangles, adjacent, vertices, face_normals, out):
-    N, B = rest.shape[0], albedo.shape[0]
-    for n in range(N):
-        _unit_face_normals(rest[n], triangles, face_normals)
-        r, g, a = rotation[n], light[n], albedo[n % B]
-        for v in vertices:
-            x, y, z = _unit_vertex_normal(face_normals, adjacent, v)
-            cx = (r[0, 0] * x + r[0, 1] * y) + r[0, 2] * z        # camera-space normal: R n
-            cy = (r[1, 0] * x + r[1, 1] * y) + r[1, 2] * z
-            cz = (r[2, 0] * x + r[2, 1] * y) + r[2, 2] * z
-            s0, s1, s2, s3, s4, s5, s6, s7, s8 = _sh_basis(cx, cy, cz)
-            for ch in range(3):                   # scalars, not a 9-array: ~10% faster
-                irradiance = ((((((((s0 * g[ch, 0] + s1 * g[ch, 1]) + s2 * g[ch, 2]) + s3 * g[ch, 3])
-                                  + s4 * g[ch, 4]) + s5 * g[ch, 5]) + s6 * g[ch, 6]) + s7 * g[ch, 7])
-                              + s8 * g[ch, 8])
-                out[n, v, ch] = irradiance * a[v, ch]
+    N, B, n = rest.shape[0], albedo.shape[0], vertices.shape[0]
+    normal = np.empty((3, n), np.float32)                   # camera-space unit normals of the vertices, then
+    irradiance = np.empty((3, n), np.float32)               # their SH irradiance per channel: flat rows, so that
+    for m in range(N):                                      # LLVM vectorises the SH loop (~0.3 ms of 1.1 per mesh)
+        _unit_face_normals(rest[m], triangles, face_normals)
+        r, g, a, o = rotation[m], light[m], albedo[m % B], out[m]
+        for i in range(n):
+            x, y, z = _unit_vertex_normal(face_normals, adjacent, vertices[i])
+            normal[0, i] = (r[0, 0] * x + r[0, 1] * y) + r[0, 2] * z        # camera-space normal: R n
+            normal[1, i] = (r[1, 0] * x + r[1, 1] * y) + r[1, 2] * z
+            normal[2, i] = (r[2, 0] * x + r[2, 1] * y) + r[2, 2] * z
+        for ch in range(3):
+            _sh_irradiance(normal[0], normal[1], normal[2], g[ch], irradiance[ch])
+        for i in range(n):
+            v = vertices[i]
+            for ch in range(3):
+                o[v, ch] = irradiance[ch, i] * a[v, ch]
+
+
+@njit(cache=True, inline="always")
+def _sh_irradiance(x, y, z, light, out):
+    """``out[i]`` = the 9 SH basis values at the unit normal ``(x[i], y[i], z[i])`` dotted with one channel's
+    ``light (9,)``, summed in order."""
+    g0, g1, g2, g3, g4, g5, g6, g7, g8 = (light[0], light[1], light[2], light[3], light[4], light[5], light[6],
+                                          light[7], light[8])
+    for i in range(out.shape[0]):
+        s0, s1, s2, s3, s4, s5, s6, s7, s8 = _sh_basis(x[i], y[i], z[i])
+        out[i] = ((((((((s0 * g0 + s1 * g1) + s2 * g2) + s3 * g3) + s4 * g4) + s5 * g5) + s6 * g6) + s7 * g7)
+                  + s8 * g8)
 
 
 @njit(cache=True)

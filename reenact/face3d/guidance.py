@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from reenact.face3d.camera import PerspectiveCamera, pixel_grid, pixel_to_grid
 from reenact.face3d.coeffs import Coeffs, check_coeffs, target_coeffs
 from reenact.face3d.face import build_face, cpu_kernels, lit_colors, shown_vertices
-from reenact.face3d.morphable import MorphableModel
+from reenact.face3d.morphable import IdentityCache, MorphableModel
 from reenact.face3d.raster import Fragments, RasterSettings, exact_backend, interpolate, rasterize, rasterize_depth
 
 #: Depth slack (decimetres, i.e. 1 mm) for the depth-tested occlusion rule: far below the depth gap of any real
@@ -184,21 +184,31 @@ def _nchw(x: torch.Tensor) -> torch.Tensor:
 def compute_guidance(model: MorphableModel, source_coeffs: torch.Tensor, driving_coeffs: torch.Tensor,
                      size: int = 256, *, camera: PerspectiveCamera | None = None,
                      with_source_render: bool = True, backend: str | None = None,
-                     occlusion_rule: OcclusionRule = "depth_test") -> Guidance:
+                     occlusion_rule: OcclusionRule = "depth_test",
+                     identity_cache: IdentityCache | None = None) -> Guidance:
     """F_c, O_c, I_r (and the source render) for ``B`` pairs of ``(B, 257)`` coefficients at ``size`` x ``size``.
 
     ``camera`` defaults to Deep3D's camera scaled to ``size`` (the contract for coefficients in the suite).
     Coefficients of any floating dtype are accepted and computed in the model's dtype (float32). ``backend`` is the
     rasterizer's (default: :func:`reenact.face3d.raster.exact_backend`, numba on CPU, torch on CUDA); on CPU the
     other per-vertex and per-pixel steps run in numba too (:mod:`reenact.face3d.face_numba`).
+
+    Eq. 1's identity parts (the source's identity shape and albedo, which the target shares) come from
+    ``identity_cache`` (an :class:`IdentityCache` of ``model``) when given: a worker that computes many pairs of
+    one source identity reads those bases once; the outputs are bit-identical with or without it.
     """
     check_coeffs(source_coeffs, driving_coeffs, name="source and driving coefficients")
+    if identity_cache is not None and identity_cache.model is not model:
+        raise ValueError("identity_cache belongs to another morphable model than the one given")
+    parts = identity_cache or IdentityCache(model, max_bytes=0)              # max_bytes=0: computes, keeps nothing
     camera = camera or PerspectiveCamera.deep3d(size)
     dtype = model.mean_shape.dtype
     source_coeffs, driving_coeffs = source_coeffs.to(dtype), driving_coeffs.to(dtype)
     b, faces = source_coeffs.shape[0], model.triangles
     both = torch.cat([source_coeffs, target_coeffs(source_coeffs, driving_coeffs)])   # 2B: [source; target]
-    mesh = build_face(model, both, camera, with_colors=False, identities=b)   # v_t has alpha_s: Eq. 1 shares it
+    source = Coeffs.from_vector(source_coeffs)
+    mesh = build_face(model, both, camera, with_colors=False,                # v_t has alpha_s: Eq. 1 shares it
+                      identity=parts.identity_shape(source.id))
     rest, rotation, screen, both = mesh.rest, mesh.rotation, mesh.screen, Coeffs.from_vector(both)
     backend = backend or exact_backend(screen.device)                       # numba on CPU, else torch
     settings = RasterSettings(image_size=(camera.height, camera.width), backend=backend)
@@ -214,7 +224,8 @@ def compute_guidance(model: MorphableModel, source_coeffs: torch.Tensor, driving
             occlusion = occlusion_map(frag_t, frag_s, model.num_triangles)
     shaded = slice(0, 2 * b) if with_source_render else slice(b, 2 * b)     # meshes that need colours
     shown = shown_vertices(frags if with_source_render else frag_t, faces, model.num_vertices)
-    colors = lit_colors(model, rest[shaded], rotation[shaded], both.tex[b:], both.gamma[shaded], shown)
+    colors = lit_colors(model, rest[shaded], rotation[shaded], both.tex[b:], both.gamma[shaded], shown,
+                        albedo=parts.albedo(source.tex))                    # v_t has delta_s
     flow, render, face_mask = target_maps(frag_t, faces, screen[:b], colors[-b:])
     return Guidance(
         flow=flow,

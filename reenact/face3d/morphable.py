@@ -10,6 +10,7 @@ and SH shading live in :mod:`reenact.face3d.face`; reading and converting model 
 from __future__ import annotations
 
 import functools
+from collections import OrderedDict
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
@@ -20,10 +21,6 @@ from reenact.face3d.coeffs import EXP, ID, TEX
 
 NUM_ID, NUM_EXP, NUM_TEX = ID.stop - ID.start, EXP.stop - EXP.start, TEX.stop - TEX.start
 NUM_LANDMARKS = 68
-#: Eq. 1 computes a broadcast identity part once when it has at most this many rows. On one CPU thread that reads the
-#: bases faster while the product is bandwidth-bound (a source and its target: 4.7 ms instead of 7.1); with 8 rows
-#: and more, one GEMM over all 144 rows is faster (perf/bench_guidance.py).
-SHARED_IDENTITY_MAX_ROWS = 4
 #: Products with the bases of at least this many coefficient rows go through oneDNN (:meth:`MorphableModel.
 #: _rows_product`); fewer rows are memory-bound, and plain sgemm reads the bases faster there (batch 1 of guidance).
 ONEDNN_MIN_ROWS = 4
@@ -115,23 +112,30 @@ class MorphableModel:
         """Eq. 1 before pose: ``(..., 80)``, ``(..., 64)`` (broadcastable) -> vertices ``(..., V, 3)``.
 
         An identity broadcast over several expressions (e.g. ``(1, B, 80)`` with ``(2, B, 64)``: a source and its
-        target) has ``V_mean + alpha V_id`` computed once when it has few rows (the same values to float32 rounding).
+        target) has ``V_mean + alpha V_id`` computed once per identity row (:meth:`identity_shape`), then each
+        expression part added to it (:meth:`add_expression`; the same values to float32 rounding). On one CPU
+        thread that is also faster than one product over all 144 basis rows at every batch size (a source and its
+        target at batch 8: 4.7 ms instead of 8.4).
         """
         batch = torch.broadcast_shapes(id_coeffs.shape[:-1], exp_coeffs.shape[:-1])
-        identities = id_coeffs.shape[:-1].numel()
-        if identities <= SHARED_IDENTITY_MAX_ROWS and identities < batch.numel():
-            return self._shape_shared_identity(id_coeffs, exp_coeffs, batch)
+        if id_coeffs.shape[:-1].numel() < batch.numel():
+            return self.add_expression(self.identity_shape(id_coeffs), exp_coeffs)
         coeffs = torch.cat([id_coeffs.expand(*batch, -1), exp_coeffs.expand(*batch, -1)], -1)   # ... x 144
         flat = self._rows_product(coeffs.reshape(-1, coeffs.shape[-1]), "_shape_rows", bias=self._mean_flat)  # N x 3V
         return flat.reshape(*batch, -1, 3)                                                       # ... x V x 3
 
-    def _shape_shared_identity(self, id_coeffs: torch.Tensor, exp_coeffs: torch.Tensor,
-                               batch: torch.Size) -> torch.Tensor:
-        """Eq. 1 with the identity part once per identity row, then each expression part added to it."""
+    def identity_shape(self, id_coeffs: torch.Tensor) -> torch.Tensor:
+        """The identity part of Eq. 1, ``V_mean + alpha V_id``: ``(..., 80)`` -> ``(..., V, 3)``."""
         identity = self._rows_product(id_coeffs.reshape(-1, NUM_ID), "_shape_rows", 0, NUM_ID, self._mean_flat)
-        identity = identity.view(*id_coeffs.shape[:-1], -1)                                      # ... x 3V
+        return identity.view(*id_coeffs.shape[:-1], -1, 3)
+
+    def add_expression(self, identity: torch.Tensor, exp_coeffs: torch.Tensor) -> torch.Tensor:
+        """Eq. 1 from its identity part ``identity (..., V, 3)`` (:meth:`identity_shape`) and ``(..., 64)``
+        expressions (broadcastable): ``identity + beta V_exp`` ``(..., V, 3)`` (``identity`` is not modified)."""
+        batch = torch.broadcast_shapes(identity.shape[:-2], exp_coeffs.shape[:-1])
         expression = self._rows_product(exp_coeffs.expand(*batch, -1).reshape(-1, NUM_EXP), "_shape_rows", NUM_ID)
-        return expression.view(*batch, -1).add_(identity).view(*batch, -1, 3)                   # ... x V x 3
+        flat_identity = identity.reshape(*identity.shape[:-2], -1)                               # ... x 3V
+        return expression.view(*batch, -1).add_(flat_identity).view(*batch, -1, 3)              # ... x V x 3
 
     def albedo(self, tex_coeffs: torch.Tensor) -> torch.Tensor:
         """Per-vertex albedo ``(..., V, 3)`` in [0, 1] (Deep3D divides by 255) from ``(..., 80)``."""
@@ -155,6 +159,79 @@ class MorphableModel:
     def landmarks(self, verts: torch.Tensor) -> torch.Tensor:
         """The 68 landmark points of ``verts (..., V, D)`` -> ``(..., 68, D)``."""
         return verts[..., self.landmark_indices, :]
+
+
+# ---------------------------------------------------------------- the identity parts, cached
+class IdentityCache:
+    """Eq. 1's identity parts of ``model`` for a worker that meets the same identities again: the identity shape
+    ``V_mean + alpha V_id`` (:meth:`MorphableModel.identity_shape`) and the albedo (:meth:`MorphableModel.albedo`),
+    kept in a least-recently-used table keyed by the exact bytes of the coefficient rows, at most ``max_bytes`` of
+    tensors (``max_bytes=0`` keeps nothing: every call computes).
+
+    Each call first reduces its ``(B, 80)`` rows to the distinct ones (by bytes, in order of first appearance), then
+    finds or computes the parts of exactly that block of rows, and spreads them back to the B rows. A cached block
+    was computed by the same product of the same rows, so results are bit-identical with or without the cache.
+    What it is for: guidance in protocol order, 20 pairs per source video whose shared-identity fit gives every
+    frame one alpha and one delta; the identity and albedo bases (68 of the 96 MB read per pair) are then read once
+    per video. The returned tensors may be the cached ones: read them, do not modify them.
+    """
+
+    def __init__(self, model: MorphableModel, max_bytes: int = 64 << 20):
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        self.model, self.max_bytes = model, max_bytes
+        self.hits = self.misses = 0
+        self._table: OrderedDict[tuple[str, bytes], torch.Tensor] = OrderedDict()
+        self._bytes = 0
+
+    def identity_shape(self, id_coeffs: torch.Tensor) -> torch.Tensor:
+        """``V_mean + alpha V_id`` ``(B, V, 3)`` of ``(B, 80)`` identity coefficients."""
+        return self._parts("identity", id_coeffs, self.model.identity_shape)
+
+    def albedo(self, tex_coeffs: torch.Tensor) -> torch.Tensor:
+        """The albedo ``(B, V, 3)`` of ``(B, 80)`` texture coefficients."""
+        return self._parts("albedo", tex_coeffs, self.model.albedo)
+
+    def _parts(self, kind: str, coeffs: torch.Tensor, compute) -> torch.Tensor:
+        if coeffs.dim() != 2:
+            raise ValueError(f"{kind} coefficients must be (B, k), got {tuple(coeffs.shape)}")
+        distinct, spread = _distinct_rows(coeffs)
+        if coeffs.requires_grad and torch.is_grad_enabled():     # a graph is never cached
+            parts = compute(distinct)
+        else:
+            parts = self._find_or_compute((kind, distinct.detach().cpu().numpy().tobytes()), distinct, compute)
+        return parts if spread is None else parts.index_select(0, spread.to(parts.device))
+
+    def _find_or_compute(self, key: tuple[str, bytes], distinct: torch.Tensor, compute) -> torch.Tensor:
+        if key in self._table:
+            self.hits += 1
+            self._table.move_to_end(key)
+            return self._table[key]
+        self.misses += 1
+        parts = compute(distinct)
+        size = parts.numel() * parts.element_size()
+        if size <= self.max_bytes:
+            self._table[key] = parts
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, dropped = self._table.popitem(last=False)
+                self._bytes -= dropped.numel() * dropped.element_size()
+        return parts
+
+
+def _distinct_rows(coeffs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The distinct rows of ``coeffs (B, k)`` by their bytes, in order of first appearance, as a new contiguous
+    ``(n, k)`` tensor (so that every block of the same rows is the same product's input, whatever view the rows came
+    in), and the index ``(B,)`` of each row among them (None when every row is distinct)."""
+    first: dict[bytes, int] = {}
+    firsts, index = [], []
+    for i, row in enumerate(coeffs.detach().cpu().contiguous().numpy()):
+        k = first.setdefault(row.tobytes(), len(first))
+        if k == len(firsts):
+            firsts.append(i)
+        index.append(k)
+    distinct = coeffs.index_select(0, torch.tensor(firsts, dtype=torch.int64, device=coeffs.device))
+    return distinct, None if len(firsts) == len(index) else torch.tensor(index, dtype=torch.int64)
 
 
 # ---------------------------------------------------------------- oneDNN products with the bases

@@ -5,7 +5,9 @@ the API's (:mod:`reenact.face3d.raster`).
 How it is fast (a 70k-triangle face at 256^2 in about 2.3 ms on one CPU thread, a third of the torch backend's;
 ``perf/bench_raster.py``): one pass over the triangles, each tested at the pixel centres of its own box only, against
 a per-mesh z-buffer of ``H * W`` int64 keys that stays in cache; no intermediate tables. Most of the time goes to
-the per-triangle set-up of sub-pixel triangles (scalar code: LLVM does not vectorise the gathers).
+the per-triangle set-up of sub-pixel triangles (scalar code: LLVM does not vectorise the gathers). Whether such a
+triangle covers a pixel centre is unpredictable, so the z-buffer update is a select and a store, not a branch
+(10-20% faster than branching).
 
 How it matches the torch backend exactly: every number is computed with the same float32 operations in the same
 order, and where torch's ``addcmul`` rounds once (its vectorised CPU kernels compile ``a + b * c`` to a fused
@@ -191,10 +193,9 @@ def _scan_triangle(xyz, b, i0, i1, i2, f, H, W, cull, fused, keys):
     c0 = (area2 - c1) - c2
     dz1, dz2 = z1 - z0, z2 - z0
     d0 = mad(c2, dz2, c1 * dz1, fused) / area2 + z0
-    if _min(_min(c0 * s, c1 * s), c2 * s) >= 0:  # the first pixel is tested whatever the box (as the torch backend)
-        k = _key(d0, f)
-        if k < keys[origin]:
-            keys[origin] = k
+    covered = _min(_min(c0 * s, c1 * s), c2 * s) >= 0   # the first pixel is tested whatever the box (as torch)
+    k, held = _key(d0, f), keys[origin]
+    keys[origin] = k if covered & (k < held) else held     # a select, no branch: coverage is unpredictable
     if ext_x <= 0 and ext_y <= 0:
         return
     ex0, ex1, ex2, ey0, ey1, ey2, ddx, ddy = _edges_and_depth_slopes(e1x, e2x, e1y, e2y, dz1, dz2, area2, fused)
@@ -207,11 +208,9 @@ def _scan_triangle(xyz, b, i0, i1, i2, f, H, W, cull, fused, keys):
             m0 = mad(ex0, fi, c0 - ey0 * fj, fused) * s
             m1 = mad(ex1, fi, c1 - ey1 * fj, fused) * s
             m2 = mad(ex2, fi, c2 - ey2 * fj, fused) * s
-            if _min(_min(m0, m1), m2) >= 0:
-                k = _key(mad(ddy, fi, d0 + ddx * fj, fused), f)
-                p = origin + di * W + dj
-                if k < keys[p]:
-                    keys[p] = k
+            k, p = _key(mad(ddy, fi, d0 + ddx * fj, fused), f), origin + di * W + dj
+            held = keys[p]
+            keys[p] = k if (_min(_min(m0, m1), m2) >= 0) & (k < held) else held
 
 
 @njit(cache=True, inline="always")
@@ -250,11 +249,9 @@ def _scan_box_float64(x0, y0, z0, x1, y1, z1, x2, y2, z2, lo_x, lo_y, ext_x, ext
             m0 = mad(ex0, fi, c0 - ey0 * fj, fused) * s
             m1 = mad(ex1, fi, c1 - ey1 * fj, fused) * s
             m2 = mad(ex2, fi, c2 - ey2 * fj, fused) * s
-            if _min(_min(m0, m1), m2) >= 0:
-                k = _key(np.float32(mad(ddy, fi, d0 + ddx * fj, fused)), f)
-                p = origin + di * W + dj
-                if k < keys[p]:
-                    keys[p] = k
+            k, p = _key(np.float32(mad(ddy, fi, d0 + ddx * fj, fused)), f), origin + di * W + dj
+            held = keys[p]
+            keys[p] = k if (_min(_min(m0, m1), m2) >= 0) & (k < held) else held
 
 
 @njit(cache=True)
