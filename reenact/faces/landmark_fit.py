@@ -30,8 +30,10 @@ system of the joint stage is block-tridiagonal and is solved exactly (block Thom
 a Jacobi-style diagonal bound converged too slowly on long chunks). And every frame
 passes the plausibility gates of :mod:`reenact.faces.gates`.
 The identity prior is mirror-symmetric (:func:`mirror_prior`): a face and its mirror image are equally likely, so
-the fit of a mirrored image is the mirror of the fit (the plain ``|alpha|^2`` of the procedural basis is not, and
-moved yaw by ~3 degrees between real frames and their mirrors). The 17 jaw points are silhouette points
+the fit of a mirrored image is the mirror of the fit. (The procedural identity basis comes in mirror pairs, so
+there the plain ``|alpha|^2`` already is and :func:`mirror_prior` reduces to it; before the pairing it was not,
+moved yaw by ~3 degrees between real frames and their mirrors, and its symmetrised form, far from ``|alpha|^2``,
+cost the oracle-landmark benchmark 0.4 degrees.) The 17 jaw points are silhouette points
 (``FitConfig.jaw_contour``, landmark marching as in 3DDFA): each slides along a line of candidate vertices to the
 visible contour for the current pose (:func:`select_contour`), re-selected between LM iterations. Texture and lighting are not observable from landmarks:
 :func:`fit_landmarks` writes zeros; :class:`LandmarkFitEstimator` fits them to the pixels
@@ -77,7 +79,8 @@ NUM_FRAME = NUM_EXP + NUM_POSE  # per-frame unknowns: beta (64), w (3), t (3)
 #: whole clip, max identity RMS; oracle sequences / tiny world: median rotation error): 1.0: 1.58 / 4.24 deg,
 #: 1.39 / 1.30, oracle 1.92 / 0.80 deg; 0.5: 1.63 / 4.09, 1.42 / 1.46, 1.66 / 0.74; 0.3: 1.66 / 4.28,
 #: 1.44 / 1.63 (over issue 12's 1.5), 1.49 / 0.72; 0.1 is unstable (8-frame p90 23 deg on lp_d0).
-#: (Measured with the earlier Jacobi temporal solver and before FitConfig.id_prior_min.)
+#: (Measured with the earlier Jacobi temporal solver, before FitConfig.id_prior_min and before the procedural
+#: identity basis came in mirror pairs: since then it matters only for the expression basis, and for other models.)
 ANTISYMMETRIC_PRIOR = 1.0
 
 
@@ -110,7 +113,8 @@ class FitConfig:
         "help": "the identity prior weighs at least this many times (that of a chunk of id_prior_min * "
                 "id_prior_frames frames): a few frames cannot tell the identity from the pose, and their own "
                 "identity moved the pose of 8-frame chunks of a real clip by p90 3.8 deg from the whole clip's "
-                "(2.7 with 4; 1: the plain prior for short chunks)"})
+                "(2.7 with 4; 1: the plain prior for short chunks). Costs the tiny world's oracle-landmark chunks "
+                "(~21 frames) 0.55 -> 0.70 deg median rotation error"})
     rotation_step: float = field(default=2.0, metadata={
         "help": "temporal term: std of the head rotation between neighbouring frames, degrees (0: off)"})
     trans_step: float = field(default=0.05, metadata={
@@ -200,8 +204,10 @@ def mirror_prior(basis: torch.Tensor, antisymmetric: float = ANTISYMMETRIC_PRIOR
     this is ``(|c|^2 + |T c|^2) / 2``, the model's prior averaged with its mirror image.
 
     The plain prior ``|c|^2 = |c+|^2 + |c-|^2 + 2 c+ . c-`` is not mirror-symmetric when the components are not
-    mirror pairs (the procedural model's random identity fields): its cross term favours some asymmetric shapes
-    over their mirror images, which moved the fitted yaw by ~3 degrees between real frames and their mirrors. With
+    mirror pairs (``T`` not orthogonal; the procedural model's random identity fields before they were paired): its
+    cross term favours some asymmetric shapes over their mirror images, which moved the fitted yaw by ~3 degrees
+    between real frames and their mirrors. With mirror-paired components (``T`` orthogonal on the observed
+    directions, the procedural identity basis) this prior is ``|c|^2`` there. With
     a basis closed under mirroring, the fit of a mirrored image under this prior is exactly the mirror of the fit
     (the procedural identity basis is; its expression basis is not quite, ~7 % of the mirrored landmark motion lies
     outside it: there ``T`` is a least-squares map, and the symmetrised expression prior took the real clips' mirror
