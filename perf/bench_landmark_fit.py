@@ -68,7 +68,7 @@ def main() -> None:
                  + rng.normal(0, args.noise, (len(c), 68, 2)) for c in truths]
     rows, results = [], None
     for threads in (1, 0):                                                # FitConfig.threads: 0 = torch's default
-        config = FitConfig(threads=threads, jaw_contour=False)           # the model's own landmark vertices
+        config = FitConfig(threads=threads, jaw_contour=False, landmark_offsets=False)   # the model's own vertices
         independent = np.zeros(args.frames - 1, bool)                     # no two frames are neighbours
         fit_landmarks(landmarks[0], 256, bases, config, links=independent)   # warm-up
         rates = []

@@ -27,7 +27,7 @@ from tests.conftest import fixture_path
 SIZE = 256
 #: truth landmarks of these tests are projections of the model's own (fixed) landmark vertices, so they are fitted
 #: with fixed jaw vertices; the default (jaw points on the silhouette) is for detected points (dlib's)
-FIXED = lf.FitConfig(jaw_contour=False)
+FIXED = lf.FitConfig(jaw_contour=False, landmark_offsets=False)   # landmarks that are the model's own vertices
 
 
 def sample_chunk(rng: np.random.Generator, frames: int, yaw_max: float = 45.0, exp_std: float = 0.7,
@@ -229,7 +229,7 @@ def test_contour_points_recover_pose_better_than_fixed_vertices(small_model):
     state = _state(c)
     jaw = lf.select_contour(bases, state, PerspectiveCamera.deep3d(SIZE))
     points = lf.project(state.posed(jaw), PerspectiveCamera.deep3d(SIZE)).numpy()
-    plain = lf.FitConfig(id_prior_min=1.0)      # 6 frames: the plain prior, so its pull does not mask the residual
+    plain = lf.FitConfig(id_prior_min=1.0, landmark_offsets=False)   # 6 frames: the plain prior, not masking it
     marching = lf.fit_landmarks(points, SIZE, bases, plain, links=stills(6))
     fixed = lf.fit_landmarks(points, SIZE, bases, replace(plain, jaw_contour=False), links=stills(6))
     assert np.median(marching.rmse) < 0.8 * np.median(fixed.rmse), (marching.rmse, fixed.rmse)
@@ -297,7 +297,7 @@ def test_noise_free_mean_face_is_recovered_exactly(small_model):
     rng = np.random.default_rng(6)
     c = sample_chunk(rng, 16, id_std=0.0, exp_std=0.0)
     config = lf.FitConfig(fit_identity=False, fit_expression=False, depth_prior=0.0,    # a flat prior: exact
-                          jaw_contour=False)
+                          jaw_contour=False, landmark_offsets=False)
     result = lf.fit_landmarks(truth_landmarks(small_model, c), SIZE, small_model, config)
     assert rotation_errors_deg(c, result.coeffs).max() < 1e-3
     np.testing.assert_allclose(result.coeffs[:, TRANS], c[:, TRANS], atol=1e-4)
@@ -527,3 +527,25 @@ def test_an_identity_outside_the_prior_is_held_at_its_edge(small_model):
     points = truth_landmarks(small_model, inside) + rng.normal(0, 0.5, (24, 68, 2))
     assert np.array_equal(lf.fit_landmarks(points, SIZE, small_model, FIXED).coeffs,
                           lf.fit_landmarks(points, SIZE, small_model, replace(FIXED, id_rms_bound=0.0)).coeffs)
+
+
+def test_detector_offsets_are_fitted_as_shifted_landmarks(small_model):
+    """Landmarks made with model-frame offsets (the detector's points) are fitted exactly with the model's
+    landmark_offsets (FitConfig.landmark_offsets, the default) and not without them; zero offsets change nothing."""
+    from reenact.face3d.transforms import euler_to_matrix
+
+    rng = np.random.default_rng(21)
+    c = sample_chunk(rng, 8, id_std=0.0, exp_std=0.0)
+    offsets = torch.from_numpy(rng.normal(0, 0.04, (68, 3)))
+    model = replace(small_model, landmark_offsets=offsets)
+    bases = lf.landmark_bases(model)
+    shapes = lf.landmark_points(bases.with_offsets(), c, PerspectiveCamera.deep3d(SIZE), contour=False)
+    posed = shapes @ euler_to_matrix(torch.from_numpy(c[:, ANGLE])).transpose(1, 2) + torch.from_numpy(c[:, None, TRANS])
+    points = lf.project(posed, PerspectiveCamera.deep3d(SIZE)).numpy()
+    config = lf.FitConfig(fit_identity=False, fit_expression=False, depth_prior=0.0, jaw_contour=False)
+    shifted = lf.fit_landmarks(points, SIZE, bases, config, links=stills(8))
+    assert rotation_errors_deg(c, shifted.coeffs).max() < 1e-3
+    vertices = lf.fit_landmarks(points, SIZE, bases, replace(config, landmark_offsets=False), links=stills(8))
+    assert np.median(rotation_errors_deg(c, vertices.coeffs)) > 0.5
+    zero = lf.landmark_bases(replace(small_model, landmark_offsets=torch.zeros(68, 3)))
+    assert zero.with_offsets() is zero

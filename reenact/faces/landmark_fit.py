@@ -35,7 +35,11 @@ there the plain ``|alpha|^2`` already is and :func:`mirror_prior` reduces to it;
 moved yaw by ~3 degrees between real frames and their mirrors, and its symmetrised form, far from ``|alpha|^2``,
 cost the oracle-landmark benchmark 0.4 degrees.) The 17 jaw points are silhouette points
 (``FitConfig.jaw_contour``, landmark marching as in 3DDFA): each slides along a line of candidate vertices to the
-visible contour for the current pose (:func:`select_contour`), re-selected between LM iterations. Texture and lighting are not observable from landmarks:
+visible contour for the current pose (:func:`select_contour`), re-selected between LM iterations. A model may say
+where a detector puts its points relative to the landmark vertices (``MorphableModel.landmark_offsets``, model
+frame, e.g. dlib's nose-ridge points deeper than the procedural ridge): the fit adds them to the landmark rows of the
+mean shape (``FitConfig.landmark_offsets``; the id and exp rows stay). Texture and lighting are not observable from
+landmarks:
 :func:`fit_landmarks` writes zeros; :class:`LandmarkFitEstimator` fits them to the pixels
 (:mod:`reenact.faces.photometric`).
 
@@ -63,7 +67,7 @@ from reenact.data.schema import Status
 from reenact.face3d.camera import PerspectiveCamera
 from reenact.face3d.coeffs import ANGLE, EXP, GAMMA, ID, NUM_COEFFS, TEX, TRANS
 from reenact.face3d.morphable import NUM_EXP, NUM_ID, NUM_LANDMARKS, MorphableModel
-from reenact.face3d.transforms import matrix_to_euler
+from reenact.face3d.transforms import euler_to_matrix, matrix_to_euler
 from reenact.faces.estimate import CoeffEstimate
 from reenact.faces.images import ImageBatch, frame_camera, image_list, nan_rows
 
@@ -140,6 +144,11 @@ class FitConfig:
                 "its prior (a real clip needed RMS 1.67 for 448 frames) is held at the prior's edge instead of being "
                 "written implausible. Faces drawn from the prior (RMS ~1) never trigger it (0: off)"})
     id_bound_steps: int = field(default=3, metadata={"help": "at most this many refits for id_rms_bound"})
+    landmark_offsets: bool = field(default=True, metadata={
+        "help": "fit the detector's points: the model's landmark_offsets (where dlib puts its points relative to the "
+                "landmark vertices, e.g. deeper than the nose's surface; procedural.LANDMARK_OFFSETS) added to the "
+                "landmark vertices; off: the vertices themselves (landmarks that are projections of the model's own "
+                "landmark vertices, e.g. the synthetic world's ground truth; turn jaw_contour off too)"})
 
 
 @dataclass(frozen=True)
@@ -169,12 +178,24 @@ class LandmarkBases:
     exp_prior: torch.Tensor = None   # 64 x 64 unit prior precision of beta (likewise)
     contour: "ContourLines | None" = None   # candidate vertices of the jaw points (silhouette points)
     jaw: "tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None" = None   # per-frame jaw rows (select_contour)
+    offsets: torch.Tensor = None     # 68 x 3 detector offsets (MorphableModel.landmark_offsets), not yet applied
 
     def __post_init__(self):
         if self.id_prior is None:
             object.__setattr__(self, "id_prior", torch.eye(self.id.shape[-1], dtype=self.id.dtype))
         if self.exp_prior is None:
             object.__setattr__(self, "exp_prior", torch.eye(self.exp.shape[-1], dtype=self.exp.dtype))
+        if self.offsets is None:
+            object.__setattr__(self, "offsets", torch.zeros_like(self.mean))
+
+    def with_offsets(self) -> "LandmarkBases":
+        """The bases of the detector's points: the offsets added to the landmark rows of the mean shape (and to every
+        candidate of a jaw point's contour line), the id and exp rows unchanged (a constant offset moves with the
+        head, not with identity or expression)."""
+        if not bool(self.offsets.any()):
+            return self
+        contour = self.contour and replace(self.contour, mean=self.contour.mean + self.offsets[JAW, None])
+        return replace(self, mean=self.mean + self.offsets, contour=contour, offsets=torch.zeros_like(self.offsets))
 
 
 def mirror_basis(basis: torch.Tensor) -> torch.Tensor:
@@ -265,8 +286,22 @@ def landmark_bases(model: MorphableModel) -> LandmarkBases:
     bases = LandmarkBases(mean=as64(model.mean_shape[index]),
                          id=as64(model.id_base[rows]).reshape(NUM_LANDMARKS, 3, NUM_ID),       # 68 x 3 x 80
                          exp=as64(model.exp_base[rows]).reshape(NUM_LANDMARKS, 3, NUM_EXP))    # 68 x 3 x 64
+    offsets = None if model.landmark_offsets is None else as64(model.landmark_offsets)
     return replace(bases, id_prior=mirror_prior(bases.id), exp_prior=mirror_prior(bases.exp),
-                   contour=contour_lines(model))
+                   contour=contour_lines(model), offsets=offsets)
+
+
+def landmark_points(bases: LandmarkBases, coeffs, camera: PerspectiveCamera, contour: bool = True) -> torch.Tensor:
+    """The fit's 68 landmarks of ``coeffs`` ``(T, 257)`` in the model frame, before pose ``(T, 68, 3)`` float64
+    (pose them as ``P @ R.T + t``): ``bases`` as given (apply :meth:`LandmarkBases.with_offsets` first for the
+    detector's points), the jaw points on the visible contour for the coefficients' pose in ``camera`` when
+    ``contour`` (:func:`select_contour`), else the landmark vertices."""
+
+    c = torch.as_tensor(np.asarray(coeffs), dtype=torch.float64)
+    state = _State(c[0, ID], c[:, EXP], euler_to_matrix(c[:, ANGLE]), c[:, TRANS])
+    if len(c) > 1 and not torch.equal(c[:, ID], c[:1, ID].expand_as(c[:, ID])):
+        return torch.cat([landmark_points(bases, row[None], camera, contour) for row in c])
+    return state.shapes(select_contour(bases, state, camera) if contour and bases.contour is not None else bases)
 
 
 # ---------------------------------------------------------------- geometry
@@ -686,6 +721,7 @@ def fit_landmarks(landmarks, image_size: int, model: MorphableModel | LandmarkBa
     if int(image_size) <= 0:
         raise ValueError(f"expected a positive image size, got {image_size}")
     bases = model if isinstance(model, LandmarkBases) else landmark_bases(model)
+    bases = bases.with_offsets() if config.landmark_offsets else bases
     camera = camera or PerspectiveCamera.deep3d(int(image_size))
     links = torch.ones(len(target) - 1, dtype=torch.bool) if links is None else torch.as_tensor(links, dtype=torch.bool)
     if links.shape != (len(target) - 1,):
