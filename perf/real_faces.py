@@ -20,7 +20,9 @@ default settings) runs. Detections are cached in ``--cache`` (they are the slow 
 * % ok: frames of the whole-clip fit that pass detection and every plausibility gate (>= 95 %);
 * fit speed: frames / s of the whole-clip fit (landmarks given, one torch thread);
 * photometric (with ``--photometric-frames``): mean absolute RGB error inside the face mask of the render with
-  fitted texture and light (:mod:`reenact.faces.photometric`), beside the flat render's (<= 0.06);
+  fitted texture and light (:mod:`reenact.faces.photometric`), beside the flat render's (<= 0.06), with the
+  occluders (:func:`reenact.faces.photometric.occluders`: hair over the cheeks) left out and kept, the error by
+  region and the stage's cost;
 * with ``--synthetic``: the rotation error of the fit to dlib's points on renders of the tiny synthetic world
   (``perf/calibrate_landmarks.py``'s evaluation; 7.5 deg median before issue 12, acceptance <= 3 deg).
 """
@@ -260,23 +262,31 @@ def photometric_figures(name: str, det, estimator, frames: int, max_frames: int 
     stored = est.coeffs.clone()            # as LandmarkFitEstimator.fit_texture writes them: tex, the mean light
     stored[:, TEX], stored[:, GAMMA] = result.coeffs[:, TEX], result.coeffs[:, GAMMA].mean(0)
     as_stored, _ = render_error(images, stored, points, estimator.model)
-    brows_only, brow_mask = render_error(images, result.coeffs, points, estimator.model, outline=False)
+    as_stored_face, _ = render_error(images, stored, points, estimator.model, occlusion=False)
+    _, face = render_error(images, result.coeffs, points, estimator.model, occlusion=False)
+    brows_only, brow_mask = render_error(images, result.coeffs, points, estimator.model, outline=False,
+                                         occlusion=False)
     mask = result.mask[:, 0].bool()
-    print(f"  {name} photometric on {len(pick)} frames: mean |I_r - frame| in the face mask {result.error:.4f} "
-          f"(flat render {result.flat_error:.4f}); as stored (landmark-fit geometry, fitted tex, mean light) {as_stored:.4f}; "
+    print(f"  {name} photometric on {len(pick)} frames: mean |I_r - frame| in the face mask without occluders "
+          f"{result.error:.4f} (flat render {result.flat_error:.4f}), with them {result.face_error:.4f}; as stored "
+          f"(landmark-fit geometry, fitted tex, mean light) {as_stored:.4f} / {as_stored_face:.4f}; "
           f"{ms[0]:.0f} ms/frame ({ms[1]:.0f} CPU-ms/frame)")
     tex_rms = float(result.coeffs[0, TEX].square().mean().sqrt())
     turned = float(rotation_differences(est.coeffs.numpy(), result.coeffs.numpy()).max())
     print(f"  refined geometry: rotation moved by at most {turned:.2f} deg; texture RMS {tex_rms:.2f}")
-    print(f"  face mask {int(mask.sum()) / len(pick):.0f} px/frame = {float(mask.sum() / brow_mask.sum()):.1%} of "
-          f"the brow-cut-only mask, whose error is {brows_only:.4f}")
-    print("  by region (share of mask, mean error): " + ", ".join(
-        f"{k} {share:.0%} {err:.3f}" for k, (share, err) in error_by_region(result.render, images, mask, points).items()))
+    print(f"  face mask {int(face.sum()) / len(pick):.0f} px/frame = {float(face.sum() / brow_mask.sum()):.1%} of "
+          f"the brow-cut-only mask, whose error is {brows_only:.4f}; occluders {float(1 - mask.sum() / face.sum()):.1%}"
+          " of the face mask")
+    print("  by region (share of the face mask, mean error): " + ", ".join(
+        f"{k} {share:.0%} {err:.3f}" for k, (share, err) in error_by_region(result.render, images, face, points,
+                                                                             face & ~mask).items()))
 
 
-def error_by_region(render: torch.Tensor, images: torch.Tensor, mask: torch.Tensor, points: torch.Tensor) -> dict:
-    """Where the photometric error is: eyes (dilated 2 px), mouth interior, lips, the band just below the brow
-    line (0.08 face sizes), the mask's border (3 px), the rest; ``region -> (share of mask pixels, mean error)``."""
+def error_by_region(render: torch.Tensor, images: torch.Tensor, mask: torch.Tensor, points: torch.Tensor,
+                    occluded: torch.Tensor | None = None) -> dict:
+    """Where the photometric error is: the ``occluded`` pixels, eyes (dilated 2 px), mouth interior, lips, the band
+    just below the brow line (0.08 face sizes), the mask's border (3 px), the rest;
+    ``region -> (share of mask pixels, mean error)``."""
     from scipy import ndimage
     from skimage.draw import polygon2mask
 
@@ -292,7 +302,8 @@ def error_by_region(render: torch.Tensor, images: torch.Tensor, mask: torch.Tens
         mouth = poly(list(range(60, 68)))
         lowered = p.copy()
         lowered[17:27, 1] += 0.08 * float(face_size(torch.from_numpy(p)))
-        parts = {"eyes": eyes, "mouth interior": mouth, "lips": poly(list(range(48, 60))) & ~mouth,
+        parts = {"occluders": np.zeros_like(inside) if occluded is None else occluded[b].numpy(), "eyes": eyes,
+                 "mouth interior": mouth, "lips": poly(list(range(48, 60))) & ~mouth,
                  "below brows": ~below_brows(torch.from_numpy(lowered[None]), *inside.shape)[0].numpy() & ~eyes,
                  "border": ~ndimage.binary_erosion(inside, iterations=3)}
         rest = inside.copy()

@@ -66,11 +66,12 @@ def test_acceptance_mirror_yaw_and_chunking(figures):
     assert figures["chunk8_p90_clip_identity"] <= 0.3, figures
 
 
-@pytest.mark.parametrize("name", ["lp_d0", "tpsmm_driving"])
+@pytest.mark.parametrize("name", ["lp_d0", "tpsmm_driving", "lp_d10"])
 def test_texture_and_light_bring_the_render_close_to_the_frame(name, estimator):
     """Issue 12's photometric acceptance on the first and last frames of each clip: mean |I_r - frame| inside the
-    face mask <= 0.06, well below the flat render's (measured: lp_d0 0.039, tpsmm_driving 0.0586, flat 0.13 and
-    0.16; ``perf/real_faces.py --photometric-frames 4``: 0.042 and 0.058)."""
+    face mask <= 0.06, without the occluders (hair) and with them, well below the flat render's (measured: lp_d0
+    0.031 / 0.032, tpsmm_driving 0.046 / 0.046, lp_d10 0.052 / 0.055, flat 0.13, 0.16, 0.20;
+    ``perf/real_faces.py --symmetric --photometric-frames 4``: 0.036, 0.044, 0.055 / 0.058)."""
     from reenact.faces.photometric import photometric_fit
 
     if not real_clips.available():
@@ -83,3 +84,4 @@ def test_texture_and_light_bring_the_render_close_to_the_frame(name, estimator):
     result = estimator.fit_points(found.points, [(256, 256)] * 2, frame_index=pick)
     photometric = photometric_fit(images, result.coeffs, found.points, estimator.model)
     assert photometric.error <= 0.06 and photometric.error < 0.5 * photometric.flat_error, photometric.error
+    assert photometric.face_error <= 0.06, photometric.face_error      # with the occluders (hair) kept

@@ -10,7 +10,8 @@ semantic so the synthetic world can animate them:
   local fields of decreasing magnitude.
 * identity 0-3: face width, face length, depth, nose size; then random low-frequency fields in mirror pairs
   (symmetric part, smaller antisymmetric part), so ``N(0, I)`` identities are as likely as their mirror images.
-* texture 0-4: skin brightness, redness, tan, brow darkness, lip colour; then random colour fields.
+* texture 0-4: skin brightness, redness, tan, brow darkness, lip colour; then 55 luminance cosine fields
+  (lowest spatial frequency first) and 2 x 10 chroma ones: a full-rank basis of smooth colour fields.
 
 Coefficients are meant to be roughly N(0, 1), like Deep3D's. Landmarks sit at the iBUG-68 semantic places
 (jaw outline, brows, nose, eyes, mouth). The model is deterministic: it depends on nothing but ``size``.
@@ -29,6 +30,10 @@ GRID_SIDES = {"full": 189, "small": 41, "tiny": 17}
 HALF_WIDTH, HALF_HEIGHT, DEPTH = 0.78, 1.05, 0.62
 EXPRESSION_NAMES = ("jaw_open", "smile", "blink", "brow_raise", "pucker")
 EYE_CENTERS = ((-0.36, 0.22), (0.36, 0.22))
+#: texture components after the 5 semantic ones: luminance cosine fields, then two chroma directions of the
+#: lowest ones (5 + 55 + 2 x 10 = 80)
+TEX_CHROMA = 10
+TEX_LUMA = NUM_TEX - 5 - 2 * TEX_CHROMA
 MOUTH_V = -0.45
 
 
@@ -109,13 +114,6 @@ def _smooth_basis(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return np.stack([np.cos(np.pi * a * (u + 1) / 2) * np.cos(np.pi * b * (v + 1) / 2) for a, b in SMOOTH_FREQS], -1)
 
 
-def _smooth_fields(u: np.ndarray, v: np.ndarray, rng: np.random.Generator, count: int, channels: int = 3
-                   ) -> np.ndarray:
-    """``(count, V, channels)`` random low-frequency fields with unit-ish amplitude."""
-    weights = rng.normal(size=(count, len(SMOOTH_FREQS), channels)) / np.sqrt(len(SMOOTH_FREQS))
-    return np.einsum("vf,kfc->kvc", _smooth_basis(u, v), weights)
-
-
 def _mirror_paired_fields(u: np.ndarray, v: np.ndarray, rng: np.random.Generator, count: int) -> np.ndarray:
     """``(count, V, 3)`` (count even) random low-frequency displacement fields in mirror pairs: from ``count / 2``
     random fields ``d``, the symmetric and antisymmetric parts ``(d +- mirror(d)) / sqrt(2)``, where
@@ -168,7 +166,7 @@ def _mean_texture(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return tex
 
 
-def _texture_fields(u, v, rng) -> np.ndarray:
+def _texture_fields(u, v) -> np.ndarray:
     """``(80, V, 3)`` albedo offsets per unit coefficient, in [0, 255] units."""
     one = np.ones_like(u)
     brows = sum(_gauss(u, v, cu, 0.385, 0.17, 0.03) for cu, _ in EYE_CENTERS)
@@ -176,9 +174,25 @@ def _texture_fields(u, v, rng) -> np.ndarray:
     semantic = [np.stack([one, one, one], -1) * 25, np.stack([one, -0.3 * one, -0.3 * one], -1) * 12,
                 np.stack([one, 0.4 * one, -0.6 * one], -1) * 12, -brows[:, None] * np.array([20.0, 14, 10]),
                 lips[:, None] * np.array([25.0, -10, -5])]
-    rest = _smooth_fields(u, v, rng, NUM_TEX - len(semantic)) * (12.0 * (np.arange(NUM_TEX - 5) + 2.0) ** -0.6
-                                                                   )[:, None, None]
-    return np.concatenate([np.stack(semantic), rest])
+    grey, red_green, yellow_blue = np.ones(3) / np.sqrt(3), np.array([1.0, -1, 0]) / np.sqrt(2), np.array(
+        [1.0, 1, -2]) / np.sqrt(6)
+    rest = [12.0 * _decaying(_cosine_fields(u, v, TEX_LUMA))[..., None] * grey]
+    rest += [8.0 * _decaying(_cosine_fields(u, v, TEX_CHROMA))[..., None] * direction
+             for direction in (red_green, yellow_blue)]
+    return np.concatenate([np.stack(semantic), *rest])
+
+
+def _decaying(fields: np.ndarray) -> np.ndarray:
+    """``fields`` ``(n, V)`` scaled by ``(k + 2)^-0.6``: higher-frequency components vary less."""
+    return fields * (np.arange(len(fields)) + 2.0)[:, None] ** -0.6
+
+
+def _cosine_fields(u: np.ndarray, v: np.ndarray, count: int) -> np.ndarray:
+    """``(count, V)`` cosines over the face's square, ``cos(pi a (u+1)/2) cos(pi b (v+1)/2)``, lowest frequency
+    ``a^2 + b^2`` first, the constant left out: an orthogonal basis of the smooth fields (like a DCT)."""
+    side = int(np.ceil(np.sqrt(count + 1))) + 2
+    freqs = sorted(((a, b) for a in range(side) for b in range(side)), key=lambda f: (f[0] ** 2 + f[1] ** 2, f))
+    return np.stack([np.cos(np.pi * a * (u + 1) / 2) * np.cos(np.pi * b * (v + 1) / 2) for a, b in freqs[1:count + 1]])
 
 
 def _flat(fields: np.ndarray) -> torch.Tensor:
@@ -248,7 +262,7 @@ def procedural_model(size: str = "full") -> MorphableModel:
         id_base=_flat(_identity_fields(u, v, xyz, rng)),
         exp_base=_flat(_expression_fields(u, v, rng)),
         mean_tex=torch.from_numpy(_mean_texture(u, v).astype(np.float32)),
-        tex_base=_flat(_texture_fields(u, v, rng)),
+        tex_base=_flat(_texture_fields(u, v)),
         triangles=torch.from_numpy(triangles.astype(np.int64)),
         vertex_triangles=torch.from_numpy(adjacent_triangles(triangles, len(uv))),
         landmark_indices=torch.from_numpy(landmark_ids.astype(np.int64)),

@@ -22,7 +22,10 @@ The face mask M is where the data says the face is: pixels the rendered face cov
 points (the 17 jaw points, closed along the 10 brow points). The model's mesh reaches past the brows into the
 hairline and, on a turned head or a head the landmark fit made a little too wide, past the cheek contour onto
 background or hair; neither is face the model describes, so both are left out. The brow cut alone
-(:func:`below_brows`) is the earlier mask, kept to report the figure on it.
+(:func:`below_brows`) is the earlier mask, kept to report the figure on it. Within the outline, hair falling over
+the cheeks (or background past a cheek the outline overshoots) is left out too where the frame's colours say it is
+not skin (:func:`occluders`, a skin-colour model measured on the frame's inner face, which is itself never left
+out); the result reports the error with and without that trim.
 """
 from __future__ import annotations
 
@@ -50,7 +53,8 @@ class PhotometricConfig:
 
     steps: int = 300             # Adam steps
     lr: float = 0.05             # Adam learning rate of delta and gamma
-    tex_weight: float = 1e-4     # prior weight on delta (per coefficient); 1e-3 held tpsmm_driving's error at 0.060
+    tex_weight: float = 1e-5     # prior weight on delta (per coefficient); 1e-4 held lp_d10's error at 0.057 (the
+    #                              basis's fine components are small; texture RMS 4.8 -> 7.5)
     gamma_weight: float = 1e-4   # prior weight on gamma (per coefficient)
     refine_geometry: bool = True  # refine expression and pose per frame (else the landmark fit's stays)
     geometry_lr: float = 1e-2    # Adam learning rate of the expression (coefficients) and pose (rad, decimetres)
@@ -59,6 +63,8 @@ class PhotometricConfig:
     rotation_weight: float = 3.0  # prior weight on the rotation's change (per angle, radians^2): all three 1 deg: 9e-4
     rasterize_every: int = 20    # steps between two visibility updates while the geometry moves (< 1 deg)
     outline: bool = True         # the mask stops at dlib's face outline (else only at the brows)
+    occlusion: bool = True       # the mask leaves out pixels of another colour than the face's outside the inner
+    #                              face (:func:`occluders`: hair over the cheeks, background past them)
     warm_start: int = 3          # rounds of alternating least squares for delta and gamma before Adam (0: zeros)
     threads: int = 1             # torch intra-op threads during the fit (0: keep the caller's); its tensors are
     #                              small, so on a busy machine more threads cost more CPU than they save
@@ -70,14 +76,16 @@ class PhotometricConfig:
 @dataclass(frozen=True)
 class PhotometricResult:
     """coeffs: ``(B, 257)`` with the fitted tex (shared), gamma (per frame) and the refined expression and pose;
-    render: ``(B, 3, H, W)`` I_r; mask: ``(B, 1, H, W)`` the face mask used; error / flat_error: mean absolute RGB
-    error inside the mask of the fitted render and of the flat one (tex and gamma zero; the same geometry and mask)."""
+    render: ``(B, 3, H, W)`` I_r; mask: ``(B, 1, H, W)`` the face mask used (occluders left out); error / flat_error:
+    mean absolute RGB error inside the mask of the fitted render and of the flat one (tex and gamma zero; the same
+    geometry and mask); face_error: the fitted render's inside the face mask with the occluders kept."""
 
     coeffs: torch.Tensor
     render: torch.Tensor
     mask: torch.Tensor
     error: float
     flat_error: float
+    face_error: float
 
 
 def below_brows(landmarks: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -106,6 +114,47 @@ def inside_outline(landmarks: torch.Tensor, height: int, width: int) -> torch.Te
         outline = points[OUTLINE].double().numpy()
         if np.isfinite(outline).all():    # skimage: (row, col), pixel centres at integers
             out[b] = torch.from_numpy(polygon2mask((height, width), outline[:, ::-1] - 0.5))
+    return out
+
+
+def occluders(images: torch.Tensor, landmarks: torch.Tensor, chroma_limit: float = 5.0,
+              dark_limit: float = 0.4) -> torch.Tensor:
+    """``(B, H, W)`` bool: pixels whose colour is not the face's, outside the inner face: hair, a scarf, background
+    over the face's sides (hands are skin-coloured and stay).
+
+    The skin's colour is measured on the frame itself, robustly (median and MAD) over the inner face (the convex hull
+    of dlib's 51 inner points: brows, nose, eyes, mouth; eyes and lips are a minority there). A pixel outside that
+    hull (grown by 3 % of the face size) is an occluder when its chromaticity ``(R, G) / (R + G + B)`` is more than ``chroma_limit`` MADs (scaled
+    to sigmas) from the skin's, or its brightness is under ``dark_limit`` times the skin's (dark hair; shaded skin
+    keeps its chromaticity and more light than that). The inner face itself is never left out, so eyes, brows and
+    the mouth stay whatever their colour and however badly they are fitted. All False for a frame without finite
+    landmarks.
+
+    Args:
+        images: RGB ``(B, 3, H, W)`` in [0, 1]; landmarks: ``(B, 68, 2)`` pixels.
+    """
+    from scipy import ndimage
+    from scipy.spatial import ConvexHull
+    from skimage.draw import polygon2mask
+
+    batch, _, height, width = images.shape
+    out = torch.zeros(batch, height, width, dtype=torch.bool)
+    brightness = images.double().sum(1)                                                   # B x H x W
+    chroma = images.double()[:, :2] / brightness[:, None].clamp_min(1e-6)                 # B x 2 x H x W
+    for b, points in enumerate(landmarks):
+        inner = points[INNER].double().numpy()
+        if not np.isfinite(inner).all():
+            continue
+        hull = inner[ConvexHull(inner).vertices]
+        face = polygon2mask((height, width), hull[:, ::-1] - 0.5)
+        margin = round(0.03 * float(np.sqrt(np.prod(inner.max(0) - inner.min(0)))))   # the lips' edge, the lids
+        face = torch.from_numpy(ndimage.binary_dilation(face, iterations=margin) if margin else face)
+        skin_chroma, skin_brightness = chroma[b][:, face], brightness[b][face]              # 2 x N, N
+        centre = skin_chroma.median(1).values
+        spread = 1.4826 * (skin_chroma - centre[:, None]).abs().median(1).values.clamp_min(1e-3)
+        distance = ((chroma[b] - centre[:, None, None]) / spread[:, None, None]).square().sum(0).sqrt()
+        unlike = (distance > chroma_limit) | (brightness[b] < dark_limit * skin_brightness.median())
+        out[b] = unlike & ~face
     return out
 
 
@@ -170,7 +219,7 @@ def _fit(images, coeffs, landmarks, model, config: PhotometricConfig) -> Photome
         render, mask = scene.render(fitted), scene.mask
         flat_error = scene.error(scene.render(flat))
         return PhotometricResult(fitted.float(), render.permute(0, 3, 1, 2).float(), mask[:, None].float(),
-                                 scene.error(render), flat_error)
+                                 scene.error(render), flat_error, scene.error(render, scene.face))
 
 
 def _downsampled(images: torch.Tensor, landmarks: torch.Tensor | None, size: int):
@@ -200,6 +249,7 @@ class _Scene:
         self.camera = frame_camera(self.width, self.height)
         self.target = images.permute(0, 2, 3, 1).to(self.dtype)                         # B x H x W x 3
         self.refine = config.refine_geometry and landmarks is not None
+        self.occluders = occluders(images, landmarks) if config.occlusion and landmarks is not None else None
         if landmarks is not None:
             points = landmarks.to(self.dtype)
             extent = points.amax(1) - points.amin(1)
@@ -221,7 +271,8 @@ class _Scene:
         with torch.no_grad():
             mesh = build_face(m, self.coeffs(pose), self.camera, with_colors=False)
             self.fragments = rasterize(mesh.screen, m.triangles, RasterSettings((self.height, self.width)))
-            self.mask = face_mask(self.fragments, self.landmarks, self.config.outline)
+            self.face = face_mask(self.fragments, self.landmarks, self.config.outline)
+            self.mask = self.face if self.occluders is None else self.face & ~self.occluders
             b, y, x = self.mask.nonzero(as_tuple=True)
             corners = m.triangles[self.fragments.triangle_id[b, y, x]]                      # P x 3 vertex ids
             used = torch.cat([corners.reshape(-1), m.landmark_indices])
@@ -314,8 +365,8 @@ class _Scene:
         colors = shade(self.model.albedo(c.tex), normals, c.gamma)
         return interpolate(self.fragments, self.model.triangles, colors)
 
-    def error(self, render: torch.Tensor) -> float:
-        return float((render - self.target).abs()[self.mask].mean())
+    def error(self, render: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+        return float((render - self.target).abs()[self.mask if mask is None else mask].mean())
 
 
 def _ridge(design: torch.Tensor, target: torch.Tensor, weight) -> torch.Tensor:
@@ -336,15 +387,16 @@ def _barycentrics(corners: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
 
 
 def render_error(images: torch.Tensor, coeffs: torch.Tensor, landmarks: torch.Tensor | None = None,
-                 model="procedural-full", *, outline: bool = True, assets: str | None = None) -> tuple[float, torch.Tensor]:
-    """Mean absolute RGB error inside the face mask (:func:`face_mask`) between I_r of ``coeffs (B, 257)`` (their
-    texture, light and pose) and ``images (B, 3, H, W)``, and the mask ``(B, H, W)``: e.g. for coefficients as an
-    estimator stores them, whose geometry is the landmark fit's."""
+                 model="procedural-full", *, outline: bool = True, occlusion: bool = True,
+                 assets: str | None = None) -> tuple[float, torch.Tensor]:
+    """Mean absolute RGB error inside the face mask (:func:`face_mask`, with ``occlusion`` the :func:`occluders` left
+    out) between I_r of ``coeffs (B, 257)`` (their texture, light and pose) and ``images (B, 3, H, W)``, and the mask
+    ``(B, H, W)``: e.g. for coefficients as an estimator stores them, whose geometry is the landmark fit's."""
     if isinstance(model, str):
         from reenact.face3d.io import load_morphable_model
 
         model = load_morphable_model(model, assets)
     coeffs = coeffs.to(model.mean_shape.dtype)
     with torch.no_grad():
-        scene = _Scene(model, images, coeffs, landmarks, PhotometricConfig(outline=outline))
+        scene = _Scene(model, images, coeffs, landmarks, PhotometricConfig(outline=outline, occlusion=occlusion))
         return scene.error(scene.render(coeffs)), scene.mask
