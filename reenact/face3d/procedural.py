@@ -231,11 +231,11 @@ LANDMARKS_UV = np.array([
 #: ``(68, 3)`` where dlib puts its points relative to the landmark vertices, in the model frame (decimetres; the
 #: landmark fit adds them, :class:`reenact.faces.landmark_fit.FitConfig` ``landmark_offsets``). Triangulated by
 #: ``perf/calibrate_landmarks.py --offsets`` from dlib's points on the tiny synthetic world's videos of seeds 0, 2-11
-#: (1,021 frames, |yaw| up to 45 deg, true poses known; linear least squares per landmark, symmetrised). Only the
+#: (1,030 frames, |yaw| up to 45 deg, true poses known; linear least squares per landmark, symmetrised). Only the
 #: nose is kept: dlib's nose-ridge points sit ~1.2 cm behind the procedural ridge (they move ~25 % less sideways with
-#: yaw). Held out (seed 1 / seeds 12-19) the fit's rotation error median goes 6.72 -> 6.48 / 6.17 -> 6.09 deg. The
-#: other groups' offsets did not help held out (every group: 6.72 -> 6.37 / 6.17 -> 6.24 median, p90 better at
-#: large yaw) and did not carry over to real clips: the jaw's (dlib's jaw on renders follows the head shell or the
+#: yaw). Held out (seed 1 / seeds 12-19) the fit's rotation error median goes 6.88 -> 6.73 / 6.22 -> 6.12 deg. The
+#: other groups' offsets did not help the held-out median (every group: seed 1 6.88 -> 6.80, p90 27.6 -> 17.6, better
+#: at large yaw) and did not carry over to real clips: the jaw's (dlib's jaw on renders follows the head shell or the
 #: backdrop) moved tpsmm_driving's 64-frame chunks by p90 3.55 deg from the whole clip, beyond issue 12's 3.
 LANDMARK_OFFSETS = np.zeros((68, 3))
 LANDMARK_OFFSETS[27:36] = [   # nose
