@@ -169,7 +169,8 @@ def _erode(mask: torch.Tensor, k: int = 2) -> torch.Tensor:
 
 
 def test_video_face_pixels_and_landmarks_match_the_truth(synth_tiny, vox_truth):
-    """The face the truth describes is the face in the decoded video, unoccluded, and the landmarks lie on it."""
+    """The face the truth describes is the face in the decoded video, unoccluded, and the landmarks lie on it (up to
+    the silhouette's pixel: at ~35 deg yaw the far brow's outer points can sit on the silhouette)."""
     for vid in vox_truth.video_id.unique()[:3]:
         rows = vox_truth[vox_truth.video_id == vid].iloc[::8]
         decoded = torch.from_numpy(writer.read_video(synth_tiny.video(vid), 640, 360)[rows.source_frame.values])
@@ -177,9 +178,10 @@ def test_video_face_pixels_and_landmarks_match_the_truth(synth_tiny, vox_truth):
         inner = _erode(mask)
         error = (decoded.float() / 255 - colour).abs().amax(-1)[inner]
         assert error.mean() < 0.03 and (error > 0.15).float().mean() < 0.01, vid
+        near = torch.nn.functional.max_pool2d(mask.float()[:, None], 3, 1, 1)[:, 0] > 0.5   # up to 1 px outside
         for k, (_, row) in enumerate(rows.iterrows()):
             xy = np.floor(np.asarray(row.landmarks).reshape(68, 2)).astype(int)
-            on_face = mask[k, xy[:, 1].clip(0, 359), xy[:, 0].clip(0, 639)].numpy()
+            on_face = near[k, xy[:, 1].clip(0, 359), xy[:, 0].clip(0, 639)].numpy()
             assert on_face[17:].all() and on_face.mean() >= 0.9, (vid, row.source_frame)
 
 

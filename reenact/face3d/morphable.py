@@ -38,6 +38,10 @@ class MorphableModel:
         vertex_triangles: ``(V, K)`` int64 adjacent triangles per vertex, -1 padded (Deep3D's ``point_buf``).
         landmark_indices: ``(68,)`` int64 vertex ids of the iBUG 68 landmarks.
         name: where the model came from (``procedural-full``, ``BFM09``, a file path).
+        landmark_offsets: ``(68, 3)`` float, decimetres in the model frame: where a 2D landmark detector (dlib)
+            puts its points relative to the landmark vertices, e.g. deeper than the nose's surface. Only the
+            landmark fit uses them (:class:`reenact.faces.landmark_fit.FitConfig` ``landmark_offsets``); the
+            model's landmarks (:meth:`landmarks`, ``project_landmarks``) stay the vertices. None: zeros.
     """
 
     mean_shape: torch.Tensor
@@ -49,6 +53,7 @@ class MorphableModel:
     vertex_triangles: torch.Tensor
     landmark_indices: torch.Tensor
     name: str = "unnamed"
+    landmark_offsets: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         # Keep the bases in one (k, 3V) row-major buffer [id; exp] and (80, 3V) for texture: Eq. 1 is then one

@@ -30,10 +30,16 @@ system of the joint stage is block-tridiagonal and is solved exactly (block Thom
 a Jacobi-style diagonal bound converged too slowly on long chunks). And every frame
 passes the plausibility gates of :mod:`reenact.faces.gates`.
 The identity prior is mirror-symmetric (:func:`mirror_prior`): a face and its mirror image are equally likely, so
-the fit of a mirrored image is the mirror of the fit (the plain ``|alpha|^2`` of the procedural basis is not, and
-moved yaw by ~3 degrees between real frames and their mirrors). The 17 jaw points are silhouette points
+the fit of a mirrored image is the mirror of the fit. (The procedural identity basis comes in mirror pairs, so
+there the plain ``|alpha|^2`` already is and :func:`mirror_prior` reduces to it; before the pairing it was not,
+moved yaw by ~3 degrees between real frames and their mirrors, and its symmetrised form, far from ``|alpha|^2``,
+cost the oracle-landmark benchmark 0.4 degrees.) The 17 jaw points are silhouette points
 (``FitConfig.jaw_contour``, landmark marching as in 3DDFA): each slides along a line of candidate vertices to the
-visible contour for the current pose (:func:`select_contour`), re-selected between LM iterations. Texture and lighting are not observable from landmarks:
+visible contour for the current pose (:func:`select_contour`), re-selected between LM iterations. A model may say
+where a detector puts its points relative to the landmark vertices (``MorphableModel.landmark_offsets``, model
+frame, e.g. dlib's nose-ridge points deeper than the procedural ridge): the fit adds them to the landmark rows of the
+mean shape (``FitConfig.landmark_offsets``; the id and exp rows stay). Texture and lighting are not observable from
+landmarks:
 :func:`fit_landmarks` writes zeros; :class:`LandmarkFitEstimator` fits them to the pixels
 (:mod:`reenact.faces.photometric`).
 
@@ -61,7 +67,7 @@ from reenact.data.schema import Status
 from reenact.face3d.camera import PerspectiveCamera
 from reenact.face3d.coeffs import ANGLE, EXP, GAMMA, ID, NUM_COEFFS, TEX, TRANS
 from reenact.face3d.morphable import NUM_EXP, NUM_ID, NUM_LANDMARKS, MorphableModel
-from reenact.face3d.transforms import matrix_to_euler
+from reenact.face3d.transforms import euler_to_matrix, matrix_to_euler
 from reenact.faces.estimate import CoeffEstimate
 from reenact.faces.images import ImageBatch, frame_camera, image_list, nan_rows
 
@@ -77,7 +83,8 @@ NUM_FRAME = NUM_EXP + NUM_POSE  # per-frame unknowns: beta (64), w (3), t (3)
 #: whole clip, max identity RMS; oracle sequences / tiny world: median rotation error): 1.0: 1.58 / 4.24 deg,
 #: 1.39 / 1.30, oracle 1.92 / 0.80 deg; 0.5: 1.63 / 4.09, 1.42 / 1.46, 1.66 / 0.74; 0.3: 1.66 / 4.28,
 #: 1.44 / 1.63 (over issue 12's 1.5), 1.49 / 0.72; 0.1 is unstable (8-frame p90 23 deg on lp_d0).
-#: (Measured with the earlier Jacobi temporal solver and before FitConfig.id_prior_min.)
+#: (Measured with the earlier Jacobi temporal solver, before FitConfig.id_prior_min and before the procedural
+#: identity basis came in mirror pairs: since then it matters only for the expression basis, and for other models.)
 ANTISYMMETRIC_PRIOR = 1.0
 
 
@@ -110,7 +117,8 @@ class FitConfig:
         "help": "the identity prior weighs at least this many times (that of a chunk of id_prior_min * "
                 "id_prior_frames frames): a few frames cannot tell the identity from the pose, and their own "
                 "identity moved the pose of 8-frame chunks of a real clip by p90 3.8 deg from the whole clip's "
-                "(2.7 with 4; 1: the plain prior for short chunks)"})
+                "(2.7 with 4; 1: the plain prior for short chunks). Costs the tiny world's oracle-landmark chunks "
+                "(~21 frames) 0.55 -> 0.70 deg median rotation error"})
     rotation_step: float = field(default=2.0, metadata={
         "help": "temporal term: std of the head rotation between neighbouring frames, degrees (0: off)"})
     trans_step: float = field(default=0.05, metadata={
@@ -136,6 +144,11 @@ class FitConfig:
                 "its prior (a real clip needed RMS 1.67 for 448 frames) is held at the prior's edge instead of being "
                 "written implausible. Faces drawn from the prior (RMS ~1) never trigger it (0: off)"})
     id_bound_steps: int = field(default=3, metadata={"help": "at most this many refits for id_rms_bound"})
+    landmark_offsets: bool = field(default=True, metadata={
+        "help": "fit the detector's points: the model's landmark_offsets (where dlib puts its points relative to the "
+                "landmark vertices, e.g. deeper than the nose's surface; procedural.LANDMARK_OFFSETS) added to the "
+                "landmark vertices; off: the vertices themselves (landmarks that are projections of the model's own "
+                "landmark vertices, e.g. the synthetic world's ground truth; turn jaw_contour off too)"})
 
 
 @dataclass(frozen=True)
@@ -165,12 +178,24 @@ class LandmarkBases:
     exp_prior: torch.Tensor = None   # 64 x 64 unit prior precision of beta (likewise)
     contour: "ContourLines | None" = None   # candidate vertices of the jaw points (silhouette points)
     jaw: "tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None" = None   # per-frame jaw rows (select_contour)
+    offsets: torch.Tensor = None     # 68 x 3 detector offsets (MorphableModel.landmark_offsets), not yet applied
 
     def __post_init__(self):
         if self.id_prior is None:
             object.__setattr__(self, "id_prior", torch.eye(self.id.shape[-1], dtype=self.id.dtype))
         if self.exp_prior is None:
             object.__setattr__(self, "exp_prior", torch.eye(self.exp.shape[-1], dtype=self.exp.dtype))
+        if self.offsets is None:
+            object.__setattr__(self, "offsets", torch.zeros_like(self.mean))
+
+    def with_offsets(self) -> "LandmarkBases":
+        """The bases of the detector's points: the offsets added to the landmark rows of the mean shape (and to every
+        candidate of a jaw point's contour line), the id and exp rows unchanged (a constant offset moves with the
+        head, not with identity or expression)."""
+        if not bool(self.offsets.any()):
+            return self
+        contour = self.contour and replace(self.contour, mean=self.contour.mean + self.offsets[JAW, None])
+        return replace(self, mean=self.mean + self.offsets, contour=contour, offsets=torch.zeros_like(self.offsets))
 
 
 def mirror_basis(basis: torch.Tensor) -> torch.Tensor:
@@ -200,8 +225,10 @@ def mirror_prior(basis: torch.Tensor, antisymmetric: float = ANTISYMMETRIC_PRIOR
     this is ``(|c|^2 + |T c|^2) / 2``, the model's prior averaged with its mirror image.
 
     The plain prior ``|c|^2 = |c+|^2 + |c-|^2 + 2 c+ . c-`` is not mirror-symmetric when the components are not
-    mirror pairs (the procedural model's random identity fields): its cross term favours some asymmetric shapes
-    over their mirror images, which moved the fitted yaw by ~3 degrees between real frames and their mirrors. With
+    mirror pairs (``T`` not orthogonal; the procedural model's random identity fields before they were paired): its
+    cross term favours some asymmetric shapes over their mirror images, which moved the fitted yaw by ~3 degrees
+    between real frames and their mirrors. With mirror-paired components (``T`` orthogonal on the observed
+    directions, the procedural identity basis) this prior is ``|c|^2`` there. With
     a basis closed under mirroring, the fit of a mirrored image under this prior is exactly the mirror of the fit
     (the procedural identity basis is; its expression basis is not quite, ~7 % of the mirrored landmark motion lies
     outside it: there ``T`` is a least-squares map, and the symmetrised expression prior took the real clips' mirror
@@ -259,8 +286,22 @@ def landmark_bases(model: MorphableModel) -> LandmarkBases:
     bases = LandmarkBases(mean=as64(model.mean_shape[index]),
                          id=as64(model.id_base[rows]).reshape(NUM_LANDMARKS, 3, NUM_ID),       # 68 x 3 x 80
                          exp=as64(model.exp_base[rows]).reshape(NUM_LANDMARKS, 3, NUM_EXP))    # 68 x 3 x 64
+    offsets = None if model.landmark_offsets is None else as64(model.landmark_offsets)
     return replace(bases, id_prior=mirror_prior(bases.id), exp_prior=mirror_prior(bases.exp),
-                   contour=contour_lines(model))
+                   contour=contour_lines(model), offsets=offsets)
+
+
+def landmark_points(bases: LandmarkBases, coeffs, camera: PerspectiveCamera, contour: bool = True) -> torch.Tensor:
+    """The fit's 68 landmarks of ``coeffs`` ``(T, 257)`` in the model frame, before pose ``(T, 68, 3)`` float64
+    (pose them as ``P @ R.T + t``): ``bases`` as given (apply :meth:`LandmarkBases.with_offsets` first for the
+    detector's points), the jaw points on the visible contour for the coefficients' pose in ``camera`` when
+    ``contour`` (:func:`select_contour`), else the landmark vertices."""
+
+    c = torch.as_tensor(np.asarray(coeffs), dtype=torch.float64)
+    state = _State(c[0, ID], c[:, EXP], euler_to_matrix(c[:, ANGLE]), c[:, TRANS])
+    if len(c) > 1 and not torch.equal(c[:, ID], c[:1, ID].expand_as(c[:, ID])):
+        return torch.cat([landmark_points(bases, row[None], camera, contour) for row in c])
+    return state.shapes(select_contour(bases, state, camera) if contour and bases.contour is not None else bases)
 
 
 # ---------------------------------------------------------------- geometry
@@ -680,6 +721,7 @@ def fit_landmarks(landmarks, image_size: int, model: MorphableModel | LandmarkBa
     if int(image_size) <= 0:
         raise ValueError(f"expected a positive image size, got {image_size}")
     bases = model if isinstance(model, LandmarkBases) else landmark_bases(model)
+    bases = bases.with_offsets() if config.landmark_offsets else bases
     camera = camera or PerspectiveCamera.deep3d(int(image_size))
     links = torch.ones(len(target) - 1, dtype=torch.bool) if links is None else torch.as_tensor(links, dtype=torch.bool)
     if links.shape != (len(target) - 1,):
