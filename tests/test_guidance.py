@@ -37,6 +37,12 @@ def coeffs(yaw=0.0, pitch=0.0, exp_seed=None, seed=0, ambient_only=False, batch=
     return v
 
 
+def neighbour_variation(image: torch.Tensor) -> torch.Tensor:
+    """``(B, 1, H, W)``: the largest channel difference between each pixel and its 4 neighbours."""
+    shifts = ((0, 1), (1, 0), (0, -1), (-1, 0))
+    return torch.stack([(image - torch.roll(image, s, (2, 3))).abs().amax(1, keepdim=True) for s in shifts]).amax(0)
+
+
 def eroded(mask: torch.Tensor, r: int = 1) -> torch.Tensor:
     """Pixels whose (2r+1)^2 neighbourhood is inside ``mask (B, 1, H, W)``."""
     return -F.max_pool2d(-mask, 2 * r + 1, 1, r) > 0.5
@@ -80,8 +86,13 @@ def test_sampling_source_render_with_flow_reproduces_target_render(model):
     valid = eroded(g.occlusion, 1) & eroded(g.face_mask, 1)
     valid = valid & eroded(warp_with_flow(g.source_mask, g.flow).gt(0.999).float(), 0)
     err = (warped - g.render).abs().amax(1, keepdim=True)[valid]
-    assert valid.sum() > 0.2 * SIZE * SIZE
-    assert err.mean() < 0.01 and torch.quantile(err, 0.99) < 0.05, (err.mean(), err.max())
+    # bilinear sampling of a pixel grid errs by at most the local variation of the sampled image: large only on
+    # the painted features' sharp edges (eyes, brows, mouth slit), tiny elsewhere
+    variation = warp_with_flow(neighbour_variation(g.source_render), g.flow)[valid]
+    smooth = variation < 0.05
+    assert valid.sum() > 0.2 * SIZE * SIZE and smooth.float().mean() > 0.5
+    assert err.mean() < 0.01 and torch.quantile(err[smooth], 0.99) < 0.01, (err.mean(), err[smooth].max())
+    assert (err - variation).max() < 0.01, (err - variation).max()
 
 
 def test_large_yaw_marks_the_self_occluded_cheek_occluded(model, face3d_kernels):
@@ -193,7 +204,10 @@ def test_depth_tested_occlusion_agrees_with_literal_eq4_on_a_coarse_mesh():
     tested = compute_guidance(coarse, src, drv, 256)
     face = literal.face_mask.bool()
     agree = (literal.occlusion == tested.occlusion)[face].float().mean()
-    assert agree > 0.99 and (1 - literal.occlusion[face]).mean() > 0.1
+    # what is left are mostly triangles the source shows at a grazing angle, too thin to own a source pixel centre:
+    # the literal set misses them (occluded), the depth test sees them; the other way round is rare
+    only_tested_occludes = ((tested.occlusion < 0.5) & (literal.occlusion > 0.5))[face].float().mean()
+    assert agree > 0.98 and only_tested_occludes < 0.005 and (1 - literal.occlusion[face]).mean() > 0.1
 
 
 def test_literal_eq4_is_noisy_on_dense_meshes_which_is_why_depth_test_is_default():
