@@ -108,10 +108,10 @@ ASYMMETRY = 0.3
 SMOOTH_FREQS = [(a, b) for a in range(MAX_FREQ + 1) for b in range(MAX_FREQ + 1)]
 
 
-def _smooth_basis(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """``(V, F)`` the cosine fields ``cos(pi a (u + 1) / 2) cos(pi b (v + 1) / 2)`` of :data:`SMOOTH_FREQS`; the
-    mirror ``u -> -u`` multiplies field ``(a, b)`` by ``(-1)^a``."""
-    return np.stack([np.cos(np.pi * a * (u + 1) / 2) * np.cos(np.pi * b * (v + 1) / 2) for a, b in SMOOTH_FREQS], -1)
+def _cosines(u: np.ndarray, v: np.ndarray, freqs) -> np.ndarray:
+    """``(F, V)`` the cosine fields ``cos(pi a (u + 1) / 2) cos(pi b (v + 1) / 2)`` over the face's square, one per
+    frequency ``(a, b)``; the mirror ``u -> -u`` multiplies field ``(a, b)`` by ``(-1)^a``."""
+    return np.stack([np.cos(np.pi * a * (u + 1) / 2) * np.cos(np.pi * b * (v + 1) / 2) for a, b in freqs])
 
 
 def _mirror_paired_fields(u: np.ndarray, v: np.ndarray, rng: np.random.Generator, count: int) -> np.ndarray:
@@ -125,7 +125,7 @@ def _mirror_paired_fields(u: np.ndarray, v: np.ndarray, rng: np.random.Generator
     parity = np.array([(-1.0) ** a for a, _ in SMOOTH_FREQS])[:, None] * np.array([-1.0, 1.0, 1.0])
     mirrored = weights * parity                                                  # weights of mirror(d)
     pairs = np.stack([weights + mirrored, (weights - mirrored) * ASYMMETRY], 1).reshape(count, len(SMOOTH_FREQS), 3)
-    return np.einsum("vf,kfc->kvc", _smooth_basis(u, v), pairs / np.sqrt(2))
+    return np.einsum("fv,kfc->kvc", _cosines(u, v, SMOOTH_FREQS), pairs / np.sqrt(2))
 
 
 def _identity_fields(u, v, xyz, rng) -> np.ndarray:
@@ -188,11 +188,11 @@ def _decaying(fields: np.ndarray) -> np.ndarray:
 
 
 def _cosine_fields(u: np.ndarray, v: np.ndarray, count: int) -> np.ndarray:
-    """``(count, V)`` cosines over the face's square, ``cos(pi a (u+1)/2) cos(pi b (v+1)/2)``, lowest frequency
-    ``a^2 + b^2`` first, the constant left out: an orthogonal basis of the smooth fields (like a DCT)."""
+    """``(count, V)`` :func:`_cosines`, lowest frequency ``a^2 + b^2`` first, the constant left out: an orthogonal
+    basis of the smooth fields (like a DCT)."""
     side = int(np.ceil(np.sqrt(count + 1))) + 2
     freqs = sorted(((a, b) for a in range(side) for b in range(side)), key=lambda f: (f[0] ** 2 + f[1] ** 2, f))
-    return np.stack([np.cos(np.pi * a * (u + 1) / 2) * np.cos(np.pi * b * (v + 1) / 2) for a, b in freqs[1:count + 1]])
+    return _cosines(u, v, freqs[1:count + 1])
 
 
 def _flat(fields: np.ndarray) -> torch.Tensor:
