@@ -119,8 +119,8 @@ def _mirror_paired_fields(u: np.ndarray, v: np.ndarray, rng: np.random.Generator
     random fields ``d``, the symmetric and antisymmetric parts ``(d +- mirror(d)) / sqrt(2)``, where
     ``mirror(d)(u, v) = (-d_x, d_y, d_z)(-u, v)``, the antisymmetric one scaled by :data:`ASYMMETRY`. The mirror
     image of a face then has the same coefficients with the antisymmetric ones negated, so ``N(0, I)`` over them is
-    a mirror-symmetric population and ``|alpha|^2`` a mirror-symmetric prior. (``count`` fields are drawn, as before the pairing, so later draws of the generator are
-    unchanged.)"""
+    a mirror-symmetric population and ``|alpha|^2`` a mirror-symmetric prior. (``count`` fields are drawn, as
+    before the pairing, so later draws of the generator are unchanged.)"""
     weights = rng.normal(size=(count, len(SMOOTH_FREQS), 3))[: count // 2] / np.sqrt(len(SMOOTH_FREQS))
     parity = np.array([(-1.0) ** a for a, _ in SMOOTH_FREQS])[:, None] * np.array([-1.0, 1.0, 1.0])
     mirrored = weights * parity                                                  # weights of mirror(d)

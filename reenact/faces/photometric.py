@@ -124,9 +124,9 @@ def occluders(images: torch.Tensor, landmarks: torch.Tensor, chroma_limit: float
 
     The skin's colour is measured on the frame itself, robustly (median and MAD) over the inner face (the convex hull
     of dlib's 51 inner points: brows, nose, eyes, mouth; eyes and lips are a minority there). A pixel outside that
-    hull (grown by 3 % of the face size) is an occluder when its chromaticity ``(R, G) / (R + G + B)`` is more than ``chroma_limit`` MADs (scaled
-    to sigmas) from the skin's, or its brightness is under ``dark_limit`` times the skin's (dark hair; shaded skin
-    keeps its chromaticity and more light than that). The inner face itself is never left out, so eyes, brows and
+    hull (grown by 3 % of the face size) is an occluder when its chromaticity ``(R, G) / (R + G + B)`` is more than
+    ``chroma_limit`` MADs (scaled to sigmas) from the skin's, or its brightness is under ``dark_limit`` times the
+    skin's (dark hair; shaded skin keeps its chromaticity and more light than that). The inner face itself is never left out, so eyes, brows and
     the mouth stay whatever their colour and however badly they are fitted. All False for a frame without finite
     landmarks.
 
