@@ -92,9 +92,8 @@ def face3d_kernels(request, monkeypatch) -> str:
     """Run a 3D-core test with the numba CPU kernels (what CPU tensors get) and again with the torch code they stand
     in for (what CUDA runs, and CPU without numba), so that both are held to it."""
     if request.param == "torch":
-        from reenact.face3d import face, raster
+        from reenact.face3d import raster
 
-        monkeypatch.setattr(face, "numba_kernels", lambda *args: None)
         monkeypatch.setattr(raster, "numba_kernels", lambda *args: None)
     return request.param
 

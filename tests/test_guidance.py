@@ -329,12 +329,11 @@ def test_numba_kernels_match_the_torch_code(model, monkeypatch):
     """On CPU, pose + projection, raster, shown vertices, normals + shading, occlusion and interpolation run in numba:
     the same guidance as the torch code up to float32 rounding of the screen vertices, which may move a pixel centre
     lying on an edge to the neighbouring triangle (a few pixels in 10^4)."""
-    from reenact.face3d import face, raster
+    from reenact.face3d import raster
 
     src = torch.cat([coeffs(yaw=-0.5, exp_seed=1, seed=2), coeffs(yaw=0.3, pitch=0.2, seed=5)])
     drv = torch.cat([coeffs(yaw=0.45, pitch=-0.1, exp_seed=3), coeffs(yaw=-0.6, exp_seed=4)])
     fast = compute_guidance(model, src, drv, SIZE)
-    monkeypatch.setattr(face, "numba_kernels", lambda *args: None)
     monkeypatch.setattr(raster, "numba_kernels", lambda *args: None)
     reference = compute_guidance(model, src, drv, SIZE)
     inside = reference.face_mask.bool()
@@ -374,7 +373,7 @@ def test_numba_kernels_serve_only_cpu_float32_tensors_without_autograd():
 def test_target_maps_kernel_equals_the_torch_code(model, monkeypatch):
     """The one-pass numba target maps (flow, render, face mask) are the torch code's interpolate + computed_flow,
     bit for bit, on a raster with empty pixels."""
-    from reenact.face3d import face
+    from reenact.face3d import raster
     from reenact.face3d.guidance import target_maps
 
     cam = PerspectiveCamera.deep3d(SIZE)
@@ -383,7 +382,7 @@ def test_target_maps_kernel_equals_the_torch_code(model, monkeypatch):
     frag = rasterize(screen.flip(0), model.triangles, RasterSettings(image_size=(SIZE, SIZE)))
     colors = torch.rand(2, model.num_vertices, 3, generator=torch.Generator().manual_seed(0))
     fast = target_maps(frag, model.triangles, screen, colors)
-    monkeypatch.setattr(face, "numba_kernels", lambda *args: None)
+    monkeypatch.setattr(raster, "numba_kernels", lambda *args: None)
     reference = target_maps(frag, model.triangles, screen, colors)
     assert 0.1 < reference[2].mean() < 0.9
     for got, expected in zip(fast, reference):

@@ -11,7 +11,8 @@ import torch
 from reenact.face3d.camera import PerspectiveCamera
 from reenact.face3d.coeffs import Coeffs, check_coeffs
 from reenact.face3d.morphable import MorphableModel
-from reenact.face3d.raster import Fragments, RasterSettings, interpolate, numba_kernels, rasterize
+from reenact.face3d.raster import Fragments, RasterSettings, interpolate, rasterize
+from reenact.face3d.raster import cpu_kernels as raster_cpu_kernels
 from reenact.face3d.shading import shade
 from reenact.face3d.transforms import euler_to_matrix, rigid_transform
 
@@ -86,13 +87,9 @@ def lit_colors(model: MorphableModel, rest: torch.Tensor, rotation: torch.Tensor
 
 
 def cpu_kernels(*tensors: torch.Tensor):
-    """:mod:`reenact.face3d.face_numba` when every tensor is on the CPU, floating ones float32 and none needs a
-    gradient (and numba imports), else None (the torch code runs)."""
-    if any(t.device.type != "cpu" or (t.is_floating_point() and t.dtype != torch.float32) for t in tensors):
-        return None
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return None
-    return numba_kernels("face_numba")
+    """:mod:`reenact.face3d.face_numba` where :func:`reenact.face3d.raster.cpu_kernels` allows numba for
+    ``tensors``, else None (the torch code runs)."""
+    return raster_cpu_kernels(*tensors, module="face_numba")
 
 
 def shown_vertices(fragments: Fragments, faces: torch.Tensor, num_vertices: int) -> torch.Tensor:

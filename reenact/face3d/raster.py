@@ -138,8 +138,9 @@ def interpolate(fragments: Fragments, faces: torch.Tensor, attrs: torch.Tensor) 
         raise ValueError(f"attrs must be (B={B}, V, D), got {tuple(attrs.shape)}")
     if faces.dim() != 2 or faces.shape[1] != 3:
         raise ValueError(f"faces must be (F, 3), got {tuple(faces.shape)}")
-    if _interpolates_with_numba(attrs, fragments):
-        return numba_kernels().interpolate_numba(fragments.triangle_id, fragments.bary, faces, attrs)
+    kernels = cpu_kernels(attrs, fragments.triangle_id) if attrs.dtype == torch.float32 else None
+    if kernels is not None:
+        return kernels.interpolate_numba(fragments.triangle_id, fragments.bary, faces, attrs)
     V, D, P = attrs.shape[1], attrs.shape[2], B * H * W
     corners = pixel_corners(fragments.triangle_id, faces.long(), V).view(-1)  # 3P rows of the (B * V) table
     weights = fragments.bary.permute(3, 0, 1, 2).reshape(3, P).to(attrs.dtype)  # a view for rasterize's bary
@@ -151,12 +152,6 @@ def interpolate(fragments: Fragments, faces: torch.Tensor, attrs: torch.Tensor) 
         for channel, target in zip(channels, out):
             _weighted_corners(channel.index_select(0, corners).view(3, P), weights, out=target)
     return out.view(D, B, H, W).permute(1, 2, 3, 0)
-
-
-def _interpolates_with_numba(attrs: torch.Tensor, fragments: Fragments) -> bool:
-    """The numba kernel serves float32 CPU attributes without autograd (the same numbers as the torch code)."""
-    return (attrs.device.type == "cpu" and attrs.dtype == torch.float32 and fragments.triangle_id.device.type == "cpu"
-            and not (torch.is_grad_enabled() and attrs.requires_grad) and numba_kernels() is not None)
 
 
 def _weighted_corners(values: torch.Tensor, weights: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -192,6 +187,17 @@ def resolve_backend(backend: str, device: torch.device | str = "cpu") -> str:
     if backend == "pytorch3d" and not available:
         raise ImportError("backend='pytorch3d' was requested but pytorch3d cannot be imported; use 'torch' or 'auto'")
     return "pytorch3d" if available else "torch"
+
+
+def cpu_kernels(*tensors: torch.Tensor, module: str = "raster_numba"):
+    """The numba kernels' ``module`` (:func:`numba_kernels`) when every tensor is on the CPU, floating ones float32
+    and none needs a gradient (and numba imports), else None: the one rule by which the CPU dispatchers of this
+    package (here, :mod:`reenact.face3d.face`, :mod:`reenact.face3d.guidance`) pick numba over their torch code."""
+    if any(t.device.type != "cpu" or (t.is_floating_point() and t.dtype != torch.float32) for t in tensors):
+        return None
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return None
+    return numba_kernels(module)
 
 
 @functools.lru_cache(maxsize=None)
