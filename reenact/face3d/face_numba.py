@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from numba import njit
 
-from reenact.face3d.raster_numba import floor, mad, torch_fuses_multiply_add
+from reenact.face3d.raster_numba import floor, torch_fuses_multiply_add, weighted
 from reenact.face3d.shading import INIT_LIGHT, SH_A, SH_C
 
 # The SH basis constants of :func:`reenact.face3d.shading.sh_basis`, rounded to float32 as torch multiplies a float32
@@ -207,7 +207,7 @@ def target_maps_numba(triangle_id: torch.Tensor, bary: torch.Tensor, faces: torc
     """Guidance's per-pixel target outputs in one pass (:func:`reenact.face3d.guidance.target_maps`): from the target
     raster's ids ``(B, H, W)`` and barycentrics ``(B, H, W, 3)``, the source screen vertices ``(B, V, 3)`` and the
     target's vertex colours ``(B, V, 3)``: flow ``(B, 2, H, W)``, render ``(B, 3, H, W)``, face mask ``(B, 1, H, W)``.
-    The interpolation is :func:`reenact.face3d.raster_numba._interpolate`'s, bit for bit; the flow subtracts the pixel
+    The interpolation is :func:`reenact.face3d.raster_numba.weighted`, bit for bit; the flow subtracts the pixel
     centre as guidance's ``computed_flow``."""
     B, H, W = triangle_id.shape
     flow = np.empty((B, 2, H, W), np.float32)
@@ -235,11 +235,11 @@ def _target_maps(triangle_id, bary, faces, screen, colors, fused, flow, render, 
                     continue
                 v0, v1, v2 = faces[t, 0], faces[t, 1], faces[t, 2]
                 w0, w1, w2 = bary[0, b, i, j], bary[1, b, i, j], bary[2, b, i, j]
-                x = mad(screen[b, v2, 0], w2, mad(screen[b, v1, 0], w1, screen[b, v0, 0] * w0, fused), fused)
-                y = mad(screen[b, v2, 1], w2, mad(screen[b, v1, 1], w1, screen[b, v0, 1] * w0, fused), fused)
+                x = weighted(screen[b, v0, 0], screen[b, v1, 0], screen[b, v2, 0], w0, w1, w2, fused)
+                y = weighted(screen[b, v0, 1], screen[b, v1, 1], screen[b, v2, 1], w0, w1, w2, fused)
                 flow[b, 0, i, j] = x - (np.float32(j) + half)
                 flow[b, 1, i, j] = y - gy
                 for c in range(3):
-                    total = mad(colors[b, v1, c], w1, colors[b, v0, c] * w0, fused)
-                    render[b, c, i, j] = mad(colors[b, v2, c], w2, total, fused)
+                    render[b, c, i, j] = weighted(colors[b, v0, c], colors[b, v1, c], colors[b, v2, c], w0, w1, w2,
+                                                  fused)
                 mask[b, 0, i, j] = 1.0

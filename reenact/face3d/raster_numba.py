@@ -153,6 +153,14 @@ def _key(d, f):
     return (np.int64(order) << 32) | np.int64(f)
 
 
+@njit(cache=True, inline="always")
+def _order_depth(order):
+    """The float32 depth of a key's ``order`` (the inverse of :func:`_key`'s mapping); an order past +inf (a NaN's,
+    or an empty key's) reads as +inf."""
+    o = _min(order, _FLOAT32_INF_BITS)
+    return _bits_float32(np.int32(((o >> 31) & _LOW_31) ^ o))
+
+
 @njit(cache=True)
 def _rasterize(xyz, faces, H, W, cull, fused, triangle_id, bary, depth, depth_only):
     """Every mesh of ``xyz (B, V, 3)`` float32 into the preallocated outputs."""
@@ -187,10 +195,7 @@ def _scan_triangle(xyz, b, i0, i1, i2, f, H, W, cull, fused, keys):
     if _max(ext_x, ext_y) >= FLOAT32_BOX:
         _scan_box_float64(x0, y0, z0, x1, y1, z1, x2, y2, z2, lo_x, lo_y, ext_x, ext_y, origin, f, W, fused, keys)
         return
-    qx, qy = lo_x - x0, lo_y - y0               # the box's first pixel centre relative to corner 0
-    c1 = mad(-e2x, qy, qx * e2y, fused)
-    c2 = mad(-qx, e1y, e1x * qy, fused)
-    c0 = (area2 - c1) - c2
+    c0, c1, c2 = _edge_functions(lo_x - x0, lo_y - y0, e1x, e2x, e1y, e2y, area2, fused)   # at the first centre
     dz1, dz2 = z1 - z0, z2 - z0
     d0 = mad(c2, dz2, c1 * dz1, fused) / area2 + z0
     covered = _min(_min(c0 * s, c1 * s), c2 * s) >= 0   # the first pixel is tested whatever the box (as torch)
@@ -211,6 +216,16 @@ def _scan_triangle(xyz, b, i0, i1, i2, f, H, W, cull, fused, keys):
             k, p = _key(mad(ddy, fi, d0 + ddx * fj, fused), f), origin + di * W + dj
             held = keys[p]
             keys[p] = k if (_min(_min(m0, m1), m2) >= 0) & (k < held) else held
+
+
+@njit(cache=True, inline="always")
+def _edge_functions(qx, qy, e1x, e2x, e1y, e2y, area2, fused):
+    """The edge functions (E_0, E_1, E_2) at the point ``(qx, qy)`` relative to corner 0 of a triangle with edges
+    ``e1 = p1 - p0``, ``e2 = p2 - p0`` and twice its signed area ``area2``; E_0 as the rest of the area, so the three
+    sum to ``area2`` (barycentrics times ``area2``)."""
+    e1 = mad(-e2x, qy, qx * e2y, fused)
+    e2 = mad(-qx, e1y, e1x * qy, fused)
+    return (area2 - e1) - e2, e1, e2
 
 
 @njit(cache=True, inline="always")
@@ -235,10 +250,7 @@ def _scan_box_float64(x0, y0, z0, x1, y1, z1, x2, y2, z2, lo_x, lo_y, ext_x, ext
     if area2 == 0:
         return
     s = 1.0 if area2 > 0 else -1.0
-    qx, qy = np.float64(lo_x) - X0, np.float64(lo_y) - Y0
-    c1 = mad(-e2x, qy, qx * e2y, fused)
-    c2 = mad(-qx, e1y, e1x * qy, fused)
-    c0 = (area2 - c1) - c2
+    c0, c1, c2 = _edge_functions(np.float64(lo_x) - X0, np.float64(lo_y) - Y0, e1x, e2x, e1y, e2y, area2, fused)
     dz1, dz2 = np.float64(z1) - Z0, np.float64(z2) - Z0
     d0 = mad(c2, dz2, c1 * dz1, fused) / area2 + Z0
     ex0, ex1, ex2, ey0, ey1, ey2, ddx, ddy = _edges_and_depth_slopes(e1x, e2x, e1y, e2y, dz1, dz2, area2, fused)
@@ -270,17 +282,13 @@ def _decode(xyz, faces, keys, H, W, b, fused, triangle_id, bary, depth):
                 continue
             f = key & _LOW_32
             triangle_id[b, i, j] = f
-            o = _min(order, _FLOAT32_INF_BITS)   # an order past +inf (a NaN) reads as +inf
-            depth[b, i, j] = _bits_float32(np.int32(((o >> 31) & _LOW_31) ^ o))
+            depth[b, i, j] = _order_depth(order)
             i0, i1, i2 = faces[f, 0], faces[f, 1], faces[f, 2]
             x0, y0 = xyz[b, i0, 0] - half, xyz[b, i0, 1] - half
             e1x, e2x = (xyz[b, i1, 0] - half) - x0, (xyz[b, i2, 0] - half) - x0
             e1y, e2y = (xyz[b, i1, 1] - half) - y0, (xyz[b, i2, 1] - half) - y0
-            qx, qy = np.float32(j) - x0, np.float32(i) - y0
             area2 = mad(-e2x, e1y, e1x * e2y, fused)
-            w1 = mad(-e2x, qy, qx * e2y, fused)
-            w2 = mad(-qx, e1y, e1x * qy, fused)
-            w0 = (area2 - w1) - w2
+            w0, w1, w2 = _edge_functions(np.float32(j) - x0, np.float32(i) - y0, e1x, e2x, e1y, e2y, area2, fused)
             r = np.float32(1.0) / area2
             bary[0, b, i, j] = w0 * r
             bary[1, b, i, j] = w1 * r
@@ -291,9 +299,7 @@ def _decode(xyz, faces, keys, H, W, b, fused, triangle_id, bary, depth):
 def _decode_depth(keys, H, W, b, depth):
     """Mesh ``b``'s winning keys -> its depth only (as :func:`_decode`)."""
     for p in range(H * W):
-        order = keys[p] >> 32
-        o = _min(order, _FLOAT32_INF_BITS)      # empty keys and NaN orders read as +inf
-        depth[b, p // W, p % W] = _bits_float32(np.int32(((o >> 31) & _LOW_31) ^ o))
+        depth[b, p // W, p % W] = _order_depth(keys[p] >> 32)   # empty keys read as +inf
 
 
 def interpolate_numba(triangle_id: torch.Tensor, bary: torch.Tensor, faces: torch.Tensor,
@@ -324,6 +330,10 @@ def _interpolate(triangle_id, bary, faces, attrs, fused, out):
                 v0, v1, v2 = faces[t, 0], faces[t, 1], faces[t, 2]
                 w0, w1, w2 = bary[0, b, i, j], bary[1, b, i, j], bary[2, b, i, j]
                 for d in range(attrs.shape[2]):
-                    total = attrs[b, v0, d] * w0
-                    total = mad(attrs[b, v1, d], w1, total, fused)
-                    out[b, d, i, j] = mad(attrs[b, v2, d], w2, total, fused)
+                    out[b, d, i, j] = weighted(attrs[b, v0, d], attrs[b, v1, d], attrs[b, v2, d], w0, w1, w2, fused)
+
+
+@njit(cache=True, inline="always")
+def weighted(a0, a1, a2, w0, w1, w2, fused):
+    """``w0 a0 + w1 a1 + w2 a2`` as the torch ``interpolate`` computes it: ``w0 a0``, then two multiply-adds."""
+    return mad(a2, w2, mad(a1, w1, a0 * w0, fused), fused)
