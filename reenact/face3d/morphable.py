@@ -166,6 +166,12 @@ class MorphableModel:
         return verts[..., self.landmark_indices, :]
 
 
+def vertex_rows(basis: torch.Tensor, vertices: torch.Tensor) -> torch.Tensor:
+    """The rows of ``vertices`` (int64, any shape, flattened) of a Deep3D-layout ``(3V, k)`` basis: ``(3n, k)``,
+    x, y, z of each vertex in turn."""
+    return basis[(3 * vertices.reshape(-1, 1) + torch.arange(3, device=vertices.device)).reshape(-1)]
+
+
 # ---------------------------------------------------------------- the identity parts, cached
 class IdentityCache:
     """Eq. 1's identity parts of ``model`` for a worker that meets the same identities again: the identity shape

@@ -66,7 +66,7 @@ import torch
 from reenact.data.schema import Status
 from reenact.face3d.camera import PerspectiveCamera
 from reenact.face3d.coeffs import ANGLE, EXP, GAMMA, ID, NUM_COEFFS, TEX, TRANS
-from reenact.face3d.morphable import NUM_EXP, NUM_ID, NUM_LANDMARKS, MorphableModel
+from reenact.face3d.morphable import NUM_EXP, NUM_ID, NUM_LANDMARKS, MorphableModel, vertex_rows
 from reenact.face3d.transforms import euler_to_matrix, matrix_to_euler
 from reenact.faces.estimate import CoeffEstimate
 from reenact.faces.images import ImageBatch, frame_camera, image_list, nan_rows
@@ -269,24 +269,27 @@ def contour_lines(model: MorphableModel, samples: int = CONTOUR_SAMPLES, inner: 
     distance = torch.cdist(targets, mean[None, :, :2].expand(len(start), -1, -1))  # 17 x C x V
     ids = torch.where(front, distance, torch.inf).argmin(-1)                       # 17 x C
     ids[:, 0] = index
-    rows = (3 * ids[..., None] + torch.arange(3)).reshape(-1)
-    as64 = lambda t: t.detach().cpu().to(torch.float64)  # noqa: E731
-    count = len(start) * samples
     outward = torch.cat([start[:, :2], torch.zeros(len(start), 1, dtype=torch.float64)], 1)
-    return ContourLines(mean=mean[ids], id=as64(model.id_base[rows]).reshape(count, 3, NUM_ID).unflatten(0, ids.shape),
-                        exp=as64(model.exp_base[rows]).reshape(count, 3, NUM_EXP).unflatten(0, ids.shape),
+    return ContourLines(mean=mean[ids], id=_vertex_rows(model.id_base, ids), exp=_vertex_rows(model.exp_base, ids),
                         outward=outward / outward.norm(dim=1, keepdim=True))
+
+
+def _as64(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().cpu().to(torch.float64)
+
+
+def _vertex_rows(basis: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """The rows of vertices ``ids`` (any shape) of a Deep3D-layout ``(3V, k)`` basis: ``(*ids.shape, 3, k)``
+    float64 on the CPU."""
+    return _as64(vertex_rows(basis, ids)).reshape(*ids.shape, 3, basis.shape[-1])
 
 
 def landmark_bases(model: MorphableModel) -> LandmarkBases:
     """Slice the landmark vertices' rows out of the model's bases (no full mesh is evaluated)."""
     index = model.landmark_indices.cpu()
-    rows = (3 * index[:, None] + torch.arange(3)).reshape(-1)                  # 204 rows of the (3V, k) bases
-    as64 = lambda t: t.detach().cpu().to(torch.float64)  # noqa: E731
-    bases = LandmarkBases(mean=as64(model.mean_shape[index]),
-                         id=as64(model.id_base[rows]).reshape(NUM_LANDMARKS, 3, NUM_ID),       # 68 x 3 x 80
-                         exp=as64(model.exp_base[rows]).reshape(NUM_LANDMARKS, 3, NUM_EXP))    # 68 x 3 x 64
-    offsets = None if model.landmark_offsets is None else as64(model.landmark_offsets)
+    bases = LandmarkBases(mean=_as64(model.mean_shape[index]), id=_vertex_rows(model.id_base, index),   # 68 x 3 x 80
+                          exp=_vertex_rows(model.exp_base, index))                                      # 68 x 3 x 64
+    offsets = None if model.landmark_offsets is None else _as64(model.landmark_offsets)
     return replace(bases, id_prior=mirror_prior(bases.id), exp_prior=mirror_prior(bases.exp),
                    contour=contour_lines(model), offsets=offsets)
 
@@ -296,7 +299,6 @@ def landmark_points(bases: LandmarkBases, coeffs, camera: PerspectiveCamera, con
     (pose them as ``P @ R.T + t``): ``bases`` as given (apply :meth:`LandmarkBases.with_offsets` first for the
     detector's points), the jaw points on the visible contour for the coefficients' pose in ``camera`` when
     ``contour`` (:func:`select_contour`), else the landmark vertices."""
-
     c = torch.as_tensor(np.asarray(coeffs), dtype=torch.float64)
     state = _State(c[0, ID], c[:, EXP], euler_to_matrix(c[:, ANGLE]), c[:, TRANS])
     if len(c) > 1 and not torch.equal(c[:, ID], c[:1, ID].expand_as(c[:, ID])):

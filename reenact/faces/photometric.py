@@ -36,6 +36,7 @@ import torch
 
 from reenact.face3d.coeffs import ANGLE, EXP, GAMMA, ID, TEX, TRANS, Coeffs
 from reenact.face3d.face import build_face
+from reenact.face3d.morphable import vertex_rows
 from reenact.face3d.raster import Fragments, RasterSettings, interpolate, rasterize
 from reenact.face3d.shading import INIT_LIGHT, sh_basis, shade
 from reenact.face3d.transforms import euler_to_matrix, rigid_transform
@@ -281,11 +282,10 @@ class _Scene:
             self.pixel_batch = b
             self.pixel_xy = torch.stack([x, y], -1).to(self.dtype) + 0.5                   # P x 2, pixel centres
             self.pixel_target = self.target[b, y, x]                                         # P x 3
-            rows = (3 * self.vertices[:, None] + torch.arange(3)).reshape(-1)                # 3n rows of the bases
-            self.exp_rows = m.exp_base[rows].T.to(self.dtype)                                # 64 x 3n
-            identity = self.start[:, ID] @ m.id_base[rows].T.to(self.dtype)                 # B x 3n (alpha fixed)
+            self.exp_rows = vertex_rows(m.exp_base, self.vertices).T.to(self.dtype)          # 64 x 3n
+            identity = self.start[:, ID] @ vertex_rows(m.id_base, self.vertices).T.to(self.dtype)   # B x 3n (alpha)
             self.neutral = m.mean_shape[self.vertices].reshape(1, -1).to(self.dtype) + identity
-            self.tex_rows = m.tex_base[rows].T.to(self.dtype)                                # 80 x 3n
+            self.tex_rows = vertex_rows(m.tex_base, self.vertices).T.to(self.dtype)          # 80 x 3n
             self.mean_tex = m.mean_tex[self.vertices].to(self.dtype)                         # n x 3
             self.normals = m.vertex_normals(mesh.rest, self.vertices).to(self.dtype)       # B x n x 3, model space
 
