@@ -10,11 +10,11 @@ straightforward version of the same maths). Those guidance rows give every pair 
 and the albedo read all 96 MB of bases per pair. The "protocol order" row computes the pairs as ``prepare guidance``
 does: a video's 20 pairs, whose sources share one identity (a shared-identity fit), in calls of at most the batch
 size with one :class:`IdentityCache`; each round takes a new video (a new identity), so the cache finds the identity
-parts for 19 of 20 pairs at batch 1 and never across rounds. The rows take turns, one call of each per round, so that all see the
-same load and their ratio holds on a shared machine whose timings drift. Batched rows report the time of one call
-divided by the number of pairs; each row gives the median wall time and, beside it, the median CPU time of this
-thread. The numba kernels are compiled without ``parallel=True``: they run on the calling thread, so ``--threads 1``
-(torch's intra-op threads) makes the whole run single-threaded.
+parts for 19 of 20 pairs at batch 1 and never across rounds. The rows take turns, one call of each per round, so
+that all see the same load and their ratio holds on a shared machine whose timings drift. Batched rows report the
+time of one call divided by the number of pairs; each row gives the median wall time and, beside it, the median CPU
+time of this thread. The numba kernels are compiled without ``parallel=True``: they run on the calling thread, so
+``--threads 1`` (torch's intra-op threads) makes the whole run single-threaded.
 """
 from __future__ import annotations
 

@@ -127,9 +127,9 @@ def occluders(images: torch.Tensor, landmarks: torch.Tensor, chroma_limit: float
     of dlib's 51 inner points: brows, nose, eyes, mouth; eyes and lips are a minority there). A pixel outside that
     hull (grown by 3 % of the face size) is an occluder when its chromaticity ``(R, G) / (R + G + B)`` is more than
     ``chroma_limit`` MADs (scaled to sigmas) from the skin's, or its brightness is under ``dark_limit`` times the
-    skin's (dark hair; shaded skin keeps its chromaticity and more light than that). The inner face itself is never left out, so eyes, brows and
-    the mouth stay whatever their colour and however badly they are fitted. All False for a frame without finite
-    landmarks.
+    skin's (dark hair; shaded skin keeps its chromaticity and more light than that). The inner face itself is never
+    left out, so eyes, brows and the mouth stay whatever their colour and however badly they are fitted. All False
+    for a frame without finite landmarks.
 
     Args:
         images: RGB ``(B, 3, H, W)`` in [0, 1]; landmarks: ``(B, 68, 2)`` pixels.
