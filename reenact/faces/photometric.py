@@ -40,6 +40,7 @@ from reenact.face3d.morphable import vertex_rows
 from reenact.face3d.raster import Fragments, RasterSettings, interpolate, rasterize
 from reenact.face3d.shading import INIT_LIGHT, sh_basis, shade
 from reenact.face3d.transforms import euler_to_matrix, rigid_transform
+from reenact.faces.gates import face_size
 from reenact.faces.images import frame_camera
 
 BROWS = slice(17, 27)
@@ -148,7 +149,7 @@ def occluders(images: torch.Tensor, landmarks: torch.Tensor, chroma_limit: float
             continue
         hull = inner[ConvexHull(inner).vertices]
         face = polygon2mask((height, width), hull[:, ::-1] - 0.5)
-        margin = round(0.03 * float(np.sqrt(np.prod(inner.max(0) - inner.min(0)))))   # the lips' edge, the lids
+        margin = round(0.03 * float(face_size(points[INNER].double())))                # the lips' edge, the lids
         face = torch.from_numpy(ndimage.binary_dilation(face, iterations=margin) if margin else face)
         skin_chroma, skin_brightness = chroma[b][:, face], brightness[b][face]              # 2 x N, N
         centre = skin_chroma.median(1).values
