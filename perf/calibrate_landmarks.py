@@ -97,9 +97,12 @@ def with_landmarks(model: MorphableModel, table: np.ndarray, size: str) -> Morph
     return replace(model, landmark_indices=ids)
 
 
-def symmetrise(table: np.ndarray) -> np.ndarray:
-    """Average ``table (68, 2)`` with its mirror image (u -> -u, points permuted by :data:`MIRROR_68`)."""
-    return (table + table[MIRROR_68] * np.array([-1.0, 1.0])) / 2
+def symmetrise(values: np.ndarray) -> np.ndarray:
+    """Average per-landmark ``values (68, d)`` (a ``(u, v)`` table, model-frame offsets) with their mirror image:
+    the first coordinate negated (u -> -u, x -> -x), the points permuted by :data:`MIRROR_68`."""
+    flip = np.ones(values.shape[1])
+    flip[0] = -1.0
+    return (values + values[MIRROR_68] * flip) / 2
 
 
 def format_table(table: np.ndarray) -> str:
@@ -230,12 +233,7 @@ def triangulate_offsets(model: MorphableModel, videos: list[tuple[np.ndarray, np
         a = np.concatenate([rows_x[:, k], rows_y[:, k]])
         b = np.concatenate([rhs_x[:, k], rhs_y[:, k]])
         offsets[k] = np.linalg.solve(a.T @ a + ridge * len(a) * np.eye(3), a.T @ b)
-    return symmetrise_offsets(offsets)
-
-
-def symmetrise_offsets(offsets: np.ndarray) -> np.ndarray:
-    """Average ``offsets (68, 3)`` with their mirror image (x -> -x, points permuted by :data:`MIRROR_68`)."""
-    return (offsets + offsets[MIRROR_68] * np.array([-1.0, 1.0, 1.0])) / 2
+    return symmetrise(offsets)
 
 
 def format_offsets(offsets: np.ndarray, groups) -> str:

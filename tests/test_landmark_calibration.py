@@ -97,7 +97,7 @@ def test_triangulated_offsets_recover_known_offsets(full_model):
     from dataclasses import replace
 
     rng = np.random.default_rng(5)
-    truth = cal.symmetrise_offsets(rng.normal(0, 0.05, (68, 3)))
+    truth = cal.symmetrise(rng.normal(0, 0.05, (68, 3)))
     model = replace(full_model, landmark_offsets=torch.from_numpy(truth))
     plain = replace(full_model, landmark_offsets=None)
     videos = []
