@@ -117,3 +117,28 @@ def test_triangulated_offsets_recover_known_offsets(full_model):
                                           ridge=1e-9)).max() < 2e-4                     # no offsets: none found
     kept = cal.keep_groups(truth, ["nose"])
     assert (kept[27:36] == truth[27:36]).all() and not kept[:27].any() and not kept[36:].any()
+
+
+def test_render_study_variants_change_only_what_they_name(full_model):
+    """``perf/dlib_on_renders.py``: the base variant leaves the world's coefficients alone, flat light keeps only the
+    ambient SH band, and the 2x supersampled render is the 1x render with anti-aliased edges (same scene: equal
+    means, differences only on edges)."""
+    from perf import dlib_on_renders as study
+    from reenact.face3d.coeffs import GAMMA
+    from reenact.synth.world import sample_world
+
+    seq = sample_world("tiny", 1).videos[0]
+    coeffs = seq.coeffs[:2]
+    _, same = study.restyle(seq.identity, coeffs, study.Variant())
+    np.testing.assert_array_equal(same, coeffs)
+    identity, flat = study.restyle(seq.identity, coeffs, study.Variant(light_scale=0.0))
+    bands, before = flat[:, GAMMA].reshape(2, 3, 9), coeffs[:, GAMMA].reshape(2, 3, 9)
+    assert (bands[..., 1:] == 0).all() and np.array_equal(bands[..., 0], before[..., 0])
+    np.testing.assert_allclose(identity.gamma, flat[0, GAMMA], rtol=1e-6)        # coeffs are float32
+
+    scene = cal.identity_scene(full_model, seq.identity, seq.seed)
+    plain = study.render(full_model, coeffs, *scene, supersample=1).astype(float) / 255
+    smooth = study.render(full_model, coeffs, *scene, supersample=2).astype(float) / 255
+    difference = np.abs(plain - smooth).max(-1)
+    assert abs(plain.mean() - smooth.mean()) < 0.005
+    assert np.median(difference) < 0.02 and difference.max() > 0.1               # edges differ, the rest does not

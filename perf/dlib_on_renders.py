@@ -1,0 +1,169 @@
+"""How well the landmark fit recovers the head pose from dlib's 68 points on renders of the synthetic world, and how
+much of its error the render's look explains.
+
+    python perf/dlib_on_renders.py [--seeds 1 12 13] [--stride 2] [--variants base supersample ...]
+
+Issue 12 asks for a median rotation error of at most 3 degrees from dlib's points on the synthetic world's frames
+(the fit to the model's own landmarks is at 0.6, ``perf/bench_landmark_fit.py``). ``perf/calibrate_landmarks.py``
+places the model's landmarks where dlib puts its points on average; this script asks what is left, and whether a
+change to the renders moves it. For every variant, the tiny world's VoxCeleb-style videos of ``--seeds`` (every
+``--stride``-th frame) are rendered in the vox crop camera (:func:`perf.calibrate_landmarks.render_crops`: face, head
+shell, neck, shoulders, background), dlib's points are detected, and each video is fitted as one chunk
+(:func:`reenact.faces.landmark_fit.fit_landmarks`, default :class:`FitConfig`), once freely and once with the true
+identity given. Printed per variant: frames dlib found, median / p90 geodesic rotation error (and medians by |yaw|
+bin), the same with the true identity, and the median distance between dlib's points and the fit's landmarks at
+the true coefficients per iBUG group (what the detector disagrees with, pose and shape known).
+
+Variants (:data:`VARIANTS`), each one change to the render or the detector:
+
+* ``base``: the synthetic world as it is;
+* ``supersample``: rendered at 2x and box-filtered to 256^2 (anti-aliased edges, as a video frame's);
+* ``flat-light`` / ``strong-light``: the SH bands beyond the ambient one times 0 / 2 (the world's light is mild);
+* ``dark-brows``: texture component 3 (brow darkness) at 2.5, lip colour at least 1.5 (higher-contrast features);
+* ``mirror-average``: dlib run on the frame and on its mirror image, averaged (what the ``landmarks`` extractor
+  does, :func:`reenact.faces.landmarks68.landmarks68` ``symmetric``).
+
+Measured (defaults: seeds 1, 12, 13, stride 2; 291 frames, 238 with flat light), median rotation error in degrees,
+free / true identity: base 5.30 / 6.46, supersample 5.03 / 6.53, flat light 10.58 / 9.23, strong light 5.29 / 6.40,
+dark brows 5.12 / 6.77, mirror average 5.80 / 6.58 (seed 1 alone, base: 6.73; seeds 12-19: 6.12). With the true
+identity the fit does no better: the error is in dlib's points, not in the fit's shape. After their mean offset
+(the ``LANDMARKS_UV`` calibration) they are 3-5 px rms (at 256^2, the face ~120 px wide) from the surface points
+they stand for, and about half of that variance is constant over a video (it follows the light and the face): 5
+degrees of yaw move the nose tip by only 1.9 px relative to the eyes. dlib leans on the shading (flat light doubles the error), and none of these
+changes of look comes near 3 degrees. Ad hoc, the same held for a head shell with hair instead of skin on its
+sides (seed 1: 7.1), for no shell below the hair (seeds 1, 12, 13: 5.9) and for per-point robust weights in the
+fit (5.0 on seeds 1, 12, 13, but 6.2-6.4 on seeds 12-19).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from perf import calibrate_landmarks as cal  # noqa: E402
+from perf.timing import print_table  # noqa: E402
+from reenact.face3d.camera import PerspectiveCamera  # noqa: E402
+from reenact.face3d.coeffs import ANGLE, GAMMA, ID, TEX  # noqa: E402
+from reenact.face3d.morphable import MorphableModel  # noqa: E402
+from reenact.face3d.procedural import procedural_model  # noqa: E402
+
+BROW_DARKNESS, LIP_COLOUR = 3, 4          # semantic texture components of the procedural model
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One change to the renders or the detector (the defaults: the synthetic world as it is)."""
+
+    supersample: int = 1                   # render at this factor and box-filter down
+    light_scale: float = 1.0               # factor on the SH bands beyond the ambient one
+    dark_features: bool = False            # brow darkness 2.5, lip colour >= 1.5
+    mirror_average: bool = False           # dlib on the frame and its mirror, averaged
+
+
+VARIANTS = {"base": Variant(), "supersample": Variant(supersample=2), "flat-light": Variant(light_scale=0.0),
+            "strong-light": Variant(light_scale=2.0), "dark-brows": Variant(dark_features=True),
+            "mirror-average": Variant(mirror_average=True)}
+
+
+def restyle(identity, coeffs: np.ndarray, variant: Variant):
+    """The identity and frame coefficients ``(T, 257)`` with the variant's light and texture."""
+    gamma = identity.gamma.reshape(3, 9).copy()
+    gamma[:, 1:] *= variant.light_scale
+    tex = identity.tex_coeffs.copy()
+    if variant.dark_features:
+        tex[BROW_DARKNESS], tex[LIP_COLOUR] = 2.5, max(tex[LIP_COLOUR], 1.5)
+    identity = dataclasses.replace(identity, gamma=gamma.reshape(27), tex_coeffs=tex)
+    coeffs = coeffs.copy()
+    coeffs[:, GAMMA], coeffs[:, TEX] = identity.gamma, identity.tex_coeffs
+    return identity, coeffs
+
+
+def render(model: MorphableModel, coeffs: np.ndarray, body, backdrop: torch.Tensor, supersample: int) -> np.ndarray:
+    """uint8 ``(T, 256, 256, 3)`` crops, rendered at ``supersample`` x the size and box-filtered down."""
+    from reenact.synth.scene import render_frames, to_uint8
+
+    if supersample == 1:
+        return cal.render_crops(model, coeffs, body, backdrop)
+    big = F.interpolate(backdrop.permute(2, 0, 1)[None], scale_factor=supersample, mode="bilinear",
+                        align_corners=False)[0].permute(1, 2, 0).contiguous()
+    with torch.no_grad():
+        frames = render_frames(model, torch.from_numpy(coeffs).float(), PerspectiveCamera.deep3d(cal.SIZE * supersample),
+                               body, big)
+    return to_uint8(F.avg_pool2d(frames.images.permute(0, 3, 1, 2), supersample).permute(0, 2, 3, 1))
+
+
+def detect(images: np.ndarray, mirror_average: bool) -> list[np.ndarray | None]:
+    """dlib's 68 points per uint8 image (None where it finds no face)."""
+    from reenact.faces.landmarks68 import landmarks68
+
+    points = landmarks68(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255, symmetric=mirror_average)
+    return [p.numpy() if bool(torch.isfinite(p).all()) else None for p in points]
+
+
+def detected_videos(model: MorphableModel, variant: Variant, seeds, stride: int):
+    """``[(truth coeffs (T, 257), dlib points (T, 68, 2))]`` per video of the tiny world, frames dlib found."""
+    from reenact.synth.world import sample_world
+
+    out = []
+    for seed in seeds:
+        for seq in sample_world("tiny", seed).videos:
+            identity, coeffs = restyle(seq.identity, seq.coeffs[::stride], variant)
+            images = render(model, coeffs, *cal.identity_scene(model, identity, seq.seed), variant.supersample)
+            found = [(c, p) for c, p in zip(coeffs, detect(images, variant.mirror_average)) if p is not None]
+            if found:
+                out.append((np.stack([c for c, _ in found]), np.stack([p for _, p in found])))
+    return out
+
+
+def rotation_errors(model: MorphableModel, videos, true_identity: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Geodesic rotation errors (degrees) of one-chunk-per-video fits, and the true |yaw| of each frame."""
+    from reenact.faces.landmark_fit import fit_landmarks
+
+    errors, yaws = [], []
+    for coeffs, points in videos:
+        given = {"identity": coeffs[0, ID]} if true_identity else {}
+        fitted = fit_landmarks(points, cal.SIZE, model, **given).coeffs
+        errors.append(cal.rotation_errors_deg(coeffs.astype(np.float64), fitted.astype(np.float64)))
+        yaws.append(np.abs(np.rad2deg(coeffs[:, ANGLE.start + 1])))
+    return np.concatenate(errors), np.concatenate(yaws)
+
+
+def variant_row(model: MorphableModel, name: str, variant: Variant, seeds, stride: int) -> dict:
+    start = time.perf_counter()
+    videos = detected_videos(model, variant, seeds, stride)
+    errors, yaw = rotation_errors(model, videos, true_identity=False)
+    given, _ = rotation_errors(model, videos, true_identity=True)
+    distances = np.concatenate([np.linalg.norm(cal.fit_landmarks_at(model, c) - p, axis=-1) for c, p in videos])
+    bins = " / ".join(f"{np.median(errors[(yaw >= lo) & (yaw < hi)]):.1f}" if ((yaw >= lo) & (yaw < hi)).any()
+                      else "-" for lo, hi in cal.YAW_BINS)
+    return {"variant": name, "frames": len(errors), "median deg": f"{np.median(errors):.2f}",
+            "p90 deg": f"{np.percentile(errors, 90):.1f}", "by yaw 0-15 / 15-30 / 30-45 deg": bins,
+            "true identity: median": f"{np.median(given):.2f}",
+            "dlib - model px (jaw brows nose eyes mouth)": " ".join(f"{np.median(distances[:, s]):.1f}"
+                                                                     for s in cal.GROUPS.values()),
+            "s": f"{time.perf_counter() - start:.0f}"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 12, 13],
+                        help="tiny-world seeds (held out from perf/calibrate_landmarks.py's calibration: not 0, 2-11)")
+    parser.add_argument("--stride", type=int, default=2, help="every n-th frame of each video")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    model = procedural_model("full")
+    rows = [variant_row(model, name, VARIANTS[name], args.seeds, args.stride) for name in args.variants]
+    print_table(list(rows[0]), [list(row.values()) for row in rows])
+
+
+if __name__ == "__main__":
+    main()
