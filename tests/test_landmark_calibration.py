@@ -142,3 +142,18 @@ def test_render_study_variants_change_only_what_they_name(full_model):
     difference = np.abs(plain - smooth).max(-1)
     assert abs(plain.mean() - smooth.mean()) < 0.005
     assert np.median(difference) < 0.02 and difference.max() > 0.1               # edges differ, the rest does not
+
+
+def test_render_study_pose_floor_recovers_a_known_rotation(full_model):
+    """The study's pose-only floor: on the fit's own landmarks of a pose turned by a known angle, the pose fitted
+    with the true shape and expression is off by exactly that angle (and by 0 on the landmarks of the true pose)."""
+    from perf import dlib_on_renders as study
+    from reenact.synth.world import sample_world
+
+    coeffs = sample_world("tiny", 1).videos[0].coeffs[:3].astype(np.float64)
+    turned = coeffs.copy()
+    turned[:, ANGLE.start + 1] += np.deg2rad(4.0)                                  # yaw
+    exact = study.pose_only_errors(full_model, [(coeffs, cal.fit_landmarks_at(full_model, coeffs))])
+    off = study.pose_only_errors(full_model, [(coeffs, cal.fit_landmarks_at(full_model, turned))])
+    np.testing.assert_allclose(exact, 0.0, atol=1e-3)
+    np.testing.assert_allclose(off, 4.0, atol=0.1)             # 4.01-4.04: the jaw contour is the true pose's
