@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from perf.timing import print_table  # noqa: E402
 from reenact.app.demo import sample_coeffs  # noqa: E402
+from reenact.data.pairs import VOX_PER_CHUNK  # noqa: E402
 from reenact.face3d.camera import PerspectiveCamera, pixel_grid  # noqa: E402
 from reenact.face3d.coeffs import ID, TEX, Coeffs, target_coeffs  # noqa: E402
 from reenact.face3d.face import build_face, posed_vertices  # noqa: E402
@@ -103,22 +104,18 @@ def round_robin_ms(fns: dict, repeats: int, warmup: int = 2) -> dict[str, tuple[
     return {name: (1000 * statistics.median(wall[name]), 1000 * statistics.median(cpu[name])) for name in fns}
 
 
-#: Pairs per source video in the protocols (issue #9: 20 per test video).
-PAIRS_PER_VIDEO = 20
-
-
 def protocol_videos(model: MorphableModel, size: int, b: int, videos: int, g: torch.Generator):
     """A function computing the next of ``videos`` videos' guidance per call, as ``prepare guidance`` does: 20 pairs
     whose sources share one identity (alpha, delta), in calls of at most ``b`` pairs, with one IdentityCache."""
     cache, todo = IdentityCache(model), []
     for _ in range(videos):
-        src, drv = sample_coeffs(PAIRS_PER_VIDEO, 0.7, g), sample_coeffs(PAIRS_PER_VIDEO, 0.7, g)
+        src, drv = sample_coeffs(VOX_PER_CHUNK, 0.7, g), sample_coeffs(VOX_PER_CHUNK, 0.7, g)
         src[:, ID], src[:, TEX] = src[0, ID], src[0, TEX]
         todo.append((src, drv))
 
     def next_video() -> None:
         src, drv = todo.pop()
-        for i in range(0, PAIRS_PER_VIDEO, b):
+        for i in range(0, VOX_PER_CHUNK, b):
             compute_guidance(model, src[i:i + b], drv[i:i + b], size, with_source_render=False, identity_cache=cache)
 
     return next_video
@@ -149,7 +146,7 @@ def batch_rows(model: MorphableModel, camera: PerspectiveCamera, b: int, args: a
     print(f"batch {b}: largest |guidance - naive| of flow, occlusion, render, mask: "
           + ", ".join(f"{gap:.2g}" for gap in gaps))
     measured = round_robin_ms(timings, args.repeats, WARMUP)
-    pairs = {name: PAIRS_PER_VIDEO if name == PROTOCOL_ROW else b for name in measured}
+    pairs = {name: VOX_PER_CHUNK if name == PROTOCOL_ROW else b for name in measured}
     rows = [[name, b, f"{wall / pairs[name]:.2f}", f"{cpu / pairs[name]:.2f}"] for name, (wall, cpu) in measured.items()]
     fast, naive = measured["guidance F_c+O_c+I_r+mask, per pair"], measured["naive yardstick of the same, per pair"]
     return rows + [["naive / guidance (wall, cpu)", b, f"{naive[0] / fast[0]:.2f}x", f"{naive[1] / fast[1]:.2f}x"]]
