@@ -72,7 +72,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reenact.face3d.camera import PerspectiveCamera  # noqa: E402
-from reenact.face3d.coeffs import ANGLE, TRANS  # noqa: E402
+from reenact.face3d.coeffs import ANGLE, ID, TRANS  # noqa: E402
 from reenact.face3d.face import posed_vertices  # noqa: E402
 from reenact.face3d.morphable import MorphableModel  # noqa: E402
 from reenact.face3d.procedural import GRID_SIDES, LANDMARKS_UV, grid_uv, procedural_model  # noqa: E402
@@ -258,24 +258,34 @@ def keep_groups(offsets: np.ndarray, groups) -> np.ndarray:
     return kept
 
 
-def world_videos(model: MorphableModel, detector, seeds, stride: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def world_videos(model: MorphableModel, detector, seeds, stride: int, frames=None
+                 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """:func:`detect_world_videos` of several seeds of the tiny world, concatenated."""
-    return [video for seed in seeds for video in detect_world_videos(model, detector, seed, stride)]
+    return [video for seed in seeds for video in detect_world_videos(model, detector, seed, stride, frames)]
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation
-def detect_world_videos(model: MorphableModel, detector, seed: int, stride: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``[(truth coeffs (T, 257), dlib points (T, 68, 2))]`` per video of the tiny world, frames dlib found."""
+def detect_world_videos(model: MorphableModel, detector, seed: int, stride: int, frames=None
+                        ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``[(truth coeffs (T, 257), dlib points (T, 68, 2))]`` per video of the tiny world, frames dlib found.
+
+    ``detector``: uint8 image -> ``(68, 2)`` points or None. ``frames(model, seq, coeffs) -> (coeffs, uint8 images)``
+    renders every ``stride``-th frame's coefficients of a :class:`reenact.synth.world.Sequence` (default
+    :func:`sequence_crops`; a study may change the coefficients it renders, and they are the truth then)."""
     from reenact.synth.world import sample_world
 
     out = []
     for seq in sample_world("tiny", seed).videos:
-        coeffs = seq.coeffs[::stride]
-        images = render_crops(model, coeffs, *identity_scene(model, seq.identity, seq.seed))
+        coeffs, images = (frames or sequence_crops)(model, seq, seq.coeffs[::stride])
         found = [(c, p) for c, p in zip(coeffs, map(detector, images)) if p is not None]
         if found:
             out.append((np.stack([c for c, _ in found]), np.stack([p for _, p in found])))
     return out
+
+
+def sequence_crops(model: MorphableModel, seq, coeffs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``coeffs`` of ``seq`` and their :func:`render_crops` in the sequence's scene (:func:`identity_scene`)."""
+    return coeffs, render_crops(model, coeffs, *identity_scene(model, seq.identity, seq.seed))
 
 
 def fit_landmarks_at(model: MorphableModel, coeffs: np.ndarray) -> np.ndarray:
@@ -295,17 +305,27 @@ def rotation_errors_deg(truth: np.ndarray, fitted: np.ndarray) -> np.ndarray:
     return np.rad2deg(rotation_angle_between(rot(truth), rot(fitted)).numpy())
 
 
-def evaluate(model: MorphableModel, videos: list[tuple[np.ndarray, np.ndarray]]) -> dict:
-    """Rotation errors of the landmark fit to dlib's points, and dlib-to-model pixel distances."""
+def rotation_errors(model: MorphableModel, videos: list[tuple[np.ndarray, np.ndarray]], true_identity: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Geodesic rotation errors (degrees) of the landmark fit to dlib's points, each video one chunk (default
+    :class:`FitConfig`; with ``true_identity`` the truth's alpha given), and the true |yaw| (degrees) of each frame."""
     from reenact.faces.landmark_fit import fit_landmarks
 
-    errors, yaws, distances = [], [], []
+    errors, yaws = [], []
     for coeffs, points in videos:
-        fitted = fit_landmarks(points, SIZE, model).coeffs
+        given = {"identity": coeffs[0, ID]} if true_identity else {}
+        fitted = fit_landmarks(points, SIZE, model, **given).coeffs
         errors.append(rotation_errors_deg(coeffs.astype(np.float64), fitted.astype(np.float64)))
         yaws.append(np.abs(np.rad2deg(coeffs[:, ANGLE.start + 1])))
-        distances.append(np.linalg.norm(fit_landmarks_at(model, coeffs) - points, axis=-1))   # T x 68
-    return {"errors": np.concatenate(errors), "yaw": np.concatenate(yaws), "distances": np.concatenate(distances)}
+    return np.concatenate(errors), np.concatenate(yaws)
+
+
+def evaluate(model: MorphableModel, videos: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """Rotation errors of the landmark fit to dlib's points (:func:`rotation_errors`), and dlib-to-model pixel
+    distances at the true coefficients."""
+    errors, yaw = rotation_errors(model, videos)
+    distances = np.concatenate([np.linalg.norm(fit_landmarks_at(model, c) - p, axis=-1) for c, p in videos])  # N x 68
+    return {"errors": errors, "yaw": yaw, "distances": distances}
 
 
 def summary(name: str, result: dict) -> str:

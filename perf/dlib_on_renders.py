@@ -56,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from perf import calibrate_landmarks as cal  # noqa: E402
 from perf.timing import print_table  # noqa: E402
 from reenact.face3d.camera import PerspectiveCamera  # noqa: E402
-from reenact.face3d.coeffs import ANGLE, GAMMA, ID, TEX, TRANS  # noqa: E402
+from reenact.face3d.coeffs import ANGLE, GAMMA, TEX, TRANS  # noqa: E402
 from reenact.face3d.morphable import MorphableModel  # noqa: E402
 from reenact.face3d.procedural import procedural_model  # noqa: E402
 from reenact.face3d.transforms import euler_to_matrix  # noqa: E402
@@ -106,40 +106,26 @@ def render(model: MorphableModel, coeffs: np.ndarray, body, backdrop: torch.Tens
     return to_uint8(F.avg_pool2d(frames.images.permute(0, 3, 1, 2), supersample).permute(0, 2, 3, 1))
 
 
-def detect(images: np.ndarray, mirror_average: bool) -> list[np.ndarray | None]:
-    """dlib's 68 points per uint8 image (None where it finds no face)."""
+def variant_frames(variant: Variant):
+    """The variant's ``frames`` for :func:`perf.calibrate_landmarks.detect_world_videos`: its light and texture
+    (:func:`restyle`, the truth then), rendered at its supersampling."""
+    def frames(model: MorphableModel, seq, coeffs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        identity, coeffs = restyle(seq.identity, coeffs, variant)
+        return coeffs, render(model, coeffs, *cal.identity_scene(model, identity, seq.seed), variant.supersample)
+
+    return frames
+
+
+def detector(mirror_average: bool):
+    """uint8 image -> dlib's 68 points ``(68, 2)`` (:func:`reenact.faces.landmarks68.landmarks68`, mirror-averaged
+    when asked), or None where it finds no face."""
     from reenact.faces.landmarks68 import landmarks68
 
-    points = landmarks68(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255, symmetric=mirror_average)
-    return [p.numpy() if bool(torch.isfinite(p).all()) else None for p in points]
+    def detect(image: np.ndarray) -> np.ndarray | None:
+        points = landmarks68(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255, symmetric=mirror_average)[0]
+        return points.numpy() if bool(torch.isfinite(points).all()) else None
 
-
-def detected_videos(model: MorphableModel, variant: Variant, seeds, stride: int):
-    """``[(truth coeffs (T, 257), dlib points (T, 68, 2))]`` per video of the tiny world, frames dlib found."""
-    from reenact.synth.world import sample_world
-
-    out = []
-    for seed in seeds:
-        for seq in sample_world("tiny", seed).videos:
-            identity, coeffs = restyle(seq.identity, seq.coeffs[::stride], variant)
-            images = render(model, coeffs, *cal.identity_scene(model, identity, seq.seed), variant.supersample)
-            found = [(c, p) for c, p in zip(coeffs, detect(images, variant.mirror_average)) if p is not None]
-            if found:
-                out.append((np.stack([c for c, _ in found]), np.stack([p for _, p in found])))
-    return out
-
-
-def rotation_errors(model: MorphableModel, videos, true_identity: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Geodesic rotation errors (degrees) of one-chunk-per-video fits, and the true |yaw| of each frame."""
-    from reenact.faces.landmark_fit import fit_landmarks
-
-    errors, yaws = [], []
-    for coeffs, points in videos:
-        given = {"identity": coeffs[0, ID]} if true_identity else {}
-        fitted = fit_landmarks(points, cal.SIZE, model, **given).coeffs
-        errors.append(cal.rotation_errors_deg(coeffs.astype(np.float64), fitted.astype(np.float64)))
-        yaws.append(np.abs(np.rad2deg(coeffs[:, ANGLE.start + 1])))
-    return np.concatenate(errors), np.concatenate(yaws)
+    return detect
 
 
 def pose_only_errors(model: MorphableModel, videos, points: slice = slice(0, 68)) -> np.ndarray:
@@ -170,11 +156,11 @@ def pose_only_errors(model: MorphableModel, videos, points: slice = slice(0, 68)
 
 def variant_row(model: MorphableModel, name: str, variant: Variant, seeds, stride: int) -> dict:
     start = time.perf_counter()
-    videos = detected_videos(model, variant, seeds, stride)
-    errors, yaw = rotation_errors(model, videos, true_identity=False)
-    given, _ = rotation_errors(model, videos, true_identity=True)
+    videos = cal.world_videos(model, detector(variant.mirror_average), seeds, stride, variant_frames(variant))
+    result = cal.evaluate(model, videos)
+    errors, yaw, distances = result["errors"], result["yaw"], result["distances"]
+    given, _ = cal.rotation_errors(model, videos, true_identity=True)
     floor, inner = pose_only_errors(model, videos), pose_only_errors(model, videos, slice(17, 68))
-    distances = np.concatenate([np.linalg.norm(cal.fit_landmarks_at(model, c) - p, axis=-1) for c, p in videos])
     bins = " / ".join(f"{np.median(errors[(yaw >= lo) & (yaw < hi)]):.1f}" if ((yaw >= lo) & (yaw < hi)).any()
                       else "-" for lo, hi in cal.YAW_BINS)
     return {"variant": name, "frames": len(errors), "median deg": f"{np.median(errors):.2f}",
