@@ -263,10 +263,9 @@ def photometric_figures(name: str, det, estimator, frames: int, max_frames: int 
     stored[:, TEX], stored[:, GAMMA] = result.coeffs[:, TEX], result.coeffs[:, GAMMA].mean(0)
     as_stored, _ = render_error(images, stored, points, estimator.model)
     as_stored_face, _ = render_error(images, stored, points, estimator.model, occlusion=False)
-    _, face = render_error(images, result.coeffs, points, estimator.model, occlusion=False)
     brows_only, brow_mask = render_error(images, result.coeffs, points, estimator.model, outline=False,
                                          occlusion=False)
-    mask = result.mask[:, 0].bool()
+    mask, face = result.mask[:, 0].bool(), result.face_mask[:, 0].bool()
     print(f"  {name} photometric on {len(pick)} frames: mean |I_r - frame| in the face mask without occluders "
           f"{result.error:.4f} (flat render {result.flat_error:.4f}), with them {result.face_error:.4f}; as stored "
           f"(landmark-fit geometry, fitted tex, mean light) {as_stored:.4f} / {as_stored_face:.4f}; "

@@ -80,7 +80,8 @@ class PhotometricResult:
     """coeffs: ``(B, 257)`` with the fitted tex (shared), gamma (per frame) and the refined expression and pose;
     render: ``(B, 3, H, W)`` I_r; mask: ``(B, 1, H, W)`` the face mask used (occluders left out); error / flat_error:
     mean absolute RGB error inside the mask of the fitted render and of the flat one (tex and gamma zero; the same
-    geometry and mask); face_error: the fitted render's inside the face mask with the occluders kept."""
+    geometry and mask); face_error: the fitted render's inside ``face_mask`` ``(B, 1, H, W)``, the face mask with the
+    occluders kept."""
 
     coeffs: torch.Tensor
     render: torch.Tensor
@@ -88,6 +89,7 @@ class PhotometricResult:
     error: float
     flat_error: float
     face_error: float
+    face_mask: torch.Tensor
 
 
 def below_brows(landmarks: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -221,7 +223,8 @@ def _fit(images, coeffs, landmarks, model, config: PhotometricConfig) -> Photome
         render, mask = scene.render(fitted), scene.mask
         flat_error = scene.error(scene.render(flat))
         return PhotometricResult(fitted.float(), render.permute(0, 3, 1, 2).float(), mask[:, None].float(),
-                                 scene.error(render), flat_error, scene.error(render, scene.face))
+                                 scene.error(render), flat_error, scene.error(render, scene.face),
+                                 scene.face[:, None].float())
 
 
 def _downsampled(images: torch.Tensor, landmarks: torch.Tensor | None, size: int):
