@@ -137,6 +137,7 @@ def test_hair_over_a_cheek_is_left_out_and_does_not_colour_the_texture(model):
     kept = photometric_fit(image, start, points, model, PhotometricConfig(steps=60, occlusion=False))
     whole = kept.mask.bool()
     assert torch.equal(trimmed.mask.bool(), whole & ~hair) and trimmed.face_error > 3 * trimmed.error
+    assert torch.equal(trimmed.face_mask.bool(), whole) and torch.equal(kept.face_mask, kept.mask)   # kept: no trim
     against_clean = lambda r: float((r.render - clean).abs()[whole.expand_as(clean)].mean())  # noqa: E731
     assert against_clean(trimmed) < 0.015 and against_clean(kept) > 2 * against_clean(trimmed), (
         against_clean(trimmed), against_clean(kept))
