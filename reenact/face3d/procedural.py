@@ -61,16 +61,20 @@ def grid_triangles(side: int) -> np.ndarray:
     return np.concatenate([np.stack([a, cc, b], -1).reshape(-1, 3), np.stack([b, cc, d], -1).reshape(-1, 3)])
 
 
-def _mean_shape(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+def _ridge_nose(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Height of the nose over the dome: a narrow ridge as high at the brows as at the tip, and the tip."""
+    return (0.2 * np.exp(-((u / 0.07) ** 2)) * _sigmoid((0.32 - v) / 0.05) * _sigmoid((v + 0.2) / 0.03)
+            + 0.1 * _gauss(u, v, 0, -0.14, 0.11, 0.08))
+
+
+def _mean_shape(u: np.ndarray, v: np.ndarray, nose=_ridge_nose) -> np.ndarray:
     width = HALF_WIDTH * (1 - 0.2 * np.clip(-v, 0, 1) ** 2)
     dome = DEPTH * np.clip(1 - u**2 - v**2, 0, 1) ** 0.45
-    nose_ridge = 0.2 * np.exp(-((u / 0.07) ** 2)) * _sigmoid((0.32 - v) / 0.05) * _sigmoid((v + 0.2) / 0.03)
-    nose_tip = 0.1 * _gauss(u, v, 0, -0.14, 0.11, 0.08)
     sockets = sum(-0.07 * _gauss(u, v, cu, cv, 0.14, 0.09) for cu, cv in EYE_CENTERS)
     brows = sum(0.035 * _gauss(u, v, cu, 0.37, 0.2, 0.05) for cu, _ in EYE_CENTERS)
     lips = 0.04 * _gauss(u, v, 0, MOUTH_V, 0.22, 0.09) + 0.05 * _gauss(u, v, 0, -0.85, 0.25, 0.12)
     cheeks = sum(0.04 * _gauss(u, v, cu, -0.05, 0.2, 0.15) for cu in (-0.5, 0.5))
-    z = dome + nose_ridge + nose_tip + sockets + brows + lips + cheeks
+    z = dome + nose(u, v) + sockets + brows + lips + cheeks
     return np.stack([width * u, HALF_HEIGHT * v, z], -1)
 
 
@@ -142,8 +146,16 @@ def _identity_fields(u, v, xyz, rng) -> np.ndarray:
     return np.concatenate([np.stack(semantic), rest * scale[:, None, None]])
 
 
-def _mean_texture(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """``(V, 3)`` albedo in [0, 255]: skin, dark brows, white eyes with dark irises, red lips, dark mouth slit."""
+def _paint_oval_eye(u, v, cu, cv, paint, skin):
+    """Paint one eye at ``(cu, cv)`` with ``paint(weight, colour)``: a white oval, a small dark iris, a lid line."""
+    eye = ((u - cu) / 0.15) ** 2 + ((v - cv) / 0.055) ** 2
+    paint(_sigmoid((1 - eye) / 0.08), (235, 232, 225))                                               # sclera
+    paint(_sigmoid((1 - ((u - cu) ** 2 + (v - cv) ** 2) / 0.045**2) / 0.1), (40, 28, 22))            # iris
+    paint(0.6 * _sigmoid((1.25 - eye) / 0.05) * _sigmoid((eye - 0.95) / 0.05), (95, 60, 50))         # lid line
+
+
+def _mean_texture(u: np.ndarray, v: np.ndarray, paint_eye=_paint_oval_eye) -> np.ndarray:
+    """``(V, 3)`` albedo in [0, 255]: skin, dark brows, eyes (``paint_eye``), red lips, dark mouth slit."""
     skin = np.array([200.0, 150.0, 122.0])
     tex = np.tile(skin, (len(u), 1))
 
@@ -155,10 +167,7 @@ def _mean_texture(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     paint(0.25 * sum(_gauss(u, v, cu, -0.12, 0.16, 0.12) for cu in (-0.45, 0.45)), (215, 120, 110))   # cheeks
     for cu, cv in EYE_CENTERS:
         paint(1.6 * _gauss(u, v, cu, 0.385, 0.17, 0.03) * (np.abs(u - cu) < 0.2), (45, 30, 25))      # brows
-        eye = ((u - cu) / 0.15) ** 2 + ((v - cv) / 0.055) ** 2
-        paint(_sigmoid((1 - eye) / 0.08), (235, 232, 225))                                           # sclera
-        paint(_sigmoid((1 - ((u - cu) ** 2 + (v - cv) ** 2) / 0.045**2) / 0.1), (40, 28, 22))        # iris
-        paint(0.6 * _sigmoid((1.25 - eye) / 0.05) * _sigmoid((eye - 0.95) / 0.05), (95, 60, 50))     # lid line
+        paint_eye(u, v, cu, cv, paint, skin)
     lips = ((u / 0.3) ** 2 + ((v - MOUTH_V) / 0.1) ** 2)
     paint(_sigmoid((1 - lips) / 0.1), (175, 75, 78))
     paint(_sigmoid((1 - ((u / 0.26) ** 2 + ((v - MOUTH_V) / 0.014) ** 2)) / 0.1), (45, 12, 14))       # slit
