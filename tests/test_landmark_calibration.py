@@ -157,3 +157,28 @@ def test_render_study_pose_floor_recovers_a_known_rotation(full_model):
     off = study.pose_only_errors(full_model, [(coeffs, cal.fit_landmarks_at(full_model, turned))])
     np.testing.assert_allclose(exact, 0.0, atol=1e-3)
     np.testing.assert_allclose(off, 4.0, atol=0.1)             # 4.01-4.04: the jaw contour is the true pose's
+
+
+def test_look_study_changes_only_what_it_names_and_restores_the_model():
+    """perf/realistic_look_study.py's looks: the almond eyes repaint only the eye regions (shape and bases untouched),
+    the rising nose moves only vertices around the nose, and leaving a look gives back the library's model."""
+    from perf import realistic_look_study as study
+    from reenact.face3d import procedural
+
+    before = procedural_model("tiny")
+    uv = torch.from_numpy(grid_uv(GRID_SIDES["tiny"]))
+    with study.patched(**study.LOOKS["almond-eyes"]):
+        eyes = procedural_model("tiny")
+    changed = (eyes.mean_tex - before.mean_tex).reshape(-1, 3).abs().amax(1) > 1.0
+    near_eye = torch.stack([(uv - torch.tensor(c)).abs().le(torch.tensor([0.3, 0.2])).all(1)
+                            for c in procedural.EYE_CENTERS]).any(0)
+    assert changed.any() and not (changed & ~near_eye).any()
+    assert torch.equal(eyes.mean_shape, before.mean_shape) and torch.equal(eyes.id_base, before.id_base)
+    with study.patched(_mean_shape=study.LOOKS["wide-eyes-nose"]["_mean_shape"]):
+        nose = procedural_model("tiny")
+    shift = (nose.mean_shape - before.mean_shape).reshape(-1, 3)
+    moved = (shift - shift.median(0).values).norm(dim=1) > 1e-3          # the model is recentred: a common shift
+    assert moved.any() and not (moved & ~((uv[:, 0].abs() < 0.35) & (uv[:, 1] < 0.55) & (uv[:, 1] > -0.4))).any()
+    after = procedural_model("tiny")
+    assert after is not eyes and torch.equal(after.mean_tex, before.mean_tex)
+    assert torch.equal(after.mean_shape, before.mean_shape)
