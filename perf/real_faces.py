@@ -45,6 +45,8 @@ from reenact.face3d.transforms import euler_to_matrix, rotation_angle_between  #
 from reenact.faces.landmarks68 import mirror_box, mirror_points  # noqa: E402
 
 CHUNKS = (64, 8)
+#: default detections cache (detection is the slow part)
+CACHE = Path("/tmp/reenact_real_faces.npz")
 
 
 # ---------------------------------------------------------------- detection (cached)
@@ -166,8 +168,21 @@ def roll_sign(estimator) -> float:
 
 
 # ---------------------------------------------------------------- report
+def usable(det: dict[str, np.ndarray]) -> np.ndarray:
+    """Frames whose detection is ``ok`` and whose points and mirror-image points are all found."""
+    return det["ok"] & np.isfinite(det["points"]).all((1, 2)) & np.isfinite(det["mirror_points"]).all((1, 2))
+
+
+def chunk_differences(estimator, points: np.ndarray, index: np.ndarray, whole: np.ndarray, chunk: int,
+                      identity: np.ndarray | None = None) -> tuple[np.ndarray, list[float]]:
+    """Rotation differences (deg) between the whole-clip fit ``whole`` and the fit in ``chunk``-frame chunks (with
+    ``identity``: that identity fixed in every chunk), and the chunks' identity RMS."""
+    coeffs, _, id_rms, _ = fit_chunks(estimator, points, chunk, index, identity=identity)
+    return rotation_differences(whole, coeffs), id_rms
+
+
 def clip_figures(name: str, det: dict[str, np.ndarray], estimator, sign: float) -> dict:
-    ok_det = det["ok"] & np.isfinite(det["points"]).all((1, 2)) & np.isfinite(det["mirror_points"]).all((1, 2))
+    ok_det = usable(det)
     points, mirror, index = det["points"][ok_det], det["mirror_points"][ok_det], np.flatnonzero(ok_det)
     whole, ok, id_whole, seconds = fit_chunks(estimator, points, None, index, det["boxes"][ok_det])
     figures = {"frames": len(det["ok"]), "detected": int(ok_det.sum()),
@@ -183,12 +198,12 @@ def clip_figures(name: str, det: dict[str, np.ndarray], estimator, sign: float) 
     figures["mirror_yaw_fit_only"] = float(np.median(np.abs(a[:, 1] + degrees(own)[:, 1])))
     for chunk in CHUNKS:
         if len(points) > chunk:
-            coeffs, _, id_rms, _ = fit_chunks(estimator, points, chunk, index)
-            figures[f"chunk{chunk}_p90"] = float(np.percentile(rotation_differences(whole, coeffs), 90))
-            figures[f"chunk{chunk}_median"] = float(np.median(rotation_differences(whole, coeffs)))
+            differences, id_rms = chunk_differences(estimator, points, index, whole, chunk)
+            figures[f"chunk{chunk}_p90"] = float(np.percentile(differences, 90))
+            figures[f"chunk{chunk}_median"] = float(np.median(differences))
             figures["id_rms"][chunk] = max(id_rms)
-            coeffs, _, _, _ = fit_chunks(estimator, points, chunk, index, identity=whole[0, ID])
-            figures[f"chunk{chunk}_p90_clip_identity"] = float(np.percentile(rotation_differences(whole, coeffs), 90))
+            fixed, _ = chunk_differences(estimator, points, index, whole, chunk, identity=whole[0, ID])
+            figures[f"chunk{chunk}_p90_clip_identity"] = float(np.percentile(fixed, 90))
     figures["roll_offset"] = float(np.mean(a[:, 2] - sign * eye_line_deg(points)))
     figures["reasons"] = sorted(set(r for r in det["reason"] if r))[:5]
     return figures
@@ -215,7 +230,7 @@ def print_figures(name: str, f: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips", nargs="+", default=list(CLIPS), choices=list(CLIPS))
-    parser.add_argument("--cache", type=Path, default=Path("/tmp/reenact_real_faces.npz"),
+    parser.add_argument("--cache", type=Path, default=CACHE,
                         help="detections cache (npz); delete it after changing the detection")
     parser.add_argument("--max-frames", type=int, default=None, help="first N frames of each clip")
     parser.add_argument("--model", default="procedural-full")

@@ -128,6 +128,13 @@ def mirror_box(box: np.ndarray, width: float) -> np.ndarray:
     return np.array([width - box[2], box[1], width - box[0], box[3]])
 
 
+def mirrored_back(rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """dlib's 68 points on the left-right mirror of the uint8 image ``rgb`` in the mirrored ``box``, mapped back into
+    ``rgb``'s frame (:func:`mirror_points`): where a mirror-symmetric predictor would put the same points."""
+    flipped = dlib68()(np.ascontiguousarray(rgb[:, ::-1]), box=mirror_box(box, rgb.shape[1]))
+    return mirror_points(flipped, rgb.shape[1])
+
+
 def landmarks68(images: ImageBatch, boxes: torch.Tensor | None = None, *, symmetric: bool = False) -> torch.Tensor:
     """dlib's 68 points ``(B, 68, 2)`` float64, continuous pixels; NaN rows where no face.
 
@@ -154,7 +161,6 @@ def landmarks68(images: ImageBatch, boxes: torch.Tensor | None = None, *, symmet
                 continue
         points = dlib68()(rgb, box=box)
         if symmetric:
-            flipped = dlib68()(np.ascontiguousarray(rgb[:, ::-1]), box=mirror_box(box, rgb.shape[1]))
-            points = (points + mirror_points(flipped, rgb.shape[1])) / 2
+            points = (points + mirrored_back(rgb, box)) / 2
         out[i] = torch.from_numpy(points)
     return out
