@@ -58,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import reenact.face3d.procedural as procedural  # noqa: E402
 from perf import calibrate_landmarks as cal  # noqa: E402
-from reenact.faces.landmarks68 import Landmarks68, mirror_box, mirror_points  # noqa: E402
+from reenact.faces.landmarks68 import dlib68, mirror_points, mirrored_back  # noqa: E402
 
 _gauss, _sigmoid = procedural._gauss, procedural._sigmoid
 #: the library's own, before any look replaces them
@@ -133,16 +133,13 @@ def patched(**attributes):
         procedural.procedural_model.cache_clear()
 
 
-def plain_and_mirrored(detector: Landmarks68):
-    """uint8 image -> ``(136, 2)``: dlib's 68 points, then its points on the mirror image mapped back; None if no
-    face."""
-    def detect(image: np.ndarray) -> np.ndarray | None:
-        box = detector.detect(image)
-        if box is None:
-            return None
-        flipped = detector(np.ascontiguousarray(image[:, ::-1]), box=mirror_box(box, image.shape[1]))
-        return np.concatenate([detector(image, box=box), mirror_points(flipped, image.shape[1])])
-    return detect
+def plain_and_mirrored(image: np.ndarray) -> np.ndarray | None:
+    """uint8 image -> ``(136, 2)``: dlib's 68 points, then its points on the mirror image mapped back
+    (:func:`mirrored_back`); None if no face."""
+    box = dlib68().detect(image)
+    if box is None:
+        return None
+    return np.concatenate([dlib68()(image, box=box), mirrored_back(image, box)])
 
 
 def asymmetry(points: np.ndarray, mirrored: np.ndarray) -> str:
@@ -160,24 +157,28 @@ def real_chunking(clips: list[str]) -> str:
     if not real_faces.available():
         return "skipped (../shared/fixtures/real is absent)"
     estimator = LandmarkFitEstimator()
-    detections = real_faces.cached_detections(clips, Path("/tmp/reenact_real_faces.npz"), None, symmetric=True)
-    sign = real_faces.roll_sign(estimator)
     rows = []
-    for name in clips:
-        f = real_faces.clip_figures(name, detections[name], estimator, sign)
-        rows.append(f"{name} {f['chunk64_p90']:.2f} / {f['chunk8_p90']:.2f}")
+    for name, det in real_faces.cached_detections(clips, real_faces.CACHE, None, symmetric=True).items():
+        found = real_faces.usable(det)
+        points, index = det["points"][found], np.flatnonzero(found)
+        whole, _, _, _ = real_faces.fit_chunks(estimator, points, None, index, det["boxes"][found])
+        p90 = [np.percentile(real_faces.chunk_differences(estimator, points, index, whole, chunk)[0], 90)
+               for chunk in real_faces.CHUNKS]
+        rows.append(f"{name} " + " / ".join(f"{p:.2f}" for p in p90))
     return "; ".join(rows)
 
 
 def study(look: str, seeds, stride: int, offsets: bool, clips: list[str]) -> None:
     with patched(**LOOKS[look]):
-        model, detector = procedural.procedural_model("full"), Landmarks68()
-        table, _ = cal.calibrate(model, "full", lambda image: detector(image), 8, 4, 0)
+        model = procedural.procedural_model("full")
+        table, _ = cal.calibrate(model, "full", dlib68(), 8, 4, 0)
         table = np.round(cal.symmetrise(table), 3)
-        videos = cal.world_videos(model, plain_and_mirrored(detector), seeds, stride)
+        videos = cal.world_videos(model, plain_and_mirrored, seeds, stride)
         plain = [(c, p[:, :68]) for c, p in videos]
         averaged = [(c, (p[:, :68] + p[:, 68:]) / 2) for c, p in videos]
-        extra = {"LANDMARKS_UV": table} if offsets else {"LANDMARKS_UV": table, "LANDMARK_OFFSETS": np.zeros((68, 3))}
+        extra = {"LANDMARKS_UV": table}
+        if not offsets:
+            extra["LANDMARK_OFFSETS"] = np.zeros((68, 3))
         with patched(**extra):
             fitted = procedural.procedural_model("full")
             errors = [np.median(cal.rotation_errors(fitted, v)[0]) for v in (plain, averaged)]
@@ -189,12 +190,17 @@ def study(look: str, seeds, stride: int, offsets: bool, clips: list[str]) -> Non
 
 
 def real_asymmetry(clips: list[str]) -> None:
-    stored = np.load("/tmp/reenact_real_faces.npz")
-    for name in clips:
-        points, mirrored = stored[f"{name}__points"], stored[f"{name}__mirror_points"]
-        found = np.isfinite(points).all((1, 2)) & np.isfinite(mirrored).all((1, 2))
-        print(f"real {name}: dlib mirror asymmetry % "
-              f"{asymmetry(points[found], mirror_points(mirrored[found], 256))}")
+    """dlib's mirror asymmetry (:func:`asymmetry`) on the real clips: plain points in the cross-checked boxes, and
+    the points detected on the mirrored frames (perf/real_faces.py's detections, cached)."""
+    from perf import real_faces
+
+    if not real_faces.available():
+        print("real clips: skipped (../shared/fixtures/real is absent)")
+        return
+    for name, det in real_faces.cached_detections(clips, real_faces.CACHE, None).items():
+        found = real_faces.usable(det)
+        mirrored = mirror_points(det["mirror_points"][found], 256)
+        print(f"real {name}: dlib mirror asymmetry % {asymmetry(det['points'][found], mirrored)}")
 
 
 def main() -> None:
@@ -205,10 +211,10 @@ def main() -> None:
     parser.add_argument("--stride", type=int, default=2, help="every n-th frame of each video")
     parser.add_argument("--no-offsets", action="store_true", help="zero LANDMARK_OFFSETS with the new tables")
     parser.add_argument("--clips", nargs="*", default=["tpsmm_driving", "lp_d0", "lp_d10"],
-                        help="real clips for the chunking figure (none: skip); detections cached as "
-                             "perf/real_faces.py caches them (run it once with --symmetric and without)")
+                        help="real clips for the chunking figure (none: skip); detections are perf/real_faces.py's "
+                             "(cached, detected when missing)")
     parser.add_argument("--asymmetry", action="store_true",
-                        help="also dlib's mirror asymmetry on the real clips (plain points from the cache)")
+                        help="also dlib's mirror asymmetry on the real clips (plain points)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.asymmetry:
