@@ -258,16 +258,17 @@ def keep_groups(offsets: np.ndarray, groups) -> np.ndarray:
     return kept
 
 
-def world_videos(model: MorphableModel, detector, seeds, stride: int, frames=None
-                 ) -> list[tuple[np.ndarray, np.ndarray]]:
+def world_videos(model: MorphableModel, detector, seeds, stride: int, frames=None, images: bool = False
+                 ) -> list[tuple[np.ndarray, ...]]:
     """:func:`detect_world_videos` of several seeds of the tiny world, concatenated."""
-    return [video for seed in seeds for video in detect_world_videos(model, detector, seed, stride, frames)]
+    return [video for seed in seeds for video in detect_world_videos(model, detector, seed, stride, frames, images)]
 
 
 # ---------------------------------------------------------------------------------------------------- evaluation
-def detect_world_videos(model: MorphableModel, detector, seed: int, stride: int, frames=None
-                        ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``[(truth coeffs (T, 257), dlib points (T, 68, 2))]`` per video of the tiny world, frames dlib found.
+def detect_world_videos(model: MorphableModel, detector, seed: int, stride: int, frames=None, images: bool = False
+                        ) -> list[tuple[np.ndarray, ...]]:
+    """``[(truth coeffs (T, 257), dlib points (T, 68, 2))]`` per video of the tiny world, frames dlib found (with
+    ``images``, a third element: those frames' uint8 renders ``(T, 256, 256, 3)``).
 
     ``detector``: uint8 image -> ``(68, 2)`` points or None. ``frames(model, seq, coeffs) -> (coeffs, uint8 images)``
     renders every ``stride``-th frame's coefficients of a :class:`reenact.synth.world.Sequence` (default
@@ -276,10 +277,10 @@ def detect_world_videos(model: MorphableModel, detector, seed: int, stride: int,
 
     out = []
     for seq in sample_world("tiny", seed).videos:
-        coeffs, images = (frames or sequence_crops)(model, seq, seq.coeffs[::stride])
-        found = [(c, p) for c, p in zip(coeffs, map(detector, images)) if p is not None]
+        coeffs, renders = (frames or sequence_crops)(model, seq, seq.coeffs[::stride])
+        found = [(c, p, r) for c, p, r in zip(coeffs, map(detector, renders), renders) if p is not None]
         if found:
-            out.append((np.stack([c for c, _ in found]), np.stack([p for _, p in found])))
+            out.append(tuple(map(np.stack, zip(*found)))[:3 if images else 2])
     return out
 
 

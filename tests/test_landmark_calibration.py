@@ -159,6 +159,47 @@ def test_render_study_pose_floor_recovers_a_known_rotation(full_model):
     np.testing.assert_allclose(off, 4.0, atol=0.1)             # 4.01-4.04: the jaw contour is the true pose's
 
 
+def test_world_videos_keep_the_renders_of_the_frames_the_detector_found(full_model):
+    """``images=True`` adds each video's renders of exactly the frames the detector found, in order: the same pixels
+    as rendering those frames' coefficients again."""
+    from reenact.synth.world import sample_world
+
+    seen = []
+
+    def every_other(image):                                    # a detector that finds a face in every other frame
+        seen.append(image)
+        return np.zeros((68, 2)) if len(seen) % 2 else None
+
+    videos = cal.detect_world_videos(full_model, every_other, seed=1, stride=60, images=True)
+    coeffs, points, renders = videos[0]
+    assert len(coeffs) == len(points) == len(renders) >= 1
+    np.testing.assert_array_equal(renders[0], seen[0])
+    _, again = cal.sequence_crops(full_model, sample_world("tiny", 1).videos[0], coeffs)
+    np.testing.assert_array_equal(renders, again)
+    assert len(cal.detect_world_videos(full_model, every_other, seed=1, stride=60)[0]) == 2
+
+
+def test_render_study_photometric_refinement_turns_the_pose_back_to_the_pixels(full_model):
+    """``perf/dlib_on_renders.py --photometric``: given points of a head turned 5 degrees from the one rendered, the
+    landmark fit follows the points and refining the pose against the pixels with no prior holding it (``pixels``)
+    turns it back towards the render's; on the renders flipped upside down it does not, so the renders reach the
+    photometric stage as the frames they are (channels, scale, order)."""
+    from perf import dlib_on_renders as study
+    from reenact.faces.photometric import PhotometricConfig
+    from reenact.synth.world import sample_world
+
+    seq = sample_world("tiny", 1).videos[0]
+    coeffs = seq.coeffs[:40:20]
+    turned = coeffs.copy()
+    turned[:, ANGLE.start + 1] += np.deg2rad(5.0)                                  # yaw
+    renders, points = cal.sequence_crops(full_model, seq, coeffs)[1], cal.fit_landmarks_at(full_model, turned)
+    config = PhotometricConfig(rotation_weight=0.0, landmark_weight=0.0, steps=60)
+    fitted, refined = study.photometric_errors(full_model, [(coeffs, points, renders)], config)
+    _, flipped = study.photometric_errors(full_model, [(coeffs, points, renders[:, ::-1].copy())], config)
+    assert (fitted > 3.5).all() and (refined < fitted - 1.5).all()
+    assert (flipped > refined + 1.0).all()
+
+
 def test_look_study_changes_only_what_it_names_and_restores_the_model():
     """perf/realistic_look_study.py's looks: the almond eyes repaint only the eye regions (shape and bases untouched),
     the rising nose moves only vertices around the nose, and leaving a look gives back the library's model."""
