@@ -306,16 +306,17 @@ def rotation_errors_deg(truth: np.ndarray, fitted: np.ndarray) -> np.ndarray:
     return np.rad2deg(rotation_angle_between(rot(truth), rot(fitted)).numpy())
 
 
-def rotation_errors(model: MorphableModel, videos: list[tuple[np.ndarray, np.ndarray]], true_identity: bool = False
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Geodesic rotation errors (degrees) of the landmark fit to dlib's points, each video one chunk (default
-    :class:`FitConfig`; with ``true_identity`` the truth's alpha given), and the true |yaw| (degrees) of each frame."""
-    from reenact.faces.landmark_fit import fit_landmarks
+def rotation_errors(model: MorphableModel, videos: list[tuple[np.ndarray, np.ndarray]], true_identity: bool = False,
+                    config=None) -> tuple[np.ndarray, np.ndarray]:
+    """Geodesic rotation errors (degrees) of the landmark fit to dlib's points, each video one chunk (``config``,
+    default :class:`FitConfig`; with ``true_identity`` the truth's alpha given), and the true |yaw| (degrees) of
+    each frame."""
+    from reenact.faces.landmark_fit import FitConfig, fit_landmarks
 
     errors, yaws = [], []
     for coeffs, points in videos:
         given = {"identity": coeffs[0, ID]} if true_identity else {}
-        fitted = fit_landmarks(points, SIZE, model, **given).coeffs
+        fitted = fit_landmarks(points, SIZE, model, config or FitConfig(), **given).coeffs
         errors.append(rotation_errors_deg(coeffs.astype(np.float64), fitted.astype(np.float64)))
         yaws.append(np.abs(np.rad2deg(coeffs[:, ANGLE.start + 1])))
     return np.concatenate(errors), np.concatenate(yaws)
