@@ -465,7 +465,8 @@ def tiny_world_truth():
 
 def test_recovers_head_pose_on_the_tiny_synthetic_world(tiny_world_truth, capsys):
     """Fit every chunk of the tiny world from its crop landmarks (+0.5 px noise) through the extractor; the rotation
-    error vs the ground truth stays near what was measured (median 0.65 deg, p90 1.05)."""
+    error vs the ground truth stays near what was measured (median 0.70 deg, p90 1.38; 0.65 / 1.05 when the bounds
+    were set)."""
     world, truth = tiny_world_truth
     rng = np.random.default_rng(0)
     landmarks = np.asarray(truth["crop_landmarks"].to_pylist()) + rng.normal(0, 0.5, (truth.num_rows, 136))
