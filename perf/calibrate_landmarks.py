@@ -280,7 +280,7 @@ def detect_world_videos(model: MorphableModel, detector, seed: int, stride: int,
         coeffs, renders = (frames or sequence_crops)(model, seq, seq.coeffs[::stride])
         found = [(c, p, r) for c, p, r in zip(coeffs, map(detector, renders), renders) if p is not None]
         if found:
-            out.append(tuple(map(np.stack, zip(*found)))[:3 if images else 2])
+            out.append(tuple(np.stack(column) for column in list(zip(*found))[:3 if images else 2]))
     return out
 
 

@@ -174,31 +174,39 @@ PHOTOMETRIC = {"library": PhotometricConfig(),
                "pixels": PhotometricConfig(rotation_weight=0.0, landmark_weight=0.0, steps=600)}
 
 
-def photometric_errors(model: MorphableModel, videos, config: PhotometricConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Geodesic rotation errors (degrees) of the landmark fit to dlib's points (each video one chunk) and of the
-    same after the photometric stage (:func:`reenact.faces.photometric.photometric_fit` under ``config``, pose and
-    expression refined against the render's pixels); ``videos``: ``(truth, dlib points, uint8 renders)``."""
+def landmark_fits(model: MorphableModel, videos) -> list[np.ndarray]:
+    """The landmark fit's coefficients ``(T, 257)`` of each video of ``videos`` (``(truth, dlib points, ...)``),
+    each video one chunk (default :class:`FitConfig`)."""
     from reenact.faces.landmark_fit import fit_landmarks
+
+    return [fit_landmarks(points, cal.SIZE, model).coeffs.astype(np.float64) for _, points, *_ in videos]
+
+
+def photometric_errors(model: MorphableModel, videos, fits: list[np.ndarray], config: PhotometricConfig) -> np.ndarray:
+    """Geodesic rotation errors (degrees) after the photometric stage (:func:`reenact.faces.photometric.photometric_fit`
+    under ``config``, pose and expression refined against the render's pixels) from the landmark fits ``fits``
+    (:func:`landmark_fits`); ``videos``: ``(truth, dlib points, uint8 renders)``."""
     from reenact.faces.photometric import photometric_fit
 
-    fitted_errors, refined_errors = [], []
-    for coeffs, points, renders in videos:
-        truth, fitted = coeffs.astype(np.float64), fit_landmarks(points, cal.SIZE, model).coeffs
+    errors = []
+    for (coeffs, points, renders), fitted in zip(videos, fits):
         images = torch.from_numpy(renders).permute(0, 3, 1, 2).float() / 255
         refined = photometric_fit(images, torch.from_numpy(fitted), torch.from_numpy(points).float(), model, config)
-        fitted_errors.append(cal.rotation_errors_deg(truth, fitted.astype(np.float64)))
-        refined_errors.append(cal.rotation_errors_deg(truth, refined.coeffs.double().numpy()))
-    return np.concatenate(fitted_errors), np.concatenate(refined_errors)
+        errors.append(cal.rotation_errors_deg(coeffs.astype(np.float64), refined.coeffs.double().numpy()))
+    return np.concatenate(errors)
 
 
 def photometric_rows(model: MorphableModel, names, seeds, stride: int) -> list[dict]:
-    """One row per setting of :data:`PHOTOMETRIC`: the base variant's rotation errors before and after the stage."""
+    """One row per setting of :data:`PHOTOMETRIC`: the base variant's rotation errors before and after the stage
+    (the landmark fits done once for all settings)."""
     videos = cal.world_videos(model, detector(False), seeds, stride, images=True)
+    fits = landmark_fits(model, videos)
+    fitted = np.concatenate([cal.rotation_errors_deg(c.astype(np.float64), f) for (c, *_), f in zip(videos, fits)])
     rows = []
     for name in names:
         start = time.perf_counter()
-        fitted, refined = photometric_errors(model, videos, PHOTOMETRIC[name])
-        rows.append({"photometric setting": name, "frames": len(fitted), "landmark fit: median deg":
+        refined = photometric_errors(model, videos, fits, PHOTOMETRIC[name])
+        rows.append({"photometric setting": name, "frames": len(refined), "landmark fit: median deg":
                      f"{np.median(fitted):.2f}", "refined: median deg": f"{np.median(refined):.2f}",
                      "refined: p90 deg": f"{np.percentile(refined, 90):.1f}",
                      "s": f"{time.perf_counter() - start:.0f}"})

@@ -194,14 +194,17 @@ def test_render_study_photometric_refinement_turns_the_pose_back_to_the_pixels(f
     turned[:, ANGLE.start + 1] += np.deg2rad(5.0)                                  # yaw
     renders, points = cal.sequence_crops(full_model, seq, coeffs)[1], cal.fit_landmarks_at(full_model, turned)
     config = PhotometricConfig(rotation_weight=0.0, landmark_weight=0.0, steps=60)
-    fitted, refined = study.photometric_errors(full_model, [(coeffs, points, renders)], config)
-    _, flipped = study.photometric_errors(full_model, [(coeffs, points, renders[:, ::-1].copy())], config)
+    videos = [(coeffs, points, renders)]
+    fits = study.landmark_fits(full_model, videos)
+    fitted = cal.rotation_errors_deg(coeffs.astype(np.float64), fits[0])
+    refined = study.photometric_errors(full_model, videos, fits, config)
+    flipped = study.photometric_errors(full_model, [(coeffs, points, renders[:, ::-1].copy())], fits, config)
     assert (fitted > 3.5).all() and (refined < fitted - 1.5).all()
     assert (flipped > refined + 1.0).all()
 
 
 def test_rotation_errors_fit_with_the_given_config(full_model):
-    """``calibrate_landmarks.rotation_errors(config=...)`` (the look study's ``--fit`` options) reaches the fit: on
+    """``calibrate_landmarks.rotation_errors(config=...)`` (the look study's FitConfig options) reaches the fit: on
     projections of the model's own landmark vertices, the config for such points (fixed jaw vertices, no detector
     offsets) recovers the pose where the default, which reads them as dlib's points, drifts as the head turns."""
     from reenact.faces.landmark_fit import FitConfig
