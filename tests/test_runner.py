@@ -224,14 +224,13 @@ def test_kill_and_resume_equals_an_uninterrupted_run(reference, world, ray_sessi
     out = tmp_path / "killed"
     raylet = ray_session.get(ray_session.remote(_parent_pid).remote())   # the raylet: parent of every worker
     server.gate.clear()
-    server.hold = {f"{v}.mp4" for v in VIDEOS[2:]}                   # shards 1 and 2 cannot finish before the kill
-    # With one download slot, a held video often takes it before shard 0's second one, and shard 0 then finishes only
-    # when that request times out (--socket-timeout): 15 s instead of 60 s takes this test from ~110 s to ~62 s. The
-    # local server's other downloads take well under a second.
+    server.hold = {f"{v}.mp4" for v in VIDEOS[3::2]}                # shards 1 and 2 cannot finish before the kill
+    # Three download slots for two held videos: one slot is always free for shard 0 (with one slot, a held video often
+    # took it first and shard 0 finished only when that request timed out).
     cmd = [sys.executable, "-m", "reenact.app.cli", "prepare", "vox", "--metadata", str(world["metadata"]),
            "--out", str(out), "--url-template", server.template("good"), "--videos-per-shard", "2",
            "--address", ray_session.get_runtime_context().gcs_address, "--retries", "0", "--backoff", "0",
-           "--socket-timeout", "15", "--download-concurrency", "1", "--no-progress", "--extractor", "none"]
+           "--socket-timeout", "60", "--download-concurrency", "3", "--no-progress", "--extractor", "none"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     started = _start_time(proc.pid)
     try:
