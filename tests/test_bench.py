@@ -2,6 +2,7 @@
 orderings of the trivial models on the synthetic world."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -101,6 +102,37 @@ def test_rerun_computes_only_missing_shards(tmp_path, toy_world):
     assert comparable(json.loads(first.to_json())) == comparable(json.loads(second.to_json()))
     with pytest.raises(ValueError, match="another plan"):
         run_bench(toy_config(tmp_path, shard_size=3), toy_backends())
+
+
+def test_a_rerun_measures_only_shards_without_kept_scores(tmp_path, toy_world, monkeypatch):
+    """Scores are kept per generated shard: a rerun absorbs them (no metric measures anything) and gives the same
+    results; a shard whose kept scores are gone or were measured under other settings is measured again, alone."""
+    cfg = toy_config(tmp_path)
+    first = run_bench(cfg, toy_backends())
+    kept = sorted((tmp_path / "scores" / "copy-source").glob("scores-*.npz"))
+    assert [p.name for p in kept] == ["scores-00000.npz", "scores-00001.npz", "scores-00002.npz"]
+
+    measured = []
+    for cls in {type(m) for m in runner.create_metrics(cfg.metrics, "cross", toy_backends()).values()}:
+        def counting(self, batch, _measure=cls.measure):
+            measured.append((type(self).__name__, len(batch)))
+            return _measure(self, batch)
+        monkeypatch.setattr(cls, "measure", counting)
+    second = run_bench(cfg, toy_backends())
+    assert measured == []                                   # everything absorbed from the kept scores
+    assert comparable(json.loads(first.to_json())) == comparable(json.loads(second.to_json()))
+
+    kept[1].unlink()                                        # as if killed while scoring shard 1 of copy-source
+    third = run_bench(cfg, toy_backends())
+    assert len(measured) == len(cfg.metrics) and {n for _, n in measured} == {2}   # one batch of 2 pairs, each metric
+    assert comparable(json.loads(first.to_json())) == comparable(json.loads(third.to_json()))
+
+    measured.clear()                                        # another metric setting: every shard is measured again
+    other = dataclasses.replace(cfg, metrics=["csim", "aed"])
+    fourth = run_bench(other, toy_backends())
+    assert len(measured) == 2 * 2 * 3                       # 2 metrics x 2 models x 3 shards
+    csim = "CSIM[mean-colour]"
+    assert [r.values[csim] for r in fourth.records] == [r.values[csim] for r in first.records]
 
 
 def test_a_failing_model_leaves_status_rows(tmp_path, toy_world, monkeypatch):

@@ -6,6 +6,10 @@ that changes the number). ``update(batch)`` returns the batch's per-pair values 
 found) and accumulates; ``compute()`` gives the aggregate over everything seen. Accumulating batch by batch equals
 computing on everything at once.
 
+``update`` is two steps: ``measure(batch)``, the costly part, gives the batch's contribution as named arrays whose
+first axis is the pair (per-pair values, or a distribution metric's features); ``absorb(contribution, size)`` adds
+it to the state. The runner keeps the contributions on disk, so a rerun absorbs them without measuring again.
+
 Per-pair metrics (CSIM, AED, APD, L1, PSNR, SSIM, AKD) aggregate by the mean over the pairs with a finite value.
 Distribution metrics (FID, Frechet distances) have no per-pair value: they keep the features of both image sets and
 compute one number (``compute_subset`` recomputes it on a resample, for bootstrap intervals).
@@ -78,8 +82,17 @@ class Metric(abc.ABC):
         return {}
 
     @abc.abstractmethod
+    def measure(self, batch: MetricBatch) -> dict[str, np.ndarray]:
+        """The batch's contribution: named arrays, first axis the pair (``B``); the state is left as it was."""
+
+    @abc.abstractmethod
+    def absorb(self, contribution: dict[str, np.ndarray], size: int) -> np.ndarray:
+        """Add a contribution of ``size`` pairs (from :meth:`measure`, or kept from an earlier run) to the state;
+        return its per-pair values ``(size,)`` float64 (NaN where undefined)."""
+
     def update(self, batch: MetricBatch) -> np.ndarray:
         """Accumulate ``batch``; return its per-pair values ``(B,)`` float64 (NaN where undefined)."""
+        return self.absorb(self.measure(batch), len(batch))
 
     @abc.abstractmethod
     def compute(self) -> float | None:
@@ -100,8 +113,11 @@ class PairMetric(Metric):
     def pair_values(self, batch: MetricBatch) -> np.ndarray:
         """Per-pair values ``(B,)`` of ``batch``."""
 
-    def update(self, batch: MetricBatch) -> np.ndarray:
-        values = np.asarray(self.pair_values(batch), dtype=np.float64).reshape(len(batch))
+    def measure(self, batch: MetricBatch) -> dict[str, np.ndarray]:
+        return {"values": np.asarray(self.pair_values(batch), dtype=np.float64).reshape(len(batch))}
+
+    def absorb(self, contribution: dict[str, np.ndarray], size: int) -> np.ndarray:
+        values = np.asarray(contribution["values"], dtype=np.float64).reshape(size)
         self._values.append(values)
         return values
 

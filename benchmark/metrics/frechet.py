@@ -70,11 +70,15 @@ class FrechetDistance(Metric):
         self._generated: list[np.ndarray] = []
         self._real: list[np.ndarray] = []
 
-    def update(self, batch: MetricBatch) -> np.ndarray:
+    def measure(self, batch: MetricBatch) -> dict[str, np.ndarray]:
         name = backbone_name(self.backbone)
-        for store, role in ((self._generated, "generated"), (self._real, self.real)):
-            store.append(np.asarray(torch.as_tensor(batch.derived(self.backbone, name, role)).float().cpu()))
-        return np.full(len(batch), np.nan)
+        return {key: np.asarray(torch.as_tensor(batch.derived(self.backbone, name, role)).float().cpu())
+                for key, role in (("generated", "generated"), ("real", self.real))}
+
+    def absorb(self, contribution: dict[str, np.ndarray], size: int) -> np.ndarray:
+        self._generated.append(np.asarray(contribution["generated"], dtype=np.float32))
+        self._real.append(np.asarray(contribution["real"], dtype=np.float32))
+        return np.full(size, np.nan)
 
     def features(self) -> tuple[np.ndarray, np.ndarray]:
         """(generated, real) features, rows with NaN (no face) dropped per pair."""
@@ -149,10 +153,11 @@ class FID(FrechetDistance):
         return {**super().options(), "weights": "pt_inception-2015-12-05-6726825d.pth (pytorch-fid)",
                 **({"unavailable": self.unavailable} if self.unavailable else {})}
 
-    def update(self, batch: MetricBatch) -> np.ndarray:
-        if self.unavailable:
-            return np.full(len(batch), np.nan)
-        return super().update(batch)
+    def measure(self, batch: MetricBatch) -> dict[str, np.ndarray]:
+        return {} if self.unavailable else super().measure(batch)
+
+    def absorb(self, contribution: dict[str, np.ndarray], size: int) -> np.ndarray:
+        return np.full(size, np.nan) if self.unavailable else super().absorb(contribution, size)
 
     def compute_subset(self, indices: np.ndarray | None = None) -> float | None:
         return None if self.unavailable else super().compute_subset(indices)
