@@ -254,7 +254,7 @@ def score(cfg: BenchConfig, name: str, root: Path, pairs: Sequence[dict], backen
     for shard in tqdm(done_shards(root, STAGE), desc=f"score {name}", disable=not cfg.progress):
         generated = shard_paths(root, STAGE, shard)[0]
         kept = Path(cfg.out) / SCORES / name / f"{SCORES}-{shard:05d}.npz"
-        fingerprint = score_fingerprint(metrics, plan, generated)
+        fingerprint = score_fingerprint(cfg, metrics, plan, generated)
         with clock("kept scores"):
             contributions = read_scores(kept, fingerprint)
         rows = pq.read_table(generated, columns=["index", "status", "error"]).to_pylist()
@@ -301,13 +301,16 @@ def absorb(scored: Scored, indices: list[int], contributions: list[dict[str, np.
         scored.values[index] = {n: _finite(per_metric[n][j]) for n in per_pair}
 
 
-def score_fingerprint(metrics: dict[str, Metric], plan: dict[str, Any], generated: Path) -> str:
-    """What a shard's kept scores depend on: the run's plan (manifest, pairs), every metric's name and options
-    (backends, weights, or why it is unavailable) and the generated shard's bytes."""
+def score_fingerprint(cfg: BenchConfig, metrics: dict[str, Metric], plan: dict[str, Any], generated: Path) -> str:
+    """What a shard's kept scores depend on: the run's plan (manifest, pairs), the metric options (backends and
+    their settings), every metric's name and options (weights, or why it is unavailable), the packages' versions
+    and the generated shard's bytes."""
     from reenact.assets import sha256sum
 
-    return json.dumps({"plan": plan, "metrics": [[m.recorded_name, m.options()] for m in metrics.values()],
-                       "generated_sha256": sha256sum(generated)}, sort_keys=True, default=str)
+    return json.dumps({"plan": plan, "metric_options": dataclasses.asdict(cfg.metric_options()),
+                       "metrics": [[m.recorded_name, m.options()] for m in metrics.values()],
+                       "packages": package_versions(), "generated_sha256": sha256sum(generated)},
+                      sort_keys=True, default=str)
 
 
 def write_scores(path: Path, fingerprint: str, indices: list[int], contributions: list[dict[str, np.ndarray]]
