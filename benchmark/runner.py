@@ -242,30 +242,39 @@ class Scored:
 
 def score(cfg: BenchConfig, name: str, root: Path, pairs: Sequence[dict], backends: Backends,
           plan: dict[str, Any]) -> Scored:
-    """Run every metric over the cached generated images of model ``name``, shard by shard; a shard measured before
-    under the same fingerprint (:func:`score_fingerprint`) is absorbed from ``scores/<name>/`` instead."""
+    """Run every metric over the cached generated images of model ``name``, shard by shard (:func:`shard_scores`:
+    measured, or absorbed from ``scores/<name>/`` when kept under the same settings)."""
     from tqdm.auto import tqdm
 
     from reenact.data.shards import done_shards, shard_paths
 
     metrics = create_metrics(cfg.metrics or None, protocol_kind(cfg.protocol), backends)
     scored = Scored({}, {}, [], metrics)
-    clock = _Clock(scored.seconds)
+    settings = score_settings(cfg, metrics, plan)
     for shard in tqdm(done_shards(root, STAGE), desc=f"score {name}", disable=not cfg.progress):
         generated = shard_paths(root, STAGE, shard)[0]
-        kept = Path(cfg.out) / SCORES / name / f"{SCORES}-{shard:05d}.npz"
-        fingerprint = score_fingerprint(cfg, metrics, plan, generated)
-        with clock("kept scores"):
-            contributions = read_scores(kept, fingerprint)
         rows = pq.read_table(generated, columns=["index", "status", "error"]).to_pylist()
-        for row in rows:
-            scored.statuses[row["index"]] = (row["status"], row["error"])
+        scored.statuses.update({row["index"]: (row["status"], row["error"]) for row in rows})
         ok = [row["index"] for row in rows if row["status"] == "ok"]
-        if contributions is None:
-            contributions = measure_shard(cfg, metrics, generated, pairs, clock)
-            write_scores(kept, fingerprint, ok, contributions)
-        absorb(scored, ok, contributions)
+        kept = Path(cfg.out) / SCORES / name / f"{SCORES}-{shard:05d}.npz"
+        absorb(scored, ok, shard_scores(cfg, scored, settings, generated, kept, ok, pairs))
     return scored
+
+
+def shard_scores(cfg: BenchConfig, scored: Scored, settings: dict[str, Any], generated: Path, kept: Path,
+                 ok: list[int], pairs: Sequence[dict]) -> list[dict[str, np.ndarray]]:
+    """The metrics' contributions for the ``ok`` pairs of one generated shard: those kept at ``kept`` when measured
+    under the same fingerprint (``settings`` and the shard's sha256), else measured now and kept there."""
+    from reenact.assets import sha256sum
+
+    clock = _Clock(scored.seconds)
+    fingerprint = json.dumps({**settings, "generated_sha256": sha256sum(generated)}, sort_keys=True)
+    with clock("kept scores"):
+        contributions = read_scores(kept, fingerprint, ok)
+    if contributions is None:
+        contributions = measure_shard(cfg, scored.metrics, generated, pairs, clock)
+        write_scores(kept, fingerprint, ok, contributions)
+    return contributions
 
 
 def measure_shard(cfg: BenchConfig, metrics: dict[str, Metric], generated: Path, pairs: Sequence[dict],
@@ -301,16 +310,13 @@ def absorb(scored: Scored, indices: list[int], contributions: list[dict[str, np.
         scored.values[index] = {n: _finite(per_metric[n][j]) for n in per_pair}
 
 
-def score_fingerprint(cfg: BenchConfig, metrics: dict[str, Metric], plan: dict[str, Any], generated: Path) -> str:
-    """What a shard's kept scores depend on: the run's plan (manifest, pairs), the metric options (backends and
-    their settings), every metric's name and options (weights, or why it is unavailable), the packages' versions
-    and the generated shard's bytes."""
-    from reenact.assets import sha256sum
-
-    return json.dumps({"plan": plan, "metric_options": dataclasses.asdict(cfg.metric_options()),
-                       "metrics": [[m.recorded_name, m.options()] for m in metrics.values()],
-                       "packages": package_versions(), "generated_sha256": sha256sum(generated)},
-                      sort_keys=True, default=str)
+def score_settings(cfg: BenchConfig, metrics: dict[str, Metric], plan: dict[str, Any]) -> dict[str, Any]:
+    """What kept scores depend on besides the generated shard's bytes (its sha256 joins them per shard): the run's
+    plan (manifest, pairs), the metric options (backends and their settings), every metric's name and options
+    (weights, or why it is unavailable) and the packages' versions; JSON-ready."""
+    return json.loads(json.dumps({"plan": plan, "metric_options": dataclasses.asdict(cfg.metric_options()),
+                                  "metrics": [[m.recorded_name, m.options()] for m in metrics.values()],
+                                  "packages": package_versions()}, default=str))
 
 
 def write_scores(path: Path, fingerprint: str, indices: list[int], contributions: list[dict[str, np.ndarray]]
@@ -327,20 +333,30 @@ def write_scores(path: Path, fingerprint: str, indices: list[int], contributions
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def read_scores(path: Path, fingerprint: str) -> list[dict[str, np.ndarray]] | None:
-    """The contributions kept at ``path`` (:func:`write_scores`) when measured under ``fingerprint``, else None."""
+def read_scores(path: Path, fingerprint: str, indices: list[int]) -> list[dict[str, np.ndarray]] | None:
+    """The contributions kept at ``path`` (:func:`write_scores`) when measured under ``fingerprint`` for the pairs
+    ``indices``; None when there are none, they were measured otherwise, or the file does not read (then the shard
+    is measured again and the file replaced)."""
+    import zipfile
+
     if not path.is_file():
         return None
-    with np.load(path, allow_pickle=False) as kept:
-        if str(kept["fingerprint"]) != fingerprint:
-            return None
-        count = len(json.loads(fingerprint)["metrics"])
-        out: list[dict[str, np.ndarray]] = [{} for _ in range(count)]
-        for name in kept.files:
-            if name not in ("fingerprint", "index"):
-                j, key = name.split(".", 1)
-                out[int(j)][key] = kept[name]
-        return out
+    try:
+        with np.load(path, allow_pickle=False) as kept:
+            if str(kept["fingerprint"]) != fingerprint or kept["index"].tolist() != list(indices):
+                return None
+            return _contributions(kept, len(json.loads(fingerprint)["metrics"]))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+
+
+def _contributions(kept, count: int) -> list[dict[str, np.ndarray]]:
+    out: list[dict[str, np.ndarray]] = [{} for _ in range(count)]
+    for name in kept.files:
+        if name not in ("fingerprint", "index"):
+            j, key = name.split(".", 1)
+            out[int(j)][key] = kept[name]
+    return out
 
 
 class _Clock:

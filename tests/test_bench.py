@@ -123,8 +123,9 @@ def test_a_rerun_measures_only_shards_without_kept_scores(tmp_path, toy_world, m
     assert comparable(json.loads(first.to_json())) == comparable(json.loads(second.to_json()))
 
     kept[1].unlink()                                        # as if killed while scoring shard 1 of copy-source
+    kept[2].write_bytes(b"not an npz")                     # a file that does not read is measured again
     third = run_bench(cfg, toy_backends())
-    assert len(measured) == len(cfg.metrics) and {n for _, n in measured} == {2}   # one batch of 2 pairs, each metric
+    assert len(measured) == 2 * len(cfg.metrics) and {n for _, n in measured} == {2}   # one batch of 2 pairs each
     assert comparable(json.loads(first.to_json())) == comparable(json.loads(third.to_json()))
 
     measured.clear()                                        # another metric setting: every shard is measured again
