@@ -29,7 +29,7 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -251,20 +251,24 @@ def score(cfg: BenchConfig, name: str, root: Path, pairs: Sequence[dict], backen
     metrics = create_metrics(cfg.metrics or None, protocol_kind(cfg.protocol), backends)
     scored = Scored({}, {}, [], metrics)
     settings = score_settings(cfg, metrics, plan)
-    for shard in tqdm(done_shards(root, STAGE), desc=f"score {name}", disable=not cfg.progress):
-        generated = shard_paths(root, STAGE, shard)[0]
-        rows = pq.read_table(generated, columns=["index", "status", "error"]).to_pylist()
-        scored.statuses.update({row["index"]: (row["status"], row["error"]) for row in rows})
-        ok = [row["index"] for row in rows if row["status"] == "ok"]
-        kept = Path(cfg.out) / SCORES / name / f"{SCORES}-{shard:05d}.npz"
-        absorb(scored, ok, shard_scores(cfg, scored, settings, generated, kept, ok, pairs))
+    generated = {shard: shard_paths(root, STAGE, shard)[0] for shard in done_shards(root, STAGE)}
+    rows = {shard: pq.read_table(path, columns=["index", "status", "error"]).to_pylist()
+            for shard, path in generated.items()}
+    with tqdm(total=sum(row["status"] == "ok" for shard in rows.values() for row in shard), unit="pair",
+              desc=f"score {name}", disable=not cfg.progress) as bar:
+        for shard, path in generated.items():
+            scored.statuses.update({row["index"]: (row["status"], row["error"]) for row in rows[shard]})
+            ok = [row["index"] for row in rows[shard] if row["status"] == "ok"]
+            kept = Path(cfg.out) / SCORES / name / f"{SCORES}-{shard:05d}.npz"
+            absorb(scored, ok, shard_scores(cfg, scored, settings, path, kept, ok, pairs, bar.update))
     return scored
 
 
 def shard_scores(cfg: BenchConfig, scored: Scored, settings: dict[str, Any], generated: Path, kept: Path,
-                 ok: list[int], pairs: Sequence[dict]) -> list[dict[str, np.ndarray]]:
+                 ok: list[int], pairs: Sequence[dict], advance: Callable[[int], Any]) -> list[dict[str, np.ndarray]]:
     """The metrics' contributions for the ``ok`` pairs of one generated shard: those kept at ``kept`` when measured
-    under the same fingerprint (``settings`` and the shard's sha256), else measured now and kept there."""
+    under the same fingerprint (``settings`` and the shard's sha256), else measured now and kept there.
+    ``advance(pairs)`` is told every batch done."""
     from reenact.assets import sha256sum
 
     clock = _Clock(scored.seconds)
@@ -272,13 +276,15 @@ def shard_scores(cfg: BenchConfig, scored: Scored, settings: dict[str, Any], gen
     with clock("kept scores"):
         contributions = read_scores(kept, fingerprint, ok)
     if contributions is None:
-        contributions = measure_shard(cfg, scored.metrics, generated, pairs, clock)
+        contributions = measure_shard(cfg, scored.metrics, generated, pairs, clock, advance)
         write_scores(kept, fingerprint, ok, contributions)
+    else:
+        advance(len(ok))
     return contributions
 
 
 def measure_shard(cfg: BenchConfig, metrics: dict[str, Metric], generated: Path, pairs: Sequence[dict],
-                  clock: "_Clock") -> list[dict[str, np.ndarray]]:
+                  clock: "_Clock", advance: Callable[[int], Any] = lambda n: None) -> list[dict[str, np.ndarray]]:
     """Every metric's contribution (:meth:`Metric.measure`, in ``metrics``' order) for the ``ok`` pairs of one
     generated shard, measured in batches of ``cfg.batch_size`` and joined along the pair axis."""
     from reenact.data.codec import bytes_to_tensor
@@ -295,6 +301,7 @@ def measure_shard(cfg: BenchConfig, metrics: dict[str, Metric], generated: Path,
         for part, m in zip(parts, metrics.values()):
             with clock(m.recorded_name):
                 part.append(m.measure(batch))
+        advance(len(batch_rows))
     return [{key: np.concatenate([p[key] for p in part]) for key in (part[0] if part else {})} for part in parts]
 
 

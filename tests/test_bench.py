@@ -136,6 +136,14 @@ def test_a_rerun_measures_only_shards_without_kept_scores(tmp_path, toy_world, m
     assert [r.values[csim] for r in fourth.records] == [r.values[csim] for r in first.records]
 
 
+def test_scoring_progress_counts_pairs_measured_and_kept(tmp_path, toy_world, capsys):
+    cfg = toy_config(tmp_path, models=["copy-source"], metrics=["csim"], progress=True)
+    for _ in range(2):                                      # measured, then absorbed from the kept scores
+        run_bench(cfg, toy_backends())
+        err = capsys.readouterr().err
+        assert "score copy-source: 100%" in err and f"{len(toy_world)}/{len(toy_world)} [" in err
+
+
 def test_a_failing_model_leaves_status_rows(tmp_path, toy_world, monkeypatch):
     from baselines.trivial import CopySource
 
