@@ -274,22 +274,24 @@ def shard_scores(cfg: BenchConfig, scored: Scored, settings: dict[str, Any], gen
     clock = _Clock(scored.seconds)
     fingerprint = json.dumps({**settings, "generated_sha256": sha256sum(generated)}, sort_keys=True)
     with clock("kept scores"):
-        contributions = read_scores(kept, fingerprint, ok)
+        contributions = read_scores(kept, fingerprint, ok, len(scored.metrics))
     if contributions is None:
-        contributions = measure_shard(cfg, scored.metrics, generated, pairs, clock, advance)
+        contributions = measure_shard(cfg, scored.metrics, generated, ok, pairs, clock, advance)
         write_scores(kept, fingerprint, ok, contributions)
     else:
         advance(len(ok))
     return contributions
 
 
-def measure_shard(cfg: BenchConfig, metrics: dict[str, Metric], generated: Path, pairs: Sequence[dict],
-                  clock: "_Clock", advance: Callable[[int], Any] = lambda n: None) -> list[dict[str, np.ndarray]]:
-    """Every metric's contribution (:meth:`Metric.measure`, in ``metrics``' order) for the ``ok`` pairs of one
-    generated shard, measured in batches of ``cfg.batch_size`` and joined along the pair axis."""
+def measure_shard(cfg: BenchConfig, metrics: dict[str, Metric], generated: Path, indices: list[int],
+                  pairs: Sequence[dict], clock: "_Clock", advance: Callable[[int], Any] = lambda n: None
+                  ) -> list[dict[str, np.ndarray]]:
+    """Every metric's contribution (:meth:`Metric.measure`, in ``metrics``' order) for the pairs ``indices`` of one
+    generated shard, in that order, measured in batches of ``cfg.batch_size`` and joined along the pair axis."""
     from reenact.data.codec import bytes_to_tensor
 
-    ok = [row for row in pq.read_table(generated).to_pylist() if row["status"] == "ok"]
+    by_index = {row["index"]: row for row in pq.read_table(generated, columns=["index", "image"]).to_pylist()}
+    ok = [by_index[i] for i in indices]
     parts: list[list[dict[str, np.ndarray]]] = [[] for _ in metrics]
     for batch_rows in _batches(iter(ok), cfg.batch_size):
         with clock("decode"):
@@ -340,10 +342,10 @@ def write_scores(path: Path, fingerprint: str, indices: list[int], contributions
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def read_scores(path: Path, fingerprint: str, indices: list[int]) -> list[dict[str, np.ndarray]] | None:
-    """The contributions kept at ``path`` (:func:`write_scores`) when measured under ``fingerprint`` for the pairs
-    ``indices``; None when there are none, they were measured otherwise, or the file does not read (then the shard
-    is measured again and the file replaced)."""
+def read_scores(path: Path, fingerprint: str, indices: list[int], count: int) -> list[dict[str, np.ndarray]] | None:
+    """The ``count`` metrics' contributions kept at ``path`` (:func:`write_scores`) when measured under
+    ``fingerprint`` for the pairs ``indices``; None when there are none, they were measured otherwise, or the file
+    does not read (then the shard is measured again and the file replaced)."""
     import zipfile
 
     if not path.is_file():
@@ -352,7 +354,7 @@ def read_scores(path: Path, fingerprint: str, indices: list[int]) -> list[dict[s
         with np.load(path, allow_pickle=False) as kept:
             if str(kept["fingerprint"]) != fingerprint or kept["index"].tolist() != list(indices):
                 return None
-            return _contributions(kept, len(json.loads(fingerprint)["metrics"]))
+            return _contributions(kept, count)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):
         return None
 
